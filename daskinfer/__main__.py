@@ -1,0 +1,5 @@
+import sys
+
+from daskinfer.cli import main
+
+sys.exit(main())

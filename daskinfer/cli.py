@@ -1,0 +1,81 @@
+"""Command line: `daskinfer [--config FILE] key=value ...` and `daskinfer demo`.
+
+Anything the user must fix ends the run with one line on stderr and a non-zero exit;
+a traceback means a bug in daskinfer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from daskinfer import config
+from daskinfer.model import ModelLoadError
+
+USER_ERRORS = (
+    ModelLoadError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    NotADirectoryError,
+    ConnectionError,
+    TimeoutError,
+)
+
+EXIT_USER_ERROR = 1
+EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="daskinfer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score every document in a folder or bucket with a TensorFlow text "
+        "classifier on Dask, and write one JSONL file of predictions.",
+        epilog="commands:\n  demo                   build a demo model and reviews under ./daskinfer-demo and score them\n\n"
+        "configuration keys (key=default  meaning):\n" + config.help_text(),
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML file merged over the defaults; key=value overrides win")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides (or 'demo' first)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging()
+    overrides = list(args.overrides)
+    try:
+        if overrides[:1] == ["demo"]:
+            from daskinfer import demo
+
+            demo.run(overrides[1:], args.config)
+        else:
+            from daskinfer import pipeline
+
+            pipeline.run(config.load_config(overrides, args.config))
+    except config.ConfigError as exc:
+        return fail(str(exc), EXIT_CONFIG_ERROR)
+    except USER_ERRORS as exc:
+        return fail(str(exc), EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        return fail("interrupted", EXIT_INTERRUPTED)
+    return 0
+
+
+def fail(message: str, code: int) -> int:
+    text = " ".join(message.split()) or "failed"
+    print(f"daskinfer: error: {text}", file=sys.stderr, flush=True)
+    return code
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    log = logging.getLogger("daskinfer")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+

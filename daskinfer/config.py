@@ -1,0 +1,191 @@
+"""Configuration: typed schema, defaults from conf/inference.yaml, overrides, checks.
+
+The dataclasses below give every key its type; the YAML file gives every key its
+default and its one-line meaning (the comment after it), so `--help` and the
+defaults can never disagree.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; its message is one line."""
+
+
+@dataclass
+class InferenceConfig:
+    model_path: str = MISSING
+    input_data_dir: str = MISSING
+    input_glob: str = MISSING
+    recursive: bool = MISSING
+    encoding: str = MISSING
+    output_path: Optional[str] = MISSING
+    batch_size: int = MISSING
+    threshold: float = MISSING
+    labels: List[str] = MISSING
+    partition_size: Optional[int] = MISSING
+    partition_bytes: int = MISSING
+    max_document_bytes: int = MISSING
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = MISSING
+    n_workers: Optional[int] = MISSING
+    threads_per_worker: Optional[int] = MISSING
+    dashboard_address: Optional[str] = MISSING
+    wait_for_workers_s: float = MISSING
+    tf_intra_op_threads: Optional[int] = MISSING
+    tf_inter_op_threads: Optional[int] = MISSING
+
+
+@dataclass
+class StorageConfig:
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+SECRET_WORDS = ("key", "secret", "token", "password")
+
+
+def defaults_path() -> Path:
+    """conf/inference.yaml: in a source checkout beside the package, in a wheel inside it."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "conf", package / "conf"):
+        if (candidate / "inference.yaml").is_file():
+            return candidate / "inference.yaml"
+    raise FileNotFoundError(f"conf/inference.yaml not found near {package}")
+
+
+def defaults_text() -> str:
+    return defaults_path().read_text("utf-8")
+
+
+def load_config(overrides: Sequence[str] = (), config_file: Optional[str] = None) -> DictConfig:
+    """Schema <- conf/inference.yaml <- config_file <- dot-list overrides, resolved and checked."""
+    layers = [OmegaConf.create(defaults_text())]
+    try:
+        if config_file is not None:
+            layers.append(OmegaConf.load(config_file))
+        layers.append(_dotlist(overrides))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), *layers)
+        OmegaConf.resolve(cfg)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {config_file}") from None
+    except ConfigKeyError as exc:
+        raise ConfigError(_unknown_key_message(exc)) from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required key(s): {', '.join(missing)} (set them as key=value)")
+    check(cfg)
+    return cfg
+
+
+def _dotlist(overrides: Sequence[str]) -> DictConfig:
+    """key=value overrides; a value that is not valid YAML (a glob like *.txt) stays a string."""
+    conf = OmegaConf.create()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got '{item}'")
+        try:
+            conf.merge_with_dotlist([item])
+        except yaml.YAMLError:
+            OmegaConf.update(conf, key, value, force_add=True)
+    return conf
+
+
+def check(cfg: DictConfig) -> None:
+    """Values a run cannot work with fail here, before any work starts."""
+    inf = cfg.inference
+    if inf.batch_size <= 0:
+        raise ConfigError(f"inference.batch_size must be > 0, got {inf.batch_size}")
+    if not 0.0 <= inf.threshold <= 1.0:
+        raise ConfigError(f"inference.threshold must be within [0, 1], got {inf.threshold}")
+    if len(inf.labels) < 2 or len(set(inf.labels)) != len(inf.labels):
+        raise ConfigError(f"inference.labels must be at least two distinct labels, got {list(inf.labels)}")
+    try:
+        codecs.lookup(inf.encoding)
+    except LookupError:
+        raise ConfigError(f"inference.encoding: unknown encoding '{inf.encoding}'") from None
+    if inf.partition_size is not None and inf.partition_size <= 0:
+        raise ConfigError(f"inference.partition_size must be > 0 or null, got {inf.partition_size}")
+    for key in ("partition_bytes", "max_document_bytes"):
+        if inf[key] <= 0:
+            raise ConfigError(f"inference.{key} must be > 0, got {inf[key]}")
+
+
+def valid_keys() -> List[str]:
+    return [key for key, _, _ in documented_keys()]
+
+
+def documented_keys() -> List[tuple]:
+    """(dotted key, default as written, meaning) for every key, from the YAML file."""
+    rows, section = [], None
+    for line in defaults_text().splitlines():
+        match = re.match(r"^(\s*)([A-Za-z_]+):\s*(.*?)\s*(?:#\s*(.*))?$", line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        indent, key, value, meaning = match.groups()
+        if not indent:
+            section = key
+        else:
+            rows.append((f"{section}.{key}", value, meaning or ""))
+    return rows
+
+
+def help_text() -> str:
+    rows = documented_keys()
+    width = max(len(f"{k}={v}") for k, v, _ in rows)
+    lines = [f"  {f'{k}={v}':<{width}}  {m}" for k, v, m in rows]
+    return "\n".join(lines)
+
+
+def redacted(value: Any) -> Any:
+    """A plain copy of a config (or any mapping) with secret-looking values replaced."""
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) and v is not None else redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(redacted(cfg)))
+
+
+def _unknown_key_message(exc: ConfigKeyError) -> str:
+    key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
+    return f"unknown key '{key}'; valid keys: {', '.join(valid_keys())}"
+
+
+def _one_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    full_key = getattr(exc, "full_key", None)
+    if full_key and full_key not in text:
+        text = f"{full_key}: {text}"
+    return text

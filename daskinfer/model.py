@@ -1,0 +1,225 @@
+"""The model: find its format (on the driver, without TensorFlow), load it once per
+worker process (lazily, on first use), and call it on a batch of raw strings.
+
+Supported, each detected from what is on disk:
+  savedmodel  a TensorFlow SavedModel folder (legacy tf.keras `model.save(dir)`,
+              Keras 3 `model.export(dir)`, or any SavedModel with a string signature)
+  keras       a Keras 3 `.keras` file
+  mlflow      an MLflow model folder (holds `MLmodel`); resolved to the model inside
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import sys
+import threading
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+import yaml
+
+from daskinfer import sources
+
+
+class ModelLoadError(RuntimeError):
+    """The model exists but could not be loaded; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model is and how to run it: small, picklable, sent to every task."""
+
+    uri: str
+    storage_options: Dict[str, Any] = field(default_factory=dict)
+    intra_op_threads: Optional[int] = None
+    inter_op_threads: Optional[int] = None
+
+
+# ---------------------------------------------------------------- driver side: no TensorFlow
+
+
+def locate(uri: str, storage_options: Mapping[str, Any]) -> Tuple[str, str]:
+    """(format, uri of the loadable model) for a model path, following MLflow folders.
+
+    Raises FileNotFoundError when nothing loadable is there.
+    """
+    fs, path = sources.filesystem(uri, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"model not found: {uri}")
+    if not fs.isdir(path):
+        if path.endswith((".keras", ".h5")):
+            return "keras", uri
+        raise FileNotFoundError(f"not a model: {uri} is a file but not a .keras file")
+    names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
+    if "MLmodel" in names:
+        inner = _mlflow_model_path(fs, path)
+        return locate(sources.full_uri(fs, inner), storage_options)
+    if "saved_model.pb" in names:
+        return "savedmodel", uri
+    raise FileNotFoundError(
+        f"not a model: {uri} holds no saved_model.pb, MLmodel or .keras file"
+    )
+
+
+def _mlflow_model_path(fs, path: str) -> str:
+    """The model inside an MLflow model folder, from its MLmodel file."""
+    with fs.open(posixpath.join(path, "MLmodel"), "rb") as f:
+        flavors = (yaml.safe_load(f) or {}).get("flavors", {})
+    for name in ("tensorflow", "keras"):
+        flavor = flavors.get(name) or {}
+        if flavor.get("saved_model_dir"):
+            return posixpath.join(path, flavor["saved_model_dir"])
+        if flavor.get("data"):
+            data = posixpath.join(path, flavor["data"])
+            for candidate in ("model", "model.keras", "model.h5"):
+                if fs.exists(posixpath.join(data, candidate)):
+                    return posixpath.join(data, candidate)
+            return data
+    raise FileNotFoundError(
+        f"not a TensorFlow model: MLmodel in {path} has flavors {sorted(flavors)}, "
+        "expected tensorflow or keras"
+    )
+
+
+# ---------------------------------------------------------------- worker side
+
+Predictor = Callable[[list], Any]
+
+_lock = threading.Lock()
+_loaded: Dict[str, Predictor] = {}
+_load_counts: Dict[str, int] = {}
+
+
+def predictor(spec: ModelSpec) -> Predictor:
+    """This process's predictor for spec, loaded on first use and then reused."""
+    key = json.dumps(asdict(spec), sort_keys=True, default=str)
+    found = _loaded.get(key)
+    if found is not None:
+        return found
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = _load(spec)
+            _load_counts[spec.uri] = _load_counts.get(spec.uri, 0) + 1
+        return _loaded[key]
+
+
+def load_count(uri: str) -> int:
+    """How many times this process loaded the model at uri (1 when all is well)."""
+    return _load_counts.get(uri, 0)
+
+
+def _load(spec: ModelSpec) -> Predictor:
+    fmt, uri = locate(spec.uri, spec.storage_options)
+    local = _local_copy(uri, spec.storage_options)
+    with _quiet_stderr():
+        tf = _import_tensorflow(spec)
+        try:
+            make = _keras_predictor if fmt == "keras" else _savedmodel_predictor
+            predict = make(tf, local)
+            predict(["warm-up: traces the graph and starts the runtime while stderr is quiet"])
+            return predict
+        except Exception as exc:  # any failure here means the model file itself is unusable
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"could not load model {spec.uri}: {reason}") from None
+
+
+def _local_copy(uri: str, storage_options: Mapping[str, Any]) -> str:
+    fs, path = sources.filesystem(uri, storage_options)
+    if sources._is_local(fs):
+        return path
+    raise NotImplementedError("models on remote storage")
+
+
+def _import_tensorflow(spec: ModelSpec):
+    # TensorFlow reads these once, at import and first use: set them before.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
+
+    import tensorflow as tf
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    intra, inter = _thread_budget(spec)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        pass  # TensorFlow already started in this process (e.g. a notebook): keep its pools
+    return tf
+
+
+def _thread_budget(spec: ModelSpec) -> Tuple[int, int]:
+    """TensorFlow threads = the threads dask gives this worker, unless configured."""
+    threads = os.cpu_count() or 1
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        pass
+    return spec.intra_op_threads or threads, spec.inter_op_threads or threads
+
+
+def _savedmodel_predictor(tf, path: str) -> Predictor:
+    loaded = tf.saved_model.load(path)
+    signatures = loaded.signatures
+    if not signatures:
+        raise ValueError("the SavedModel has no serving signature")
+    fn = signatures.get("serving_default") or next(iter(signatures.values()))
+    _, inputs = fn.structured_input_signature
+    if len(inputs) != 1:
+        raise ValueError(f"expected one string input, the signature has {sorted(inputs)}")
+    (name, spec), = inputs.items()
+    if spec.dtype != tf.string:
+        raise ValueError(f"expected a string input, the signature's '{name}' is {spec.dtype.name}")
+    column = spec.shape.rank == 2
+    output = sorted(fn.structured_outputs)[0]
+
+    def predict(texts: list):
+        batch = tf.constant(texts, dtype=tf.string)
+        if column:
+            batch = tf.reshape(batch, (-1, 1))
+        return fn(**{name: batch})[output].numpy()
+
+    predict.model = loaded  # keep the trackable objects alive with the function
+    return predict
+
+
+def _keras_predictor(tf, path: str) -> Predictor:
+    import keras
+
+    model = keras.saving.load_model(path, compile=False)
+    shape = model.inputs[0].shape
+    column = len(shape) == 2
+    spec = tf.TensorSpec((None, 1) if column else (None,), tf.string)
+    call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def predict(texts: list):
+        batch = tf.constant(texts, dtype=tf.string)
+        if column:
+            batch = tf.reshape(batch, (-1, 1))
+        return call(batch).numpy()
+
+    return predict
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while TensorFlow starts.
+
+    TensorFlow's C++ runtime prints oneDNN and CUDA notices before its log level is
+    read, straight to the descriptor, so no Python setting can stop them.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

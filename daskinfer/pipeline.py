@@ -1,0 +1,171 @@
+"""The whole job, in the order data flows: list inputs, partition them into a dask bag,
+score the partitions on the workers, stream the results into one ordered JSONL."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import dask
+import dask.bag as db
+from omegaconf import DictConfig, OmegaConf
+
+from daskinfer import cluster, config, model, predict, sink, sources
+
+log = logging.getLogger("daskinfer")
+
+
+@dataclass
+class Job:
+    """What the driver knows before any work starts."""
+
+    cfg: DictConfig
+    docs: List[sources.Document]
+    settings: predict.Settings
+    output_uri: str
+
+
+@dataclass
+class RunResult:
+    output_uri: str
+    summary: Dict[str, Any]
+
+
+def prepare(cfg: DictConfig) -> Job:
+    """Check inputs, model and output before a cluster is started: user errors fail fast."""
+    inf = cfg.inference
+    options = OmegaConf.to_container(cfg.storage.options, resolve=True)
+    docs = sources.list_documents(inf.input_data_dir, inf.input_glob, inf.recursive, options)
+    model.locate(inf.model_path, options)
+    spec = model.ModelSpec(
+        uri=inf.model_path,
+        storage_options=options,
+        intra_op_threads=cfg.cluster.tf_intra_op_threads,
+        inter_op_threads=cfg.cluster.tf_inter_op_threads,
+    )
+    settings = predict.Settings(
+        model=spec,
+        encoding=inf.encoding,
+        batch_size=inf.batch_size,
+        threshold=inf.threshold,
+        labels=tuple(inf.labels),
+        max_document_bytes=inf.max_document_bytes,
+        storage_options=options,
+    )
+    return Job(cfg, docs, settings, inf.output_path or sink.default_output_path())
+
+
+def partitions(job: Job, n_threads: int) -> db.Bag:
+    """A bag of the input documents, one partition per group of files (by count and bytes)."""
+    inf = job.cfg.inference
+    size = sources.partition_size(len(job.docs), n_threads, inf.partition_size)
+    groups = sources.group(job.docs, size, inf.partition_bytes)
+    return db.from_delayed([dask.delayed(g, traverse=False) for g in groups])
+
+
+def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
+    """A lazy bag of prediction records (dicts), for notebooks: `.to_dataframe()`, `.filter()`...
+
+    Failed documents are left out; run() reports them in errors.jsonl.
+    """
+    job = prepare(cfg)
+    return partitions(job, n_threads).map_partitions(predict.score_partition_records, job.settings)
+
+
+def run(cfg: DictConfig, client=None) -> RunResult:
+    """Run the job on client (or on the configured cluster) and write the outputs."""
+    job = prepare(cfg)
+    log.info("Scoring %d documents from %s", len(job.docs), cfg.inference.input_data_dir)
+    if client is not None:
+        return _run_on(job, client)
+    with cluster.connect(cfg.cluster) as own_client:
+        return _run_on(job, own_client)
+
+
+def _run_on(job: Job, client) -> RunResult:
+    started = time.monotonic()
+    n_threads = cluster.total_threads(client)
+    # Each partition becomes its (results, errors) JSONL bytes on the worker.
+    parts = partitions(job, n_threads).map_partitions(predict.score_partition_jsonl, job.settings)
+    out = sink.OrderedSink(job.output_uri, job.settings.storage_options)
+    progress = Progress(len(job.docs))
+    counts = collections.Counter()
+    try:
+        for results, errors in _in_order(client, parts.to_delayed(), window=2 * n_threads + 2):
+            out.write(results, errors)
+            counts["predicted"] += results.count(b"\n")
+            counts["errors"] += errors.count(b"\n")
+            progress.update(counts["predicted"] + counts["errors"])
+    except BaseException:
+        progress.close()
+        out.discard()
+        raise
+    progress.close()
+    elapsed = time.monotonic() - started
+    summary = {
+        "documents": len(job.docs),
+        "predicted": counts["predicted"],
+        "errors": counts["errors"],
+        "elapsed_s": round(elapsed, 3),
+        "docs_per_s": round(len(job.docs) / elapsed, 1) if elapsed else None,
+        "model_loads": client.run(model.load_count, job.settings.model.uri),
+        "output": job.output_uri,
+    }
+    out.commit(summary, config.to_yaml(job.cfg))
+    log.info(
+        "Scored %d documents (%d errors) in %.1f s, %.0f docs/s",
+        len(job.docs), counts["errors"], elapsed, summary["docs_per_s"] or 0,
+    )
+    if counts["errors"]:
+        log.info("Errors: %s", sink.sidecar(job.output_uri, sink.ERRORS_NAME))
+    log.info("Output result location: %s", job.output_uri)
+    return RunResult(job.output_uri, summary)
+
+
+def _in_order(client, delayed: Sequence, window: int):
+    """Results of delayed partitions in their order, with at most `window` submitted ahead.
+
+    Earlier partitions get higher priority, so the ordered writer can persist results
+    from the first seconds on; the window bounds what waits on the workers.
+    """
+    pending = collections.deque()
+    next_index = 0
+    while pending or next_index < len(delayed):
+        while next_index < len(delayed) and len(pending) < window:
+            pending.append(client.compute(delayed[next_index], priority=-next_index))
+            next_index += 1
+        future = pending.popleft()
+        try:
+            yield future.result()
+        finally:
+            future.release()
+
+
+class Progress:
+    """A one-line progress bar on a terminal; nothing when stderr is not one."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.stream = total, stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and done < self.total):
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        left = (self.total - done) / rate if rate else float("inf")
+        self.stream.write(f"\r{done}/{self.total} documents  {rate:,.0f} docs/s  {left:,.0f} s left   ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+

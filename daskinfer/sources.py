@@ -1,0 +1,117 @@
+"""Inputs: list the documents once on the driver, group them into partitions, read a
+partition's files together on a worker. Everything goes through fsspec, so a local
+folder, s3:// and any other fsspec URL behave the same."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+
+@dataclass(frozen=True)
+class Document:
+    """One input file: its full path or URI (as written in the results) and its size."""
+
+    uri: str
+    size: int
+
+
+def filesystem(url: str, storage_options: Mapping[str, Any]) -> Tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem for url and the path on it (protocol stripped)."""
+    return fsspec.core.url_to_fs(url, **dict(storage_options))
+
+
+def full_uri(fs: AbstractFileSystem, path: str) -> str:
+    """What a record calls a file: an absolute local path, or the full URI elsewhere."""
+    if _is_local(fs):
+        return os.path.abspath(path)
+    return fs.unstrip_protocol(path)
+
+
+def list_documents(
+    url: str,
+    glob: str = "*.txt",
+    recursive: bool = False,
+    storage_options: Optional[Mapping[str, Any]] = None,
+) -> List[Document]:
+    """Every non-folder entry under url whose name matches glob, in sorted order.
+
+    Dangling links and unreadable files are listed too: they fail when read and are
+    reported then, never dropped here.
+    """
+    fs, root = filesystem(url, storage_options or {})
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"input folder not found: {url}")
+    entries = fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True)
+    docs = [
+        Document(full_uri(fs, path), int(info.get("size") or 0))
+        for path, info in entries.items()
+        if info.get("type") != "directory"
+        and path.rstrip("/") != root.rstrip("/")
+        and fnmatch.fnmatchcase(posixpath.basename(path), glob)
+    ]
+    if not docs:
+        where = f"{url} or its subfolders" if recursive else url
+        raise FileNotFoundError(f"no files matching '{glob}' in {where}")
+    return sorted(docs, key=lambda d: d.uri)
+
+
+def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: int = 1000) -> int:
+    """Documents per partition: as configured, else about four partitions per thread.
+
+    Several partitions per thread balance the load and let results reach the output
+    early; the cap keeps each task short and its result small.
+    """
+    if configured:
+        return configured
+    return max(1, min(cap, math.ceil(n_docs / (4 * max(1, n_threads)))))
+
+
+def group(docs: Sequence[Document], max_docs: int, max_bytes: int) -> Iterator[List[Document]]:
+    """Consecutive runs of docs, each at most max_docs files and (beyond one file) max_bytes."""
+    batch: List[Document] = []
+    batch_bytes = 0
+    for doc in docs:
+        if batch and (len(batch) >= max_docs or batch_bytes + doc.size > max_bytes):
+            yield batch
+            batch, batch_bytes = [], 0
+        batch.append(doc)
+        batch_bytes += doc.size
+    if batch:
+        yield batch
+
+
+def read_all(
+    docs: Sequence[Document], storage_options: Mapping[str, Any], max_bytes: int
+) -> List[Union[bytes, Exception]]:
+    """The bytes of each document (or the exception that stopped it), in order.
+
+    One `cat_ranges` call for the whole partition: async stores such as s3fs fetch
+    the objects concurrently, with no per-object HEAD after the listing.
+    """
+    out: List[Union[bytes, Exception]] = [ValueError("not read")] * len(docs)
+    wanted = [i for i, d in enumerate(docs) if d.size <= max_bytes]
+    for i, d in enumerate(docs):
+        if d.size > max_bytes:
+            out[i] = ValueError(f"document is {d.size} bytes, above inference.max_document_bytes={max_bytes}")
+    by_fs: Dict[Tuple[str, ...], List[int]] = {}
+    for i in wanted:
+        by_fs.setdefault(fsspec.core.split_protocol(docs[i].uri)[:1], []).append(i)
+    for indices in by_fs.values():
+        fs, _ = filesystem(docs[indices[0]].uri, storage_options)
+        paths = [fs._strip_protocol(docs[i].uri) for i in indices]
+        for i, data in zip(indices, fs.cat_ranges(paths, None, None, on_error="return")):
+            out[i] = data
+    return out
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
