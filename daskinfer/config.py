@@ -15,7 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationToMissingValueError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 
 class ConfigError(ValueError):
@@ -85,6 +90,9 @@ def load_config(overrides: Sequence[str] = (), config_file: Optional[str] = None
             layers.append(OmegaConf.load(config_file))
         layers.append(_dotlist(overrides))
         cfg = OmegaConf.merge(OmegaConf.structured(Config), *layers)
+        missing = [key for key in valid_keys() if _is_missing(cfg, key)]
+        if missing:
+            raise ConfigError(f"missing required key(s): {', '.join(missing)} (set them as key=value)")
         OmegaConf.resolve(cfg)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {config_file}") from None
@@ -92,11 +100,17 @@ def load_config(overrides: Sequence[str] = (), config_file: Optional[str] = None
         raise ConfigError(_unknown_key_message(exc)) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"missing required key(s): {', '.join(missing)} (set them as key=value)")
     check(cfg)
     return cfg
+
+
+def _is_missing(cfg: DictConfig, key: str) -> bool:
+    """True for ??? and for ${oc.env:NAME,???} when NAME is not set."""
+    try:
+        OmegaConf.select(cfg, key, throw_on_missing=True)
+    except (MissingMandatoryValue, InterpolationToMissingValueError):
+        return True
+    return False
 
 
 def _dotlist(overrides: Sequence[str]) -> DictConfig:

@@ -56,7 +56,9 @@ def prepare(cfg: DictConfig) -> Job:
         max_document_bytes=inf.max_document_bytes,
         storage_options=options,
     )
-    return Job(cfg, docs, settings, inf.output_path or sink.default_output_path())
+    output_uri = inf.output_path or sink.default_output_path()
+    sink.refuse_existing(output_uri, options)
+    return Job(cfg, docs, settings, output_uri)
 
 
 def partitions(job: Job, n_threads: int) -> db.Bag:

@@ -14,7 +14,7 @@ import posixpath
 import time
 from typing import Any, Dict, Mapping, Optional
 
-from fsspec.spec import AbstractFileSystem
+from fsspec.core import split_protocol
 
 from daskinfer import sources
 
@@ -39,6 +39,12 @@ def sidecar(output_uri: str, name: str) -> str:
     return join(parent, name)
 
 
+def refuse_existing(output_uri: str, storage_options: Mapping[str, Any]) -> None:
+    fs, path = sources.filesystem(output_uri, storage_options)
+    if fs.exists(path):
+        raise FileExistsError(f"output already exists, refusing to overwrite: {output_uri}")
+
+
 class OrderedSink:
     """Appends each partition's results and errors; commit() publishes, discard() removes."""
 
@@ -46,8 +52,7 @@ class OrderedSink:
         self.uri = output_uri
         self.fs, self.path = sources.filesystem(output_uri, storage_options)
         self.errors_path = self.fs._strip_protocol(sidecar(output_uri, ERRORS_NAME))
-        if self.fs.exists(self.path):
-            raise FileExistsError(f"output already exists, refusing to overwrite: {output_uri}")
+        refuse_existing(output_uri, storage_options)
         self.local = sources._is_local(self.fs)
         self.fs.makedirs(self.fs._parent(self.path), exist_ok=True)
         self._results = self._open(self.path)
@@ -89,7 +94,5 @@ class OrderedSink:
 
 
 def _split(uri: str):
-    from fsspec.core import split_protocol
-
     protocol, path = split_protocol(uri)
     return (None if protocol in (None, "file", "local") else protocol), path

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DASKINFER_SHARED_DATA", REPO.parent / "shared" / "data"))
+IMDB = SHARED_DATA / "imdb-sample"
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def read_labeled(folder: Path):
+    """(texts, labels) of an aclImdb split: pos = 1, neg = 0."""
+    texts, labels = [], []
+    for label, sub in ((1, "pos"), (0, "neg")):
+        for path in sorted((folder / sub).glob("*.txt")):
+            texts.append(path.read_text("utf-8"))
+            labels.append(label)
+    return texts, labels
+
+
+def rating_label(path: str) -> int:
+    """aclImdb names are <id>_<rating>.txt: rating >= 7 is positive."""
+    return int(Path(path).stem.split("_")[1]) >= 7
+
+
+def read_jsonl(path) -> List[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_data_present():
+    if not IMDB.is_dir():
+        pytest.exit(f"shared review data not found at {IMDB}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def test_docs(tmp_path_factory) -> Path:
+    """../shared/data/imdb-sample/test flattened into one folder, aclImdb names kept."""
+    folder = tmp_path_factory.mktemp("imdb-test")
+    for sub in ("pos", "neg"):
+        for path in (IMDB / "test" / sub).glob("*.txt"):
+            shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """{format: (path, in-process predict)} trained on the shared train split."""
+    import models as builder
+
+    texts, labels = read_labeled(IMDB / "train")
+    return builder.save_all(tmp_path_factory.mktemp("models"), texts, labels)
+
+
+@pytest.fixture(scope="session")
+def reference_scores(models, test_docs):
+    """{format: {absolute path: score}}: the same models called in-process on the test docs."""
+    paths = sorted(str(p) for p in test_docs.glob("*.txt"))
+    texts = [Path(p).read_text("utf-8") for p in paths]
+    out, by_function = {}, {}
+    for fmt, (_, predict) in models.items():
+        if predict not in by_function:
+            by_function[predict] = dict(zip(paths, map(float, predict(texts))))
+        out[fmt] = by_function[predict]
+    return out
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def stderr_lines(self) -> List[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def run_cli(*args: str, cwd: Path, env: Optional[Dict[str, str]] = None, timeout: float = 300, script: bool = False) -> Run:
+    """`python -m daskinfer ARGS` (or the `daskinfer` console script) in a child process, as a user runs it."""
+    program = [str(Path(sys.executable).parent / "daskinfer")] if script else [sys.executable, "-m", "daskinfer"]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    full_env.update(env or {})
+    done = subprocess.run(
+        [*program, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def assert_predictions(records: List[dict], docs_folder: Path, reference: Dict[str, float]) -> None:
+    """What a user checks: every file once, sorted, the model's own scores, good accuracy."""
+    expected = sorted(str(p) for p in docs_folder.glob("*.txt"))
+    assert [r["filepath"] for r in records] == expected
+    for r in records:
+        assert set(r) == {"time", "filepath", "logit_prob", "sentiment"}
+        assert abs(r["logit_prob"] - reference[r["filepath"]]) <= 1e-5, r["filepath"]
+        assert r["sentiment"] == ("positive" if r["logit_prob"] > 0.5 else "negative")
+        assert r["time"].endswith("+0000") and len(r["time"]) == 24
+    accuracy = sum((r["sentiment"] == "positive") == rating_label(r["filepath"]) for r in records) / len(records)
+    assert accuracy >= 0.7, accuracy

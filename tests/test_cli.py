@@ -1,0 +1,86 @@
+"""The command line end to end on a real LocalCluster, for every model format."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import assert_predictions, read_jsonl, run_cli
+
+FORMATS = ["keras", "keras3-export", "tf-keras2-savedmodel", "mlflow"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs, reference_scores, tmp_path):
+    output = tmp_path / "out" / "results.jsonl"
+    run = run_cli(
+        f"inference.model_path={models[fmt][0]}",
+        f"inference.input_data_dir={test_docs}",
+        f"inference.output_path={output}",
+        "cluster.n_workers=2",
+        "cluster.threads_per_worker=1",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr_lines[-1] == f"[{run.stderr_lines[-1][1:24]}][daskinfer][INFO] - Output result location: {output}"
+    assert "Traceback" not in run.stderr and "Warning" not in run.stderr
+    assert_predictions(read_jsonl(output), test_docs, reference_scores[fmt])
+
+    summary = json.loads((output.parent / "summary.json").read_text())
+    assert summary["documents"] == summary["predicted"] == 1600 and summary["errors"] == 0
+    assert len(summary["model_loads"]) == 2 and set(summary["model_loads"].values()) == {1}
+    assert (output.parent / "config.yaml").is_file()
+    assert (output.parent / "errors.jsonl").read_text() == ""
+    assert sorted(p.name for p in output.parent.iterdir()) == ["config.yaml", "errors.jsonl", "results.jsonl", "summary.json"]
+
+
+def test_default_output_layout_config_file_and_env_interpolation(models, test_docs, tmp_path):
+    """Output under outputs/<date>/<time>/ by default; --config merges a YAML that reads the
+    environment the way the Docker image passes INPUT_DATA_DIR; a console script runs it."""
+    overrides = tmp_path / "job.yaml"
+    overrides.write_text("inference:\n  input_data_dir: ${oc.env:INPUT_DATA_DIR}\n  batch_size: 64\n")
+    run = run_cli(
+        "--config", str(overrides), f"inference.model_path={models['keras'][0]}", "inference.threshold=0.6",
+        cwd=tmp_path, env={"INPUT_DATA_DIR": str(test_docs)}, script=True,
+    )
+    assert run.returncode == 0, run.stderr
+    location = run.stderr_lines[-1].split("Output result location: ")[1]
+    assert re.fullmatch(re.escape(str(tmp_path)) + r"/outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d/batch-infer-res.jsonl", location)
+    records = read_jsonl(location)
+    assert len(records) == 1600
+    assert all(r["sentiment"] == ("positive" if r["logit_prob"] > 0.6 else "negative") for r in records)
+    saved = (Path(location).parent / "config.yaml").read_text()
+    assert f"input_data_dir: {test_docs}" in saved and "batch_size: 64" in saved and "threshold: 0.6" in saved
+
+
+def test_console_script_help_lists_every_key(tmp_path):
+    import subprocess
+
+    from daskinfer.config import documented_keys
+
+    done = subprocess.run([Path(sys.executable).parent / "daskinfer", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for key, default, meaning in documented_keys():
+        assert f"{key}={default}" in done.stdout and meaning in done.stdout
+
+
+def test_driver_never_imports_tensorflow(models, test_docs, tmp_path):
+    """The real CLI path, run in a fresh interpreter that then looks at its own modules."""
+    output = tmp_path / "res.jsonl"
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['daskinfer', 'inference.model_path={models['mlflow'][0]}', "
+        f"'inference.input_data_dir={test_docs}', 'inference.output_path={output}']\n"
+        "try:\n    runpy.run_module('daskinfer', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False False"
+    assert len(read_jsonl(output)) == 1600

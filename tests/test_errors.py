@@ -1,0 +1,133 @@
+"""Errors the user must fix: one line on stderr, non-zero exit, no traceback, no results."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_user_error(run, *needles: str, single_line: bool = True) -> None:
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = run.stderr_lines
+    if single_line:
+        assert len(lines) == 1, run.stderr
+    error_lines = [line for line in lines if line.startswith("daskinfer: error: ")]
+    assert error_lines == [lines[-1]], run.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def assert_no_results(folder: Path) -> None:
+    leftovers = [p for p in folder.rglob("*") if p.suffix in (".jsonl", ".partial") or p.name == "outputs"]
+    assert leftovers == []
+
+
+@pytest.fixture
+def model(models):
+    return str(models["keras"][0])
+
+
+def test_missing_input_folder(model, tmp_path):
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={tmp_path}/nowhere", cwd=tmp_path)
+    assert_user_error(run, "input folder not found", f"{tmp_path}/nowhere")
+    assert_no_results(tmp_path)
+
+
+def test_no_matching_files(model, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.csv").write_text("text\nhello\n")
+    (tmp_path / "docs" / "sub.txt").mkdir()  # a folder named *.txt is not a document
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={tmp_path}/docs", cwd=tmp_path)
+    assert_user_error(run, "no files matching '*.txt'", f"{tmp_path}/docs")
+    assert_no_results(tmp_path)
+
+
+def test_missing_model(test_docs, tmp_path):
+    run = run_cli(f"inference.model_path={tmp_path}/model.keras", f"inference.input_data_dir={test_docs}", cwd=tmp_path)
+    assert_user_error(run, "model not found", f"{tmp_path}/model.keras")
+    assert_no_results(tmp_path)
+
+
+def test_folder_that_is_not_a_model(test_docs, tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    run = run_cli(f"inference.model_path={tmp_path}/empty-model", f"inference.input_data_dir={test_docs}", cwd=tmp_path)
+    assert_user_error(run, "not a model", "saved_model.pb")
+    assert_no_results(tmp_path)
+
+
+def test_unknown_key_names_the_valid_keys(model, test_docs, tmp_path):
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", "inference.batchsize=8", cwd=tmp_path)
+    assert_user_error(run, "unknown key 'inference.batchsize'", "inference.batch_size", "cluster.address")
+    assert_no_results(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("inference.batch_size=0", "inference.batch_size must be > 0"),
+        ("inference.threshold=1.5", "inference.threshold must be within [0, 1]"),
+        ("inference.labels=[good,good]", "inference.labels"),
+        ("inference.batch_size=many", "inference.batch_size"),
+        ("inference.encoding=klingon", "unknown encoding"),
+    ],
+)
+def test_bad_values_fail_before_any_work(override, needle, model, test_docs, tmp_path):
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", override, cwd=tmp_path)
+    assert_user_error(run, needle)
+    assert_no_results(tmp_path)
+
+
+def test_missing_required_keys(tmp_path):
+    run = run_cli(cwd=tmp_path)
+    assert_user_error(run, "inference.model_path", "inference.input_data_dir")
+
+
+def test_unreachable_scheduler(model, test_docs, tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    run = run_cli(
+        f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", f"cluster.address={address}",
+        cwd=tmp_path, env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"},
+    )
+    assert_user_error(run, "cannot reach the dask scheduler", address, single_line=False)
+    assert_no_results(tmp_path)
+
+
+def test_corrupt_model_file_is_reported_clearly(test_docs, tmp_path):
+    bad = tmp_path / "broken.keras"
+    bad.write_bytes(b"this is not a zip archive")
+    out = tmp_path / "out" / "res.jsonl"
+    run = run_cli(f"inference.model_path={bad}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}", cwd=tmp_path)
+    assert_user_error(run, "could not load model", str(bad), single_line=False)
+    assert_no_results(tmp_path)
+
+
+def test_keras_vocabulary_with_line_separator_is_reported_clearly(test_docs, tmp_path):
+    """Keras 3 cannot read back a vocabulary token holding U+0085 (aclImdb text has them)."""
+    import models as builder
+
+    texts = ["a good\x85fine film", "a bad film", "good good", "bad bad"] * 4
+    model = builder.train_keras3(texts, [1, 0, 1, 0] * 4, vocabulary_texts=texts)
+    path = tmp_path / "nel.keras"
+    model.save(path)
+    out = tmp_path / "out" / "res.jsonl"
+    run = run_cli(f"inference.model_path={path}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}", cwd=tmp_path)
+    assert_user_error(run, "could not load model", str(path), single_line=False)
+    assert_no_results(tmp_path)
+
+
+def test_existing_output_is_never_overwritten(model, test_docs, tmp_path):
+    out = tmp_path / "res.jsonl"
+    out.write_text("precious\n")
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}", cwd=tmp_path)
+    assert_user_error(run, "already exists", str(out))
+    assert out.read_text() == "precious\n"
