@@ -12,6 +12,8 @@ from typing import Iterator
 
 from omegaconf import DictConfig
 
+from daskinfer.errors import first_line
+
 log = logging.getLogger("daskinfer")
 
 # Loggers that print tracebacks for connections closed during a normal shutdown.
@@ -60,7 +62,7 @@ def connect(cfg: DictConfig) -> Iterator["distributed.Client"]:
             )
             client = distributed.Client(cluster)
     except OSError as exc:
-        raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {_first_line(exc)}") from None
+        raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {first_line(exc)}") from None
     try:
         _wait_for_workers(client, cfg)
         if client.dashboard_link and (cfg.address or cfg.dashboard_address):
@@ -92,8 +94,3 @@ def _wait_for_workers(client, cfg: DictConfig) -> None:
     except (TimeoutError, OSError):
         where = cfg.address or "the LocalCluster"
         raise TimeoutError(f"no dask worker joined {where} within {cfg.wait_for_workers_s:g} s") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -41,6 +41,7 @@ class InferenceConfig:
     partition_size: Optional[int] = MISSING
     partition_bytes: int = MISSING
     max_document_bytes: int = MISSING
+    model_cache_dir: Optional[str] = MISSING
 
 
 @dataclass

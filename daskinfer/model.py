@@ -11,9 +11,12 @@ Supported, each detected from what is on disk:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
+import shutil
 import sys
+import tempfile
 import threading
 import json
 from dataclasses import asdict, dataclass, field
@@ -22,6 +25,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 import yaml
 
 from daskinfer import sources
+from daskinfer.errors import first_line
 
 
 class ModelLoadError(RuntimeError):
@@ -36,6 +40,7 @@ class ModelSpec:
     storage_options: Dict[str, Any] = field(default_factory=dict)
     intra_op_threads: Optional[int] = None
     inter_op_threads: Optional[int] = None
+    cache_dir: Optional[str] = None
 
 
 # ---------------------------------------------------------------- driver side: no TensorFlow
@@ -47,6 +52,11 @@ def locate(uri: str, storage_options: Mapping[str, Any]) -> Tuple[str, str]:
     Raises FileNotFoundError when nothing loadable is there.
     """
     fs, path = sources.filesystem(uri, storage_options)
+    with sources.storage_errors(uri):
+        return _locate(fs, path, uri, storage_options)
+
+
+def _locate(fs, path: str, uri: str, storage_options: Mapping[str, Any]) -> Tuple[str, str]:
     if not fs.exists(path):
         raise FileNotFoundError(f"model not found: {uri}")
     if not fs.isdir(path):
@@ -56,7 +66,7 @@ def locate(uri: str, storage_options: Mapping[str, Any]) -> Tuple[str, str]:
     names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
     if "MLmodel" in names:
         inner = _mlflow_model_path(fs, path)
-        return locate(sources.full_uri(fs, inner), storage_options)
+        return _locate(fs, inner, sources.full_uri(fs, inner), storage_options)
     if "saved_model.pb" in names:
         return "savedmodel", uri
     raise FileNotFoundError(
@@ -113,7 +123,7 @@ def load_count(uri: str) -> int:
 
 def _load(spec: ModelSpec) -> Predictor:
     fmt, uri = locate(spec.uri, spec.storage_options)
-    local = _local_copy(uri, spec.storage_options)
+    local = _local_copy(uri, spec.storage_options, spec.cache_dir)
     with _quiet_stderr():
         tf = _import_tensorflow(spec)
         try:
@@ -122,15 +132,41 @@ def _load(spec: ModelSpec) -> Predictor:
             predict(["warm-up: traces the graph and starts the runtime while stderr is quiet"])
             return predict
         except Exception as exc:  # any failure here means the model file itself is unusable
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"could not load model {spec.uri}: {reason}") from None
+            raise ModelLoadError(f"could not load model {spec.uri}: {first_line(exc)}") from None
 
 
-def _local_copy(uri: str, storage_options: Mapping[str, Any]) -> str:
+def _local_copy(uri: str, storage_options: Mapping[str, Any], cache_dir: Optional[str]) -> str:
+    """A local path to the model: itself when local, else a cached download.
+
+    The cache is keyed by URI and the objects' ETags and sizes, so a changed model is
+    fetched again. A download lands under a temporary name and is renamed into place,
+    so a worker never sees another worker's half-written copy.
+    """
     fs, path = sources.filesystem(uri, storage_options)
     if sources._is_local(fs):
         return path
-    raise NotImplementedError("models on remote storage")
+    files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    fingerprint = json.dumps(
+        [uri] + [(name, info.get("ETag"), info.get("size")) for name, info in sorted(files.items())]
+    )
+    root = os.path.expanduser(cache_dir or os.path.join("~", ".cache", "daskinfer", "models"))
+    target = os.path.join(root, hashlib.sha256(fingerprint.encode()).hexdigest()[:32])
+    local = os.path.join(target, posixpath.basename(path.rstrip("/")))
+    if os.path.exists(local):
+        return local
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".download-", dir=root)
+    try:
+        base = posixpath.dirname(path.rstrip("/"))
+        remote = sorted(files)
+        fs.get(remote, [os.path.join(staging, posixpath.relpath(r, base)) for r in remote])
+        try:
+            os.rename(staging, target)
+        except OSError:  # another worker on this machine finished first: use its copy
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return local
 
 
 def _import_tensorflow(spec: ModelSpec):

@@ -46,6 +46,7 @@ def prepare(cfg: DictConfig) -> Job:
         storage_options=options,
         intra_op_threads=cfg.cluster.tf_intra_op_threads,
         inter_op_threads=cfg.cluster.tf_inter_op_threads,
+        cache_dir=inf.model_cache_dir,
     )
     settings = predict.Settings(
         model=spec,

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from daskinfer import model, sources
+from daskinfer.errors import first_line
 from daskinfer.sources import Document
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
@@ -130,8 +131,7 @@ def _decode(data: Any, encoding: str) -> Any:
 
 
 def _error(doc: Document, exc: BaseException, prefix: str = "") -> Dict[str, Any]:
-    lines = str(exc).strip().splitlines()
-    reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    reason = f"{type(exc).__name__}: {first_line(exc)}"
     return {
         "time": time.strftime(TIME_FORMAT, time.gmtime()),
         "filepath": doc.uri,

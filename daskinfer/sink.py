@@ -41,7 +41,9 @@ def sidecar(output_uri: str, name: str) -> str:
 
 def refuse_existing(output_uri: str, storage_options: Mapping[str, Any]) -> None:
     fs, path = sources.filesystem(output_uri, storage_options)
-    if fs.exists(path):
+    with sources.storage_errors(output_uri):
+        exists = fs.exists(path)
+    if exists:
         raise FileExistsError(f"output already exists, refusing to overwrite: {output_uri}")
 
 

@@ -4,6 +4,7 @@ folder, s3:// and any other fsspec URL behave the same."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import os
@@ -13,6 +14,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
+
+from daskinfer.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,10 @@ def list_documents(
     reported then, never dropped here.
     """
     fs, root = filesystem(url, storage_options or {})
-    if not fs.isdir(root):
-        raise FileNotFoundError(f"input folder not found: {url}")
-    entries = fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True)
+    with storage_errors(url):
+        if not fs.isdir(root):
+            raise FileNotFoundError(f"input folder not found: {url}")
+        entries = fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True)
     docs = [
         Document(full_uri(fs, path), int(info.get("size") or 0))
         for path, info in entries.items()
@@ -61,6 +65,33 @@ def list_documents(
         where = f"{url} or its subfolders" if recursive else url
         raise FileNotFoundError(f"no files matching '{glob}' in {where}")
     return sorted(docs, key=lambda d: d.uri)
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Storage failures as Python's own exceptions, with a one-line message naming url.
+
+    s3fs already maps most S3 errors (FileNotFoundError, PermissionError); connection
+    failures still arrive as botocore exceptions.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except PermissionError as exc:
+        raise PermissionError(f"access denied to {url}: {first_line(exc)}") from None
+    except Exception as exc:
+        if isinstance(exc, (ConnectionError, TimeoutError)) or _is_botocore_connection_error(exc):
+            raise ConnectionError(f"cannot reach the storage for {url}: {first_line(exc)}") from None
+        raise
+
+
+def _is_botocore_connection_error(exc: BaseException) -> bool:
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+    except ImportError:
+        return False
+    return isinstance(exc, BotoConnectionError)
 
 
 def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: int = 1000) -> int:
