@@ -52,8 +52,10 @@ def list_documents(
     fs, root = filesystem(url, storage_options or {})
     with storage_errors(url):
         if not fs.isdir(root):
-            raise FileNotFoundError(f"input folder not found: {url}")
-        entries = fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True)
+            _explain_missing_folder(fs, root, url)
+            entries = {}
+        else:
+            entries = fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True)
     docs = [
         Document(full_uri(fs, path), int(info.get("size") or 0))
         for path, info in entries.items()
@@ -65,6 +67,16 @@ def list_documents(
         where = f"{url} or its subfolders" if recursive else url
         raise FileNotFoundError(f"no files matching '{glob}' in {where}")
     return sorted(docs, key=lambda d: d.uri)
+
+
+def _explain_missing_folder(fs: AbstractFileSystem, root: str, url: str) -> None:
+    """Raise for a folder that is not there. On object stores a prefix with no objects is
+    no folder at all, so only a missing bucket is an error of its own."""
+    if _is_local(fs):
+        raise FileNotFoundError(f"input folder not found: {url}")
+    bucket = root.split("/", 1)[0]
+    if not fs.exists(bucket):
+        raise FileNotFoundError(f"bucket not found: {bucket} (input {url})")
 
 
 @contextlib.contextmanager

@@ -3,8 +3,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -103,10 +105,12 @@ def run_cli(*args: str, cwd: Path, env: Optional[Dict[str, str]] = None, timeout
     return Run(done.returncode, done.stdout, done.stderr)
 
 
-def assert_predictions(records: List[dict], docs_folder: Path, reference: Dict[str, float]) -> None:
-    """What a user checks: every file once, sorted, the model's own scores, good accuracy."""
-    expected = sorted(str(p) for p in docs_folder.glob("*.txt"))
-    assert [r["filepath"] for r in records] == expected
+def assert_predictions(records: List[dict], expected: List[str], reference: Dict[str, float]) -> None:
+    """What a user checks: every input once, sorted, the model's own scores, good accuracy.
+
+    expected: every input's path or URI; reference: path or URI -> in-process score.
+    """
+    assert [r["filepath"] for r in records] == sorted(expected)
     for r in records:
         assert set(r) == {"time", "filepath", "logit_prob", "sentiment"}
         assert abs(r["logit_prob"] - reference[r["filepath"]]) <= 1e-5, r["filepath"]
@@ -114,3 +118,89 @@ def assert_predictions(records: List[dict], docs_folder: Path, reference: Dict[s
         assert r["time"].endswith("+0000") and len(r["time"]) == 24
     accuracy = sum((r["sentiment"] == "positive") == rating_label(r["filepath"]) for r in records) / len(records)
     assert accuracy >= 0.7, accuracy
+
+
+def local_docs(folder: Path) -> List[str]:
+    return [str(p) for p in folder.glob("*.txt")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server over HTTP on 127.0.0.1, with IAM authentication switched on."""
+
+    endpoint: str
+    key: str
+    secret: str
+
+    @property
+    def env(self) -> Dict[str, str]:
+        """What a user exports to reach this store."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=self.key, aws_secret_access_key=self.secret,
+        )
+
+    def upload_folder(self, folder: Path, bucket: str, prefix: str) -> List[str]:
+        """Every file under folder to s3://bucket/prefix/..., returning the URIs."""
+        client, uris = self.client(), []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+            client.upload_file(str(path), bucket, key)
+            uris.append(f"s3://{bucket}/{key}")
+        return uris
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint: moto_server in its own process. The first three requests create
+    an IAM user with full S3 access; from then on every request must be signed by it."""
+    import boto3
+
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port)
+        endpoint = f"http://127.0.0.1:{port}"
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="daskinfer")
+        key = iam.create_access_key(UserName="daskinfer")["AccessKey"]
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="daskinfer", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()

@@ -6,7 +6,7 @@ import json
 
 import distributed
 import pytest
-from conftest import assert_predictions, read_jsonl
+from conftest import assert_predictions, local_docs, read_jsonl
 
 import daskinfer
 
@@ -27,7 +27,7 @@ def test_run_on_a_notebook_client(client, models, test_docs, reference_scores, t
     ])
     result = daskinfer.run(cfg, client=client)
     assert result.output_uri == str(out)
-    assert_predictions(read_jsonl(out), test_docs, reference_scores["keras3-export"])
+    assert_predictions(read_jsonl(out), local_docs(test_docs), reference_scores["keras3-export"])
     assert result.summary == json.loads((out.parent / "summary.json").read_text())
     assert set(result.summary["model_loads"].values()) == {1}
 
@@ -40,6 +40,6 @@ def test_records_bag_explores_lazily(client, models, test_docs, reference_scores
     bag = daskinfer.records_bag(cfg, n_threads=2)
     assert bag.npartitions > 1
     records = bag.compute()
-    assert_predictions(records, test_docs, reference_scores["tf-keras2-savedmodel"])
+    assert_predictions(records, local_docs(test_docs), reference_scores["tf-keras2-savedmodel"])
     frame = bag.to_dataframe().compute()
     assert list(frame.columns) == ["time", "filepath", "logit_prob", "sentiment"] and len(frame) == 1600

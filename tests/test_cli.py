@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_predictions, read_jsonl, run_cli
+from conftest import assert_predictions, local_docs, read_jsonl, run_cli
 
 FORMATS = ["keras", "keras3-export", "tf-keras2-savedmodel", "mlflow"]
 
@@ -27,7 +27,7 @@ def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs
     assert run.returncode == 0, run.stderr
     assert run.stderr_lines[-1] == f"[{run.stderr_lines[-1][1:24]}][daskinfer][INFO] - Output result location: {output}"
     assert "Traceback" not in run.stderr and "Warning" not in run.stderr
-    assert_predictions(read_jsonl(output), test_docs, reference_scores[fmt])
+    assert_predictions(read_jsonl(output), local_docs(test_docs), reference_scores[fmt])
 
     summary = json.loads((output.parent / "summary.json").read_text())
     assert summary["documents"] == summary["predicted"] == 1600 and summary["errors"] == 0

@@ -1,0 +1,83 @@
+"""S3 read stage: daskinfer's partition reads against one GET after another.
+
+Starts moto's S3 server on 127.0.0.1, uploads N small review objects (copies of
+../shared/data/imdb-sample under new names), then times, in this one process:
+  sequential  one blocking GET per object (boto3 get_object in a loop)
+  daskinfer   sources.read_all over the same objects, partition by partition
+and prints both rates and their ratio.
+
+    python benchmarks/s3_read.py [N=4000]
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+
+from daskinfer import sources
+
+REPO = Path(__file__).resolve().parents[1]
+IMDB = REPO.parent / "shared" / "data" / "imdb-sample"
+
+
+def wait_for(port: int) -> None:
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError("moto_server did not start")
+
+
+def main(n: int = 4000) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1")
+    try:
+        wait_for(port)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="bench")
+        texts = [p.read_bytes() for p in sorted(IMDB.glob("*/*/*.txt"))]
+        keys = [f"docs/{i:07d}.txt" for i in range(n)]
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda kv: s3.put_object(Bucket="bench", Key=kv[0], Body=kv[1]),
+                          zip(keys, itertools.cycle(texts))))
+
+        started = time.perf_counter()
+        sequential = [s3.get_object(Bucket="bench", Key=k)["Body"].read() for k in keys]
+        t_seq = time.perf_counter() - started
+
+        docs = sources.list_documents("s3://bench/docs/")
+        started = time.perf_counter()
+        read = []
+        for group in sources.group(docs, 1000, 16 * 2**20):
+            read.extend(sources.read_all(group, {}, 10 * 2**20))
+        t_dask = time.perf_counter() - started
+        assert read == sequential, "the two readers disagree"
+
+        print(f"objects: {n}, bytes: {sum(map(len, read)):,}")
+        print(f"sequential GETs : {t_seq:6.2f} s  {n / t_seq:8.0f} objects/s")
+        print(f"daskinfer reads : {t_dask:6.2f} s  {n / t_dask:8.0f} objects/s")
+        print(f"ratio           : {t_seq / t_dask:6.1f}x")
+    finally:
+        server.terminate()
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:]))
