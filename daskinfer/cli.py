@@ -12,10 +12,10 @@ import sys
 from typing import List, Optional
 
 from daskinfer import config
-from daskinfer.model import ModelLoadError
+from daskinfer.errors import RunFailed
 
 USER_ERRORS = (
-    ModelLoadError,
+    RunFailed,
     FileNotFoundError,
     FileExistsError,
     PermissionError,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 from omegaconf import DictConfig
 
@@ -28,6 +29,7 @@ _NOISY_LOGGERS = (
     "distributed.client",
     "distributed.http.proxy",
     "tornado.application",
+    "asyncio",  # "Task exception was never retrieved" for gathers cancelled at close
     "bokeh",
 )
 
@@ -65,7 +67,7 @@ def connect(cfg: DictConfig) -> Iterator["distributed.Client"]:
         raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {first_line(exc)}") from None
     try:
         _wait_for_workers(client, cfg)
-        if client.dashboard_link and (cfg.address or cfg.dashboard_address):
+        if "dashboard" in client.scheduler_info(n_workers=0).get("services", {}):
             log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
     finally:
@@ -85,7 +87,41 @@ def _remote_client(cfg: DictConfig):
     import distributed
 
     log.info("Connecting to the dask scheduler at %s", cfg.address)
-    return distributed.Client(cfg.address)
+    sec = security(cfg)
+    if cfg.address.startswith("tls://") and not sec.tls_ca_file:
+        raise ConnectionError(
+            f"the scheduler at {cfg.address} speaks TLS and no certificates are configured: set "
+            "cluster.tls.ca_file/client_cert/client_key or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+            "..._CLIENT__CERT and ..._CLIENT__KEY"
+        )
+    return distributed.Client(cfg.address, security=sec)
+
+
+def security(cfg: DictConfig):
+    """TLS settings: cluster.tls.* when given, else dask's own configuration
+    (dask config files, DASK_DISTRIBUTED__COMM__TLS__* variables), which Security() reads."""
+    from distributed import Security
+
+    tls = {f"tls_{key}": value for key, value in cfg.tls.items() if value}
+    return Security(require_encryption=True, **tls) if tls else Security()
+
+
+def watch_workers(client, wait_s: float) -> Callable[[], None]:
+    """A check to call while waiting on results: raises once no worker has been
+    connected for wait_s seconds (a run cannot finish then; a worker that comes back
+    in time takes the lost work)."""
+    lost_since: list = []
+
+    def check() -> None:
+        if client.scheduler_info(n_workers=-1).get("workers"):
+            lost_since.clear()
+            return
+        now = time.monotonic()
+        lost_since[:] = lost_since or [now]
+        if now - lost_since[0] > wait_s:
+            raise TimeoutError(f"no dask worker left for {wait_s:g} s (cluster.wait_for_workers_s); the run is incomplete")
+
+    return check
 
 
 def _wait_for_workers(client, cfg: DictConfig) -> None:

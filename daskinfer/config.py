@@ -45,6 +45,13 @@ class InferenceConfig:
 
 
 @dataclass
+class TLSConfig:
+    ca_file: Optional[str] = MISSING
+    client_cert: Optional[str] = MISSING
+    client_key: Optional[str] = MISSING
+
+
+@dataclass
 class ClusterConfig:
     address: Optional[str] = MISSING
     n_workers: Optional[int] = MISSING
@@ -53,6 +60,7 @@ class ClusterConfig:
     wait_for_workers_s: float = MISSING
     tf_intra_op_threads: Optional[int] = MISSING
     tf_inter_op_threads: Optional[int] = MISSING
+    tls: TLSConfig = field(default_factory=TLSConfig)
 
 
 @dataclass
@@ -153,17 +161,18 @@ def valid_keys() -> List[str]:
 
 
 def documented_keys() -> List[tuple]:
-    """(dotted key, default as written, meaning) for every key, from the YAML file."""
-    rows, section = [], None
+    """(dotted key, default as written, meaning) for every leaf key, from the YAML file."""
+    rows, path = [], []  # path: (indent, name) of the sections above the current line
     for line in defaults_text().splitlines():
         match = re.match(r"^(\s*)([A-Za-z_]+):\s*(.*?)\s*(?:#\s*(.*))?$", line)
         if not match or line.lstrip().startswith("#"):
             continue
-        indent, key, value, meaning = match.groups()
-        if not indent:
-            section = key
+        indent, key, value, meaning = len(match.group(1)), *match.groups()[1:]
+        path = [(i, name) for i, name in path if i < indent]
+        if value:
+            rows.append((".".join([name for _, name in path] + [key]), value, meaning or ""))
         else:
-            rows.append((f"{section}.{key}", value, meaning or ""))
+            path.append((indent, key))
     return rows
 
 

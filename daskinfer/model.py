@@ -25,10 +25,10 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 import yaml
 
 from daskinfer import sources
-from daskinfer.errors import first_line
+from daskinfer.errors import RunFailed, first_line
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(RunFailed):
     """The model exists but could not be loaded; retrying will not help."""
 
 

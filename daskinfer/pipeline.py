@@ -8,13 +8,14 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import dask
 import dask.bag as db
 from omegaconf import DictConfig, OmegaConf
 
 from daskinfer import cluster, config, model, predict, sink, sources
+from daskinfer.errors import RunFailed, first_line
 
 log = logging.getLogger("daskinfer")
 
@@ -98,7 +99,8 @@ def _run_on(job: Job, client) -> RunResult:
     progress = Progress(len(job.docs))
     counts = collections.Counter()
     try:
-        for results, errors in _in_order(client, parts.to_delayed(), window=2 * n_threads + 2):
+        check = cluster.watch_workers(client, job.cfg.cluster.wait_for_workers_s)
+        for results, errors in _in_order(client, parts.to_delayed(), 2 * n_threads + 2, check):
             out.write(results, errors)
             counts["predicted"] += results.count(b"\n")
             counts["errors"] += errors.count(b"\n")
@@ -129,12 +131,15 @@ def _run_on(job: Job, client) -> RunResult:
     return RunResult(job.output_uri, summary)
 
 
-def _in_order(client, delayed: Sequence, window: int):
+def _in_order(client, delayed: Sequence, window: int, check: Callable[[], None]):
     """Results of delayed partitions in their order, with at most `window` submitted ahead.
 
     Earlier partitions get higher priority, so the ordered writer can persist results
-    from the first seconds on; the window bounds what waits on the workers.
+    from the first seconds on; the window bounds what waits on the workers. A partition
+    whose worker dies is recomputed elsewhere by dask, and still written once, here.
     """
+    from distributed.scheduler import KilledWorker
+
     pending = collections.deque()
     next_index = 0
     while pending or next_index < len(delayed):
@@ -143,9 +148,25 @@ def _in_order(client, delayed: Sequence, window: int):
             next_index += 1
         future = pending.popleft()
         try:
-            yield future.result()
+            yield _result(future, check)
+        except KilledWorker as exc:
+            raise RunFailed(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
         finally:
             future.release()
+
+
+def _result(future, check: Callable[[], None]):
+    """The future's result, calling check() every second while it is not there.
+
+    A finished result can still be lost with its worker and need computing again, so
+    this waits with a timeout rather than trusting done().
+    """
+    while True:
+        check()
+        try:
+            return future.result(timeout=1)
+        except TimeoutError:
+            continue
 
 
 class Progress:

@@ -1,0 +1,152 @@
+"""daskinfer against real `dask scheduler` / `dask worker` processes, as on several VMs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import distributed
+import pytest
+from conftest import IMDB, SHARED_DATA, assert_predictions, local_docs, read_jsonl, run_cli
+from dask_processes import make_certificates, start_cluster
+from test_errors import assert_user_error
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    running = start_cluster(tmp_path_factory.mktemp("dask"), n_workers=2)
+    try:
+        with distributed.Client(running.address) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield running
+    finally:
+        running.close()
+
+
+def worker_tf_threads(address: str, security=None) -> dict:
+    with distributed.Client(address, security=security) as client:
+        return client.run(lambda: (
+            __import__("tensorflow").config.threading.get_intra_op_parallelism_threads(),
+            __import__("tensorflow").config.threading.get_inter_op_parallelism_threads(),
+        ))
+
+
+def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_docs, reference_scores, tmp_path):
+    out = tmp_path / "res.jsonl"
+    run = run_cli(
+        f"inference.model_path={models['tf-keras2-savedmodel'][0]}", f"inference.input_data_dir={test_docs}",
+        f"inference.output_path={out}", cwd=tmp_path, env={"DASK_SCHEDULER_ADDRESS": cluster.address},
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"Connecting to the dask scheduler at {cluster.address}" in run.stderr
+    assert_predictions(read_jsonl(out), local_docs(test_docs), reference_scores["tf-keras2-savedmodel"])
+    loads = json.loads((tmp_path / "summary.json").read_text())["model_loads"]
+    assert len(loads) == 2 and set(loads.values()) == {1}
+    # TensorFlow's pools follow the one thread each `dask worker --nthreads 1` has
+    assert set(worker_tf_threads(cluster.address).values()) == {(1, 1)}
+
+
+@pytest.fixture(scope="module")
+def many_small_docs(tmp_path_factory, models):
+    """30,000 one-sentence documents (Rotten Tomatoes snippets) and the in-process scores."""
+    folder = tmp_path_factory.mktemp("snippets")
+    lines = []
+    for name in ("rt-polarity.pos", "rt-polarity.neg"):
+        lines += (SHARED_DATA / "rt-polarity" / "utf8" / name).read_text("utf-8").splitlines()
+    texts = [lines[i % len(lines)] for i in range(30_000)]
+    paths = [str(folder / f"{i:06d}_{'8' if i % len(lines) < 5331 else '2'}.txt") for i in range(len(texts))]
+    for path, text in zip(paths, texts):
+        Path(path).write_text(text, "utf-8")
+    scores = models["keras"][1](texts)
+    return folder, dict(zip(paths, map(float, scores)))
+
+
+def test_worker_killed_mid_run_loses_nothing(cluster, models, many_small_docs, tmp_path):
+    folder, reference = many_small_docs
+    out = tmp_path / "res.jsonl"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "daskinfer", f"inference.model_path={models['keras'][0]}",
+         f"inference.input_data_dir={folder}", f"inference.output_path={out}",
+         f"cluster.address={cluster.address}", "inference.partition_size=250"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    partial = Path(f"{out}.partial")
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.05)
+    assert job.poll() is None, "the run ended before a worker could be killed: make it longer"
+    cluster.kill_worker_process(cluster.workers[0])
+    stdout, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr
+    records = read_jsonl(out)
+    assert len(records) == len(reference)
+    for r in records:
+        assert abs(r["logit_prob"] - reference[r["filepath"]]) <= 1e-5
+    assert [r["filepath"] for r in records] == sorted(reference)
+    loads = json.loads((tmp_path / "summary.json").read_text())["model_loads"]
+    assert max(loads.values()) == 1  # the surviving worker and the nanny's restarted one: at most once each
+
+
+def test_no_worker_joins(tmp_path, models, test_docs):
+    empty = start_cluster(tmp_path, n_workers=0)
+    try:
+        run = run_cli(
+            f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
+            f"cluster.address={empty.address}", "cluster.wait_for_workers_s=2", cwd=tmp_path,
+        )
+    finally:
+        empty.close()
+    assert_user_error(run, f"no dask worker joined {empty.address} within 2 s", single_line=False)
+    assert not list(tmp_path.rglob("*.jsonl*"))
+
+
+def test_every_worker_lost_ends_the_run_with_a_clear_message(tmp_path, models, many_small_docs):
+    folder, _ = many_small_docs
+    lonely = start_cluster(tmp_path, n_workers=1, nanny=False)
+    out = tmp_path / "res.jsonl"
+    try:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "daskinfer", f"inference.model_path={models['keras'][0]}",
+             f"inference.input_data_dir={folder}", f"inference.output_path={out}",
+             f"cluster.address={lonely.address}", "cluster.wait_for_workers_s=3", "inference.partition_size=250"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        partial = Path(f"{out}.partial")
+        deadline = time.monotonic() + 120
+        while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lonely.kill_worker_process(lonely.workers[0])
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        lonely.close()
+    assert job.returncode != 0
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "daskinfer: error: no dask worker left for 3 s (cluster.wait_for_workers_s); the run is incomplete"
+    )
+    assert not out.exists()
+
+
+def test_tls_cluster_needs_certificates(tmp_path, models, test_docs, reference_scores):
+    certs = make_certificates(tmp_path / "certs")
+    secured = start_cluster(tmp_path, n_workers=1, tls=certs)
+    args = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
+            f"cluster.address={secured.address}", "cluster.wait_for_workers_s=60"]
+    try:
+        with_env = run_cli(*args, f"inference.output_path={tmp_path}/a/res.jsonl", cwd=tmp_path, env=certs.client_env())
+        with_keys = run_cli(
+            *args, f"inference.output_path={tmp_path}/b/res.jsonl", f"cluster.tls.ca_file={certs.ca_file}",
+            f"cluster.tls.client_cert={certs.cert}", f"cluster.tls.client_key={certs.key}", cwd=tmp_path,
+        )
+        without = run_cli(*args, f"inference.output_path={tmp_path}/c/res.jsonl", cwd=tmp_path,
+                          env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"})
+    finally:
+        secured.close()
+    for run, folder in ((with_env, "a"), (with_keys, "b")):
+        assert run.returncode == 0, run.stderr
+        assert_predictions(read_jsonl(tmp_path / folder / "res.jsonl"), local_docs(test_docs), reference_scores["keras"])
+    assert_user_error(without, secured.address, single_line=False)
+    assert not (tmp_path / "c").exists()
