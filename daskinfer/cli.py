@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 import sys
 from typing import List, Optional
 
 from daskinfer import config
-from daskinfer.errors import RunFailed
+from daskinfer.errors import ErrorBudgetExceeded, Interrupted, RunFailed
 
 USER_ERRORS = (
     RunFailed,
@@ -26,6 +28,7 @@ USER_ERRORS = (
 
 EXIT_USER_ERROR = 1
 EXIT_CONFIG_ERROR = 2
+EXIT_ERROR_BUDGET = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -44,8 +47,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     setup_logging()
+    signal.signal(signal.SIGTERM, _interrupt)
     overrides = list(args.overrides)
     try:
         if overrides[:1] == ["demo"]:
@@ -58,11 +63,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             pipeline.run(config.load_config(overrides, args.config))
     except config.ConfigError as exc:
         return fail(str(exc), EXIT_CONFIG_ERROR)
+    except Interrupted as exc:
+        return fail(f"{exc}; to resume: {resume_command(argv, exc.output_uri)}", EXIT_INTERRUPTED)
+    except ErrorBudgetExceeded as exc:
+        return fail(str(exc), EXIT_ERROR_BUDGET)
     except USER_ERRORS as exc:
         return fail(str(exc), EXIT_USER_ERROR)
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_INTERRUPTED)
     return 0
+
+
+def resume_command(argv: List[str], output_uri: str) -> str:
+    """The same command, told to resume into the same output."""
+    kept = [a for a in argv if not a.startswith(("inference.resume=", "inference.output_path="))]
+    return shlex.join(["daskinfer", *kept, "inference.resume=true", f"inference.output_path={output_uri}"])
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the run the way Ctrl-C does: resumable
 
 
 def fail(message: str, code: int) -> int:

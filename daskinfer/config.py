@@ -42,6 +42,8 @@ class InferenceConfig:
     partition_bytes: int = MISSING
     max_document_bytes: int = MISSING
     model_cache_dir: Optional[str] = MISSING
+    error_budget: float = MISSING
+    resume: bool = MISSING
 
 
 @dataclass
@@ -145,6 +147,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"inference.threshold must be within [0, 1], got {inf.threshold}")
     if len(inf.labels) < 2 or len(set(inf.labels)) != len(inf.labels):
         raise ConfigError(f"inference.labels must be at least two distinct labels, got {list(inf.labels)}")
+    if not 0.0 <= inf.error_budget <= 1.0:
+        raise ConfigError(f"inference.error_budget must be a fraction within [0, 1], got {inf.error_budget}")
     try:
         codecs.lookup(inf.encoding)
     except LookupError:

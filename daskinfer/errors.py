@@ -7,9 +7,33 @@ class RunFailed(RuntimeError):
     """The run cannot finish for a reason the user must see (and retrying won't fix)."""
 
 
+class ErrorBudgetExceeded(RunFailed):
+    """More documents failed than inference.error_budget allows; all output was written."""
+
+
+class Interrupted(RunFailed):
+    """Stopped by Ctrl-C or SIGTERM, with what was written kept for inference.resume."""
+
+    def __init__(self, output_uri: str):
+        super().__init__(f"interrupted; partial results kept for resuming into {output_uri}")
+        self.output_uri = output_uri
+
+
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its type's name."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
+    """One line that says what went wrong: the message's first line, or its type's name.
+
+    A first line that only announces more ("Graph execution error:", as TensorFlow's
+    errors start) gets the first informative line after it.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":"):
+        detail = next((line for line in lines[1:] if not line.startswith(_SCAFFOLDING)), None)
+        if detail:
+            return f"{lines[0]} {detail}"
+    return lines[0]
+
+
+# Lines of TensorFlow's error messages that locate the error rather than state it.
+_SCAFFOLDING = ("Detected at node", "<stack traces", "[[", "File ", "Traceback")

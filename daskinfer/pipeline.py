@@ -8,14 +8,14 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import dask
 import dask.bag as db
 from omegaconf import DictConfig, OmegaConf
 
 from daskinfer import cluster, config, model, predict, sink, sources
-from daskinfer.errors import RunFailed, first_line
+from daskinfer.errors import ErrorBudgetExceeded, Interrupted, RunFailed, first_line
 
 log = logging.getLogger("daskinfer")
 
@@ -58,16 +58,15 @@ def prepare(cfg: DictConfig) -> Job:
         max_document_bytes=inf.max_document_bytes,
         storage_options=options,
     )
-    output_uri = inf.output_path or sink.default_output_path()
-    sink.refuse_existing(output_uri, options)
-    return Job(cfg, docs, settings, output_uri)
+    return Job(cfg, docs, settings, inf.output_path or sink.default_output_path())
 
 
-def partitions(job: Job, n_threads: int) -> db.Bag:
+def partitions(job: Job, n_threads: int, docs: Optional[Sequence[sources.Document]] = None) -> db.Bag:
     """A bag of the input documents, one partition per group of files (by count and bytes)."""
     inf = job.cfg.inference
-    size = sources.partition_size(len(job.docs), n_threads, inf.partition_size)
-    groups = sources.group(job.docs, size, inf.partition_bytes)
+    docs = job.docs if docs is None else docs
+    size = sources.partition_size(len(docs), n_threads, inf.partition_size)
+    groups = sources.group(docs, size, inf.partition_bytes)
     return db.from_delayed([dask.delayed(g, traverse=False) for g in groups])
 
 
@@ -81,54 +80,87 @@ def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
 
 
 def run(cfg: DictConfig, client=None) -> RunResult:
-    """Run the job on client (or on the configured cluster) and write the outputs."""
-    job = prepare(cfg)
-    log.info("Scoring %d documents from %s", len(job.docs), cfg.inference.input_data_dir)
-    if client is not None:
-        return _run_on(job, client)
-    with cluster.connect(cfg.cluster) as own_client:
-        return _run_on(job, own_client)
+    """Run the job on client (or on the configured cluster) and write the outputs.
 
-
-def _run_on(job: Job, client) -> RunResult:
+    Raises ErrorBudgetExceeded after writing everything when too many documents failed,
+    and Interrupted (with what to run to resume) on Ctrl-C or SIGTERM.
+    """
     started = time.monotonic()
+    job = prepare(cfg)
+    out = sink.OrderedSink(job.output_uri, job.settings.storage_options, resume=cfg.inference.resume)
+    todo = [d for d in job.docs if d.uri not in out.done]
+    skipped = len(job.docs) - len(todo)
+    log.info("Scoring %d documents from %s", len(todo), cfg.inference.input_data_dir)
+    if skipped:
+        log.info("Resuming %s: %d documents already done", job.output_uri, skipped)
+    try:
+        if not todo:
+            model_loads = {}
+        elif client is not None:
+            model_loads = _score(job, todo, client, out)
+        else:
+            with cluster.connect(cfg.cluster) as own_client:
+                model_loads = _score(job, todo, own_client, out)
+    except KeyboardInterrupt:
+        if out.abandon():
+            raise Interrupted(job.output_uri) from None
+        raise
+    except BaseException:
+        out.abandon()
+        raise
+    summary = _summary(job, out, skipped, len(todo), time.monotonic() - started, model_loads)
+    out.commit(summary, config.to_yaml(job.cfg))
+    _report(job, summary)
+    return RunResult(job.output_uri, summary)
+
+
+def _score(job: Job, docs: Sequence[sources.Document], client, out: sink.OrderedSink) -> Dict[str, int]:
+    """Score docs on client's workers, writing each partition as its turn comes."""
     n_threads = cluster.total_threads(client)
     # Each partition becomes its (results, errors) JSONL bytes on the worker.
-    parts = partitions(job, n_threads).map_partitions(predict.score_partition_jsonl, job.settings)
-    out = sink.OrderedSink(job.output_uri, job.settings.storage_options)
-    progress = Progress(len(job.docs))
-    counts = collections.Counter()
+    parts = partitions(job, n_threads, docs).map_partitions(predict.score_partition_jsonl, job.settings)
+    check = cluster.watch_workers(client, job.cfg.cluster.wait_for_workers_s)
+    progress = Progress(len(docs))
     try:
-        check = cluster.watch_workers(client, job.cfg.cluster.wait_for_workers_s)
         for results, errors in _in_order(client, parts.to_delayed(), 2 * n_threads + 2, check):
             out.write(results, errors)
-            counts["predicted"] += results.count(b"\n")
-            counts["errors"] += errors.count(b"\n")
-            progress.update(counts["predicted"] + counts["errors"])
-    except BaseException:
+            progress.update(out.results.written + out.errors.written)
+    finally:
         progress.close()
-        out.discard()
-        raise
-    progress.close()
-    elapsed = time.monotonic() - started
-    summary = {
+    return client.run(model.load_count, job.settings.model.uri)
+
+
+def _summary(job: Job, out: sink.OrderedSink, skipped: int, scored: int, elapsed: float, model_loads) -> Dict[str, Any]:
+    return {
         "documents": len(job.docs),
-        "predicted": counts["predicted"],
-        "errors": counts["errors"],
+        "predicted": out.results.count,
+        "errors": out.errors.count,
+        "skipped": skipped,
         "elapsed_s": round(elapsed, 3),
-        "docs_per_s": round(len(job.docs) / elapsed, 1) if elapsed else None,
-        "model_loads": client.run(model.load_count, job.settings.model.uri),
+        "docs_per_s": round(scored / elapsed, 1) if elapsed else None,
+        "model_loads": model_loads,
         "output": job.output_uri,
     }
-    out.commit(summary, config.to_yaml(job.cfg))
+
+
+def _report(job: Job, summary: Dict[str, Any]) -> None:
+    """The closing log lines; the last is the output location, or the budget error."""
     log.info(
-        "Scored %d documents (%d errors) in %.1f s, %.0f docs/s",
-        len(job.docs), counts["errors"], elapsed, summary["docs_per_s"] or 0,
+        "Scored %d documents (%d errors, %d skipped) in %.1f s, %.0f docs/s",
+        summary["documents"] - summary["skipped"], summary["errors"], summary["skipped"],
+        summary["elapsed_s"], summary["docs_per_s"] or 0,
     )
-    if counts["errors"]:
-        log.info("Errors: %s", sink.sidecar(job.output_uri, sink.ERRORS_NAME))
+    errors_uri = sink.sidecar(job.output_uri, sink.ERRORS_NAME)
+    if summary["errors"]:
+        log.info("Errors: %s", errors_uri)
+    budget = job.cfg.inference.error_budget
+    if summary["errors"] > budget * summary["documents"]:
+        log.info("Output result location: %s", job.output_uri)
+        raise ErrorBudgetExceeded(
+            f"{summary['errors']} of {summary['documents']} documents failed, above "
+            f"inference.error_budget={budget:g}; see {errors_uri}"
+        )
     log.info("Output result location: %s", job.output_uri)
-    return RunResult(job.output_uri, summary)
 
 
 def _in_order(client, delayed: Sequence, window: int, check: Callable[[], None]):

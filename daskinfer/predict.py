@@ -80,16 +80,12 @@ def _score_batch(predict, docs, texts, settings: Settings, out: Scored) -> None:
         scores = positive_scores(predict(texts))
     except model.ModelLoadError:
         raise
-    except Exception:
+    except Exception as exc:
         if len(texts) == 1:
-            raise
-        for doc, text in zip(docs, texts):
-            try:
+            out.errors.append(_error(docs[0], exc, prefix="model failed"))
+        else:
+            for doc, text in zip(docs, texts):
                 _score_batch(predict, [doc], [text], settings, out)
-            except model.ModelLoadError:
-                raise
-            except Exception as exc:
-                out.errors.append(_error(doc, exc, prefix="model failed"))
         return
     now = time.strftime(TIME_FORMAT, time.gmtime())
     negative, positive = settings.labels[0], settings.labels[-1]

@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional
 from fsspec.core import split_protocol
 
 from daskinfer import sources
+from daskinfer.config import ConfigError
 
 RESULTS_NAME = "batch-infer-res.jsonl"
 ERRORS_NAME = "errors.jsonl"
@@ -45,54 +46,134 @@ def refuse_existing(output_uri: str, storage_options: Mapping[str, Any]) -> None
         exists = fs.exists(path)
     if exists:
         raise FileExistsError(f"output already exists, refusing to overwrite: {output_uri}")
+    if sources._is_local(fs) and os.path.exists(path + ".partial"):
+        raise FileExistsError(
+            f"an interrupted run left {path}.partial: add inference.resume=true to continue it, or remove it"
+        )
 
 
 class OrderedSink:
-    """Appends each partition's results and errors; commit() publishes, discard() removes."""
+    """Appends each partition's results and errors in order; commit() publishes them.
 
-    def __init__(self, output_uri: str, storage_options: Mapping[str, Any]):
+    Locally each partition is flushed and fsynced as it is written, so a crash loses at
+    most the partition in flight, and `resume=True` picks up what is there: the filepaths
+    already written are in `done`, and new partitions are appended.
+    """
+
+    def __init__(self, output_uri: str, storage_options: Mapping[str, Any], resume: bool = False):
         self.uri = output_uri
         self.fs, self.path = sources.filesystem(output_uri, storage_options)
-        self.errors_path = self.fs._strip_protocol(sidecar(output_uri, ERRORS_NAME))
-        refuse_existing(output_uri, storage_options)
         self.local = sources._is_local(self.fs)
-        self.fs.makedirs(self.fs._parent(self.path), exist_ok=True)
-        self._results = self._open(self.path)
-        self._errors = self._open(self.errors_path)
+        if resume and not self.local:
+            raise ConfigError(f"inference.resume needs a local output path; {output_uri} is not one")
+        if not resume:
+            refuse_existing(output_uri, storage_options)
+        errors_path = self.fs._strip_protocol(sidecar(output_uri, ERRORS_NAME))
+        stream = _LocalStream if self.local else _RemoteStream
+        self.results = stream(self.fs, self.path, resume)
+        self.errors = stream(self.fs, errors_path, resume)
+        self.done = self.results.filepaths | self.errors.filepaths
 
     def write(self, results: bytes, errors: bytes) -> None:
-        self._results.write(results)
-        self._errors.write(errors)
+        self.results.write(results)
+        self.errors.write(errors)
 
     def commit(self, summary: Dict[str, Any], config_yaml: str) -> None:
-        for handle, final in ((self._results, self.path), (self._errors, self.errors_path)):
-            self._finish(handle, final)
+        self.results.publish()
+        self.errors.publish()
         parent = self.fs._parent(self.path)
         self.fs.pipe_file(posixpath.join(parent, CONFIG_NAME), config_yaml.encode("utf-8"))
         self.fs.pipe_file(posixpath.join(parent, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode())
 
-    def discard(self) -> None:
-        for handle in (self._results, self._errors):
-            if self.local:
-                handle.close()
-                os.unlink(handle.name)
-            else:
-                handle.discard()
+    def abandon(self) -> bool:
+        """Stop without publishing; True when what was written stays there to resume from."""
+        kept = self.results.abandon(keep=self.local and bool(self.done or self.results.written))
+        self.errors.abandon(keep=kept)
+        return kept
 
-    def _open(self, path: str):
-        if self.local:
-            return open(path + ".partial", "wb")
-        return self.fs.open(path, "wb", autocommit=False)
 
-    def _finish(self, handle, final: str) -> None:
-        if self.local:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(handle.name, final)
-        else:
-            handle.close()
-            handle.commit()
+class _LocalStream:
+    """A file growing under `<name>.partial`, renamed to its name when published.
+
+    Nothing is created before the first write, so a run that fails early leaves nothing.
+    """
+
+    def __init__(self, fs, path: str, resume: bool):
+        self.path, self.partial = path, path + ".partial"
+        if resume and not os.path.exists(self.partial) and os.path.exists(path):
+            os.replace(path, self.partial)  # a finished run: append to it what is new
+        self.filepaths = _recover(self.partial) if resume else set()
+        self.count = len(self.filepaths)
+        self.written = 0
+        self.file = None
+
+    def write(self, data: bytes) -> None:
+        file = self._open()
+        if data:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+            self.written += data.count(b"\n")
+        self.count = len(self.filepaths) + self.written
+
+    def publish(self) -> None:
+        self._open().close()
+        os.replace(self.partial, self.path)
+
+    def abandon(self, keep: bool) -> bool:
+        if self.file is not None:
+            self.file.close()
+            if not keep:
+                os.unlink(self.partial)
+        return keep
+
+    def _open(self):
+        if self.file is None:
+            os.makedirs(os.path.dirname(self.partial) or ".", exist_ok=True)
+            self.file = open(self.partial, "ab")
+        return self.file
+
+
+class _RemoteStream:
+    """An object store upload (multipart) that becomes visible only when committed."""
+
+    def __init__(self, fs, path: str, resume: bool):
+        self.filepaths = set()
+        self.count = self.written = 0
+        self.file = fs.open(path, "wb", autocommit=False)
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.written += data.count(b"\n")
+        self.count = self.written
+
+    def publish(self) -> None:
+        self.file.close()
+        self.file.commit()
+
+    def abandon(self, keep: bool) -> bool:
+        self.file.discard()
+        return False
+
+
+def _recover(path: str) -> set:
+    """The filepaths of the complete lines of a JSONL file cut short by a crash; the torn
+    last line, if any, is truncated away so that appending continues cleanly."""
+    if not os.path.exists(path):
+        return set()
+    filepaths, good_end = set(), 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                filepaths.add(json.loads(line)["filepath"])
+            except (ValueError, KeyError, TypeError):
+                break
+            good_end += len(line)
+    with open(path, "ab") as f:
+        f.truncate(good_end)
+    return filepaths
 
 
 def _split(uri: str):

@@ -78,6 +78,21 @@ def reference_scores(models, test_docs):
     return out
 
 
+@pytest.fixture(scope="session")
+def many_small_docs(tmp_path_factory, models):
+    """30,000 one-sentence documents (Rotten Tomatoes snippets) and the in-process scores."""
+    folder = tmp_path_factory.mktemp("snippets")
+    lines = []
+    for name in ("rt-polarity.pos", "rt-polarity.neg"):
+        lines += (SHARED_DATA / "rt-polarity" / "utf8" / name).read_text("utf-8").splitlines()
+    texts = [lines[i % len(lines)] for i in range(30_000)]
+    paths = [str(folder / f"{i:06d}_{'8' if i % len(lines) < 5331 else '2'}.txt") for i in range(len(texts))]
+    for path, text in zip(paths, texts):
+        Path(path).write_text(text, "utf-8")
+    scores = models["keras"][1](texts)
+    return folder, dict(zip(paths, map(float, scores)))
+
+
 @dataclass
 class Run:
     returncode: int

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import distributed
 import pytest
-from conftest import IMDB, SHARED_DATA, assert_predictions, local_docs, read_jsonl, run_cli
+from conftest import assert_predictions, local_docs, read_jsonl, run_cli
 from dask_processes import make_certificates, start_cluster
 from test_errors import assert_user_error
 
@@ -47,21 +47,6 @@ def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_
     assert len(loads) == 2 and set(loads.values()) == {1}
     # TensorFlow's pools follow the one thread each `dask worker --nthreads 1` has
     assert set(worker_tf_threads(cluster.address).values()) == {(1, 1)}
-
-
-@pytest.fixture(scope="module")
-def many_small_docs(tmp_path_factory, models):
-    """30,000 one-sentence documents (Rotten Tomatoes snippets) and the in-process scores."""
-    folder = tmp_path_factory.mktemp("snippets")
-    lines = []
-    for name in ("rt-polarity.pos", "rt-polarity.neg"):
-        lines += (SHARED_DATA / "rt-polarity" / "utf8" / name).read_text("utf-8").splitlines()
-    texts = [lines[i % len(lines)] for i in range(30_000)]
-    paths = [str(folder / f"{i:06d}_{'8' if i % len(lines) < 5331 else '2'}.txt") for i in range(len(texts))]
-    for path, text in zip(paths, texts):
-        Path(path).write_text(text, "utf-8")
-    scores = models["keras"][1](texts)
-    return folder, dict(zip(paths, map(float, scores)))
 
 
 def test_worker_killed_mid_run_loses_nothing(cluster, models, many_small_docs, tmp_path):

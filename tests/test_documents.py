@@ -38,7 +38,7 @@ def test_bad_documents_go_to_the_errors_file_and_the_rest_is_scored(models, tmp_
     out = tmp_path / "out" / "res.jsonl"
     run = run_cli(
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
-        f"inference.output_path={out}", "inference.max_document_bytes=20000", cwd=tmp_path,
+        f"inference.output_path={out}", "inference.max_document_bytes=20000", "inference.error_budget=0.5", cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     records = read_jsonl(out)
@@ -59,7 +59,8 @@ def test_encoding_and_recursive_listing(models, tmp_path):
     out = tmp_path / "res.jsonl"
     run = run_cli(
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
-        f"inference.output_path={out}", "inference.encoding=cp1252", "inference.recursive=true", cwd=tmp_path,
+        f"inference.output_path={out}", "inference.encoding=cp1252", "inference.recursive=true",
+        "inference.error_budget=0.5", cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     scored = {os.path.relpath(r["filepath"], docs) for r in read_jsonl(out)}
