@@ -59,6 +59,7 @@ class ClusterConfig:
     n_workers: Optional[int] = MISSING
     threads_per_worker: Optional[int] = MISSING
     dashboard_address: Optional[str] = MISSING
+    start_method: str = MISSING
     wait_for_workers_s: float = MISSING
     tf_intra_op_threads: Optional[int] = MISSING
     tf_inter_op_threads: Optional[int] = MISSING
@@ -147,6 +148,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"inference.threshold must be within [0, 1], got {inf.threshold}")
     if len(inf.labels) < 2 or len(set(inf.labels)) != len(inf.labels):
         raise ConfigError(f"inference.labels must be at least two distinct labels, got {list(inf.labels)}")
+    if cfg.cluster.start_method not in ("spawn", "forkserver", "fork"):
+        raise ConfigError(f"cluster.start_method must be spawn, forkserver or fork, got {cfg.cluster.start_method}")
     if not 0.0 <= inf.error_budget <= 1.0:
         raise ConfigError(f"inference.error_budget must be a fraction within [0, 1], got {inf.error_budget}")
     try:

@@ -4,6 +4,7 @@ score the partitions on the workers, stream the results into one ordered JSONL."
 from __future__ import annotations
 
 import collections
+import uuid
 import logging
 import sys
 import time
@@ -61,13 +62,17 @@ def prepare(cfg: DictConfig) -> Job:
     return Job(cfg, docs, settings, inf.output_path or sink.default_output_path())
 
 
-def partitions(job: Job, n_threads: int, docs: Optional[Sequence[sources.Document]] = None) -> db.Bag:
-    """A bag of the input documents, one partition per group of files (by count and bytes)."""
+def groups(job: Job, n_threads: int, docs: Optional[Sequence[sources.Document]] = None) -> List[List[sources.Document]]:
+    """The input documents cut into partitions: consecutive groups of files, by count and bytes."""
     inf = job.cfg.inference
     docs = job.docs if docs is None else docs
     size = sources.partition_size(len(docs), n_threads, inf.partition_size)
-    groups = sources.group(docs, size, inf.partition_bytes)
-    return db.from_delayed([dask.delayed(g, traverse=False) for g in groups])
+    return list(sources.group(docs, size, inf.partition_bytes))
+
+
+def partitions(job: Job, n_threads: int) -> db.Bag:
+    """A bag of the input documents, one partition per group of files."""
+    return db.from_delayed([dask.delayed(g, traverse=False) for g in groups(job, n_threads)])
 
 
 def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
@@ -117,12 +122,10 @@ def run(cfg: DictConfig, client=None) -> RunResult:
 def _score(job: Job, docs: Sequence[sources.Document], client, out: sink.OrderedSink) -> Dict[str, int]:
     """Score docs on client's workers, writing each partition as its turn comes."""
     n_threads = cluster.total_threads(client)
-    # Each partition becomes its (results, errors) JSONL bytes on the worker.
-    parts = partitions(job, n_threads, docs).map_partitions(predict.score_partition_jsonl, job.settings)
     check = cluster.watch_workers(client, job.cfg.cluster.wait_for_workers_s)
     progress = Progress(len(docs))
     try:
-        for results, errors in _in_order(client, parts.to_delayed(), 2 * n_threads + 2, check):
+        for results, errors in _in_order(client, groups(job, n_threads, docs), job.settings, 2 * n_threads + 2, check):
             out.write(results, errors)
             progress.update(out.results.written + out.errors.written)
     finally:
@@ -163,20 +166,26 @@ def _report(job: Job, summary: Dict[str, Any]) -> None:
     log.info("Output result location: %s", job.output_uri)
 
 
-def _in_order(client, delayed: Sequence, window: int, check: Callable[[], None]):
-    """Results of delayed partitions in their order, with at most `window` submitted ahead.
+def _in_order(client, parts: Sequence, settings: predict.Settings, window: int, check: Callable[[], None]):
+    """Each partition's (results, errors) JSONL bytes, in partition order, with at most
+    `window` partitions submitted ahead of the one being written.
 
     Earlier partitions get higher priority, so the ordered writer can persist results
-    from the first seconds on; the window bounds what waits on the workers. A partition
-    whose worker dies is recomputed elsewhere by dask, and still written once, here.
+    from the first seconds on; the window bounds what waits on the workers. Partitions
+    go to the workers as plain tasks (one small pickle each), not as a bag's graph,
+    which would be rebuilt and shipped whole for every partition. A partition whose
+    worker dies is recomputed elsewhere by dask, and still written once, here.
     """
     from distributed.scheduler import KilledWorker
 
     pending = collections.deque()
     next_index = 0
-    while pending or next_index < len(delayed):
-        while next_index < len(delayed) and len(pending) < window:
-            pending.append(client.compute(delayed[next_index], priority=-next_index))
+    while pending or next_index < len(parts):
+        while next_index < len(parts) and len(pending) < window:
+            pending.append(client.submit(
+                predict.score_partition_jsonl, parts[next_index], settings,
+                priority=-next_index, pure=False, key=f"daskinfer-partition-{next_index}-{uuid.uuid4().hex}",
+            ))
             next_index += 1
         future = pending.popleft()
         try:

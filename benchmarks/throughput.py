@@ -1,0 +1,95 @@
+"""Throughput: daskinfer against the alternatives, same model, same documents, one run.
+
+    python benchmarks/throughput.py [--docs 40000] [--repeat 3] [--heavy] [--only a,b]
+
+Makes N documents by copying ../shared/data/imdb-sample under new names, trains a small
+Keras sentiment model (or, with --heavy, a 1-D CNN whose compute dominates), and times as
+whole processes, median of --repeat runs:
+  (a) daskinfer's CLI, default settings (LocalCluster sized to the machine)
+  (b) the ideal single process: read all, predict in batches of 256, write JSONL
+  (c) the original loop, model.predict once per file (on a sample: --loop-sample)
+  (d) dask.bag.read_text, one partition per file, model cached per worker (on --bag-sample)
+  (e) Ray Data, when ray is installed (pip install -e '.[benchmarks]')
+Prints docs/s for each and the ratios to (b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+IMDB = HERE.parent.parent / "shared" / "data" / "imdb-sample"
+PY = sys.executable
+
+
+def make_docs(folder: Path, n: int) -> None:
+    sources = sorted(IMDB.glob("*/*/*.txt"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        src = sources[i % len(sources)]
+        shutil.copyfile(src, folder / f"{i:07d}_{src.stem.split('_')[1]}.txt")
+
+
+def train(model_path: Path, heavy: bool) -> None:
+    subprocess.run([PY, str(HERE / "peers.py"), "train", str(model_path), "heavy" if heavy else "small"], check=True)
+
+
+def timed(cmd, cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=40_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--heavy", action="store_true")
+    ap.add_argument("--loop-sample", type=int, default=1000)
+    ap.add_argument("--bag-sample", type=int, default=4000)
+    ap.add_argument("--only", default="a,b,c,d,e")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    work = Path(tempfile.mkdtemp(prefix="daskinfer-bench-"))
+    try:
+        docs = work / "docs"
+        make_docs(docs, args.docs)
+        model = work / "model.keras"
+        train(model, args.heavy)
+        peers = [PY, str(HERE / "peers.py")]
+        runs = {
+            "a": (args.docs, lambda i: [PY, "-m", "daskinfer", f"inference.model_path={model}",
+                                        f"inference.input_data_dir={docs}", f"inference.output_path={work}/a{i}/out.jsonl"]),
+            "b": (args.docs, lambda i: [*peers, "single", str(model), str(docs), f"{work}/b{i}.jsonl"]),
+            "c": (args.loop_sample, lambda i: [*peers, "loop", str(model), str(docs), f"{work}/c{i}.jsonl", str(args.loop_sample)]),
+            "d": (args.bag_sample, lambda i: [*peers, "readtext", str(model), str(docs), f"{work}/d{i}", str(args.bag_sample)]),
+            "e": (args.docs, lambda i: [*peers, "ray", str(model), str(docs), f"{work}/e{i}"]),
+        }
+        if "e" in only and subprocess.run([PY, "-c", "import ray"], capture_output=True).returncode != 0:
+            print("(e) skipped: ray is not installed (pip install -e '.[benchmarks]')")
+            only.discard("e")
+        rates = {}
+        for key in sorted(only):
+            n, cmd = runs[key]
+            times = [timed(cmd(i), work) for i in range(args.repeat)]
+            rates[key] = n / statistics.median(times)
+            print(f"({key}) {n:>8} docs  median {statistics.median(times):7.2f} s  {rates[key]:8.0f} docs/s", flush=True)
+        if "b" in rates:
+            for key, rate in sorted(rates.items()):
+                print(f"({key}) / (b) = {rate / rates['b']:.2f}x")
+        print(json.dumps({"docs": args.docs, "heavy": args.heavy, "docs_per_s": rates}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
