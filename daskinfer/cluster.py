@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from typing import Callable, Iterator
 
 from omegaconf import DictConfig
@@ -78,7 +79,16 @@ def _local_cluster(cfg: DictConfig):
     import dask
     import distributed
 
-    with dask.config.set({"distributed.worker.multiprocessing-method": cfg.start_method}):
+    settings = {
+        "distributed.worker.multiprocessing-method": cfg.start_method,
+        # The scheduler runs in this process and would keep its last 1,000 messages to
+        # each worker for debugging, every partition's file list with them: the driver's
+        # memory would then grow with the number of documents.
+        "distributed.admin.low-level-log-length": 0,
+    }
+    with dask.config.set(settings), warnings.catch_warnings():
+        # A busy dashboard port (another job's) is fine: dask picks another, and we log it.
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
         return distributed.LocalCluster(
             n_workers=cfg.n_workers,
             threads_per_worker=cfg.threads_per_worker,

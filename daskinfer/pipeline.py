@@ -4,12 +4,13 @@ score the partitions on the workers, stream the results into one ordered JSONL."
 from __future__ import annotations
 
 import collections
+import itertools
 import uuid
 import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import dask
 import dask.bag as db
@@ -26,7 +27,7 @@ class Job:
     """What the driver knows before any work starts."""
 
     cfg: DictConfig
-    docs: List[sources.Document]
+    docs: sources.Listing
     settings: predict.Settings
     output_uri: str
 
@@ -62,12 +63,13 @@ def prepare(cfg: DictConfig) -> Job:
     return Job(cfg, docs, settings, inf.output_path or sink.default_output_path())
 
 
-def groups(job: Job, n_threads: int, docs: Optional[Sequence[sources.Document]] = None) -> List[List[sources.Document]]:
-    """The input documents cut into partitions: consecutive groups of files, by count and bytes."""
+def groups(job: Job, n_threads: int, docs: Optional[Iterable[sources.Document]] = None, count: Optional[int] = None):
+    """The input documents cut into partitions (consecutive groups of files, by count and
+    bytes), made lazily so the driver never holds them all as objects."""
     inf = job.cfg.inference
     docs = job.docs if docs is None else docs
-    size = sources.partition_size(len(docs), n_threads, inf.partition_size)
-    return list(sources.group(docs, size, inf.partition_bytes))
+    size = sources.partition_size(len(job.docs) if count is None else count, n_threads, inf.partition_size)
+    return sources.group(docs, size, inf.partition_bytes)
 
 
 def partitions(job: Job, n_threads: int) -> db.Bag:
@@ -93,9 +95,9 @@ def run(cfg: DictConfig, client=None) -> RunResult:
     started = time.monotonic()
     job = prepare(cfg)
     out = sink.OrderedSink(job.output_uri, job.settings.storage_options, resume=cfg.inference.resume)
-    todo = [d for d in job.docs if d.uri not in out.done]
-    skipped = len(job.docs) - len(todo)
-    log.info("Scoring %d documents from %s", len(todo), cfg.inference.input_data_dir)
+    skipped = sum(1 for doc in job.docs if doc.uri in out.done) if out.done else 0
+    todo = len(job.docs) - skipped
+    log.info("Scoring %d documents from %s", todo, cfg.inference.input_data_dir)
     if skipped:
         log.info("Resuming %s: %d documents already done", job.output_uri, skipped)
     try:
@@ -113,19 +115,21 @@ def run(cfg: DictConfig, client=None) -> RunResult:
     except BaseException:
         out.abandon()
         raise
-    summary = _summary(job, out, skipped, len(todo), time.monotonic() - started, model_loads)
+    summary = _summary(job, out, skipped, todo, time.monotonic() - started, model_loads)
     out.commit(summary, config.to_yaml(job.cfg))
     _report(job, summary)
     return RunResult(job.output_uri, summary)
 
 
-def _score(job: Job, docs: Sequence[sources.Document], client, out: sink.OrderedSink) -> Dict[str, int]:
-    """Score docs on client's workers, writing each partition as its turn comes."""
+def _score(job: Job, todo: int, client, out: sink.OrderedSink) -> Dict[str, int]:
+    """Score the documents not done yet on client's workers, writing each partition as its turn comes."""
     n_threads = cluster.total_threads(client)
+    docs = (doc for doc in job.docs if doc.uri not in out.done) if out.done else iter(job.docs)
     check = cluster.watch_workers(client, job.cfg.cluster.wait_for_workers_s)
-    progress = Progress(len(docs))
+    progress = Progress(todo)
     try:
-        for results, errors in _in_order(client, groups(job, n_threads, docs), job.settings, 2 * n_threads + 2, check):
+        parts = groups(job, n_threads, docs, count=todo)
+        for results, errors in _in_order(client, parts, job.settings, 2 * n_threads + 2, check):
             out.write(results, errors)
             progress.update(out.results.written + out.errors.written)
     finally:
@@ -166,27 +170,30 @@ def _report(job: Job, summary: Dict[str, Any]) -> None:
     log.info("Output result location: %s", job.output_uri)
 
 
-def _in_order(client, parts: Sequence, settings: predict.Settings, window: int, check: Callable[[], None]):
+def _in_order(client, parts: Iterable[List[sources.Document]], settings: predict.Settings, window: int,
+              check: Callable[[], None]):
     """Each partition's (results, errors) JSONL bytes, in partition order, with at most
     `window` partitions submitted ahead of the one being written.
 
     Earlier partitions get higher priority, so the ordered writer can persist results
-    from the first seconds on; the window bounds what waits on the workers. Partitions
-    go to the workers as plain tasks (one small pickle each), not as a bag's graph,
-    which would be rebuilt and shipped whole for every partition. A partition whose
-    worker dies is recomputed elsewhere by dask, and still written once, here.
+    from the first seconds on; the window bounds what waits on the workers and what the
+    driver holds. Partitions go to the workers as plain tasks (one small pickle each),
+    not as a bag's graph, which would be rebuilt and shipped whole for every partition.
+    A partition whose worker dies is recomputed elsewhere by dask, and still written
+    once, here.
     """
     from distributed.scheduler import KilledWorker
 
-    pending = collections.deque()
-    next_index = 0
-    while pending or next_index < len(parts):
-        while next_index < len(parts) and len(pending) < window:
+    pending: collections.deque = collections.deque()
+    parts = enumerate(parts)
+    while True:
+        for index, part in itertools.islice(parts, window - len(pending)):
             pending.append(client.submit(
-                predict.score_partition_jsonl, parts[next_index], settings,
-                priority=-next_index, pure=False, key=f"daskinfer-partition-{next_index}-{uuid.uuid4().hex}",
+                predict.score_partition_jsonl, part, settings,
+                priority=-index, pure=False, key=f"daskinfer-partition-{index}-{uuid.uuid4().hex}",
             ))
-            next_index += 1
+        if not pending:
+            return
         future = pending.popleft()
         try:
             yield _result(future, check)

@@ -9,8 +9,9 @@ import fnmatch
 import math
 import os
 import posixpath
+from array import array
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
@@ -38,12 +39,32 @@ def full_uri(fs: AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+class Listing(Sequence[Document]):
+    """The sorted documents of a run, stored compactly: one shared prefix, each file's
+    name after it, and the sizes in an array. A million documents take tens of MiB on
+    the driver, where a million Document objects (or fsspec info dicts) take gigabytes."""
+
+    def __init__(self, prefix: str, names: List[str], sizes: Sequence[int]):
+        order = sorted(range(len(names)), key=names.__getitem__)
+        self.prefix = prefix
+        self.names = [names[i] for i in order]
+        self.sizes = array("q", (sizes[i] for i in order))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return Document(self.prefix + self.names[index], self.sizes[index])
+
+
 def list_documents(
     url: str,
     glob: str = "*.txt",
     recursive: bool = False,
     storage_options: Optional[Mapping[str, Any]] = None,
-) -> List[Document]:
+) -> Listing:
     """Every non-folder entry under url whose name matches glob, in sorted order.
 
     Dangling links and unreadable files are listed too: they fail when read and are
@@ -53,20 +74,44 @@ def list_documents(
     with storage_errors(url):
         if not fs.isdir(root):
             _explain_missing_folder(fs, root, url)
-            entries = {}
+            entries: Iterator[Tuple[str, int]] = iter(())
+        elif _is_local(fs):
+            entries = _scan_local(root, recursive)
         else:
-            entries = fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True)
-    docs = [
-        Document(full_uri(fs, path), int(info.get("size") or 0))
-        for path, info in entries.items()
-        if info.get("type") != "directory"
-        and path.rstrip("/") != root.rstrip("/")
-        and fnmatch.fnmatchcase(posixpath.basename(path), glob)
-    ]
-    if not docs:
+            entries = _find_remote(fs, root, recursive)
+        prefix = full_uri(fs, root).rstrip("/") + "/"
+        names, sizes = [], array("q")
+        for relative, size in entries:
+            if fnmatch.fnmatchcase(posixpath.basename(relative), glob):
+                names.append(relative)
+                sizes.append(size)
+    if not names:
         where = f"{url} or its subfolders" if recursive else url
         raise FileNotFoundError(f"no files matching '{glob}' in {where}")
-    return sorted(docs, key=lambda d: d.uri)
+    return Listing(prefix, names, sizes)
+
+
+def _scan_local(root: str, recursive: bool, relative: str = "") -> Iterator[Tuple[str, int]]:
+    """(path under root, size) of every non-folder entry, lazily (os.scandir)."""
+    with os.scandir(os.path.join(root, relative)) as entries:
+        for entry in entries:
+            name = f"{relative}{entry.name}"
+            if entry.is_dir():
+                if recursive:
+                    yield from _scan_local(root, recursive, name + "/")
+                continue
+            try:
+                size = entry.stat().st_size
+            except OSError:  # a dangling link: listed, and reported when read
+                size = 0
+            yield name, size
+
+
+def _find_remote(fs: AbstractFileSystem, root: str, recursive: bool) -> Iterator[Tuple[str, int]]:
+    base = root.rstrip("/") + "/"
+    for path, info in fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True).items():
+        if info.get("type") != "directory" and path.startswith(base):
+            yield path[len(base):], int(info.get("size") or 0)
 
 
 def _explain_missing_folder(fs: AbstractFileSystem, root: str, url: str) -> None:
@@ -117,7 +162,7 @@ def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: 
     return max(1, min(cap, math.ceil(n_docs / (4 * max(1, n_threads)))))
 
 
-def group(docs: Sequence[Document], max_docs: int, max_bytes: int) -> Iterator[List[Document]]:
+def group(docs: Iterable[Document], max_docs: int, max_bytes: int) -> Iterator[List[Document]]:
     """Consecutive runs of docs, each at most max_docs files and (beyond one file) max_bytes."""
     batch: List[Document] = []
     batch_bytes = 0
