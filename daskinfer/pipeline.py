@@ -1,14 +1,17 @@
-"""The whole job, in the order data flows: list inputs, partition them into a dask bag,
-score the partitions on the workers, stream the results into one ordered JSONL."""
+"""The whole job, in the order data flows: list the inputs, cut them into partitions,
+score the partitions on the workers, stream the results into one ordered JSONL.
+
+The command line submits the partitions as tasks in input order and writes each as its
+turn comes; notebooks get the same partitions as a lazy dask bag (records_bag)."""
 
 from __future__ import annotations
 
 import collections
 import itertools
-import uuid
 import logging
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
