@@ -61,8 +61,6 @@ def connect(cfg: DictConfig) -> Iterator["distributed.Client"]:
         raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {first_line(exc)}") from None
     try:
         _wait_for_workers(client, cfg)
-        if "dashboard" in client.scheduler_info(n_workers=0).get("services", {}):
-            log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
     finally:
         quiet_logs()
@@ -96,7 +94,16 @@ def _local_cluster(cfg: DictConfig):
             host="127.0.0.1",
             dashboard_address=cfg.dashboard_address,
             silence_logs=logging.CRITICAL,
+            preload=["daskinfer.model"],  # workers import TensorFlow as they start
         )
+
+
+def describe(client, cfg: DictConfig) -> None:
+    """Log where the job runs: the scheduler, and the dashboard to watch it on."""
+    if cfg.address:
+        log.info("Connected to the dask scheduler at %s", cfg.address)
+    if "dashboard" in client.scheduler_info(n_workers=0).get("services", {}):
+        log.info("Dask dashboard: %s", client.dashboard_link)
 
 
 def total_threads(client) -> int:
@@ -106,7 +113,6 @@ def total_threads(client) -> int:
 def _remote_client(cfg: DictConfig):
     import distributed
 
-    log.info("Connecting to the dask scheduler at %s", cfg.address)
     sec = security(cfg)
     if cfg.address.startswith("tls://") and not sec.tls_ca_file:
         raise ConnectionError(

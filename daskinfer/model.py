@@ -187,6 +187,15 @@ def _import_tensorflow(spec: ModelSpec):
     return tf
 
 
+def dask_setup(worker) -> None:
+    """Worker preload hook: import TensorFlow while the worker starts, so that it overlaps
+    with the driver listing the inputs rather than delaying the first partition. Thread
+    pools are still configured at the first model load: importing does not start them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _quiet_stderr():
+        import tensorflow  # noqa: F401
+
+
 def _thread_budget(spec: ModelSpec) -> Tuple[int, int]:
     """TensorFlow threads = the threads dask gives this worker, unless configured."""
     threads = os.cpu_count() or 1

@@ -7,6 +7,8 @@ turn comes; notebooks get the same partitions as a lazy dask bag (records_bag)."
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import itertools
 import logging
 import sys
@@ -42,11 +44,10 @@ class RunResult:
 
 
 def prepare(cfg: DictConfig) -> Job:
-    """Check inputs, model and output before a cluster is started: user errors fail fast."""
+    """List the inputs and settle everything a task needs."""
     inf = cfg.inference
     options = OmegaConf.to_container(cfg.storage.options, resolve=True)
     docs = sources.list_documents(inf.input_data_dir, inf.input_glob, inf.recursive, options)
-    model.locate(inf.model_path, options)
     spec = model.ModelSpec(
         uri=inf.model_path,
         storage_options=options,
@@ -85,6 +86,7 @@ def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
 
     Failed documents are left out; run() reports them in errors.jsonl.
     """
+    check(cfg)
     job = prepare(cfg)
     return partitions(job, n_threads).map_partitions(predict.score_partition_records, job.settings)
 
@@ -96,32 +98,43 @@ def run(cfg: DictConfig, client=None) -> RunResult:
     and Interrupted (with what to run to resume) on Ctrl-C or SIGTERM.
     """
     started = time.monotonic()
-    job = prepare(cfg)
-    out = sink.OrderedSink(job.output_uri, job.settings.storage_options, resume=cfg.inference.resume)
-    skipped = sum(1 for doc in job.docs if doc.uri in out.done) if out.done else 0
-    todo = len(job.docs) - skipped
-    log.info("Scoring %d documents from %s", todo, cfg.inference.input_data_dir)
-    if skipped:
-        log.info("Resuming %s: %d documents already done", job.output_uri, skipped)
-    try:
-        if not todo:
-            model_loads = {}
-        elif client is not None:
-            model_loads = _score(job, todo, client, out)
-        else:
-            with cluster.connect(cfg.cluster) as own_client:
-                model_loads = _score(job, todo, own_client, out)
-    except KeyboardInterrupt:
-        if out.abandon():
-            raise Interrupted(job.output_uri) from None
-        raise
-    except BaseException:
-        out.abandon()
-        raise
+    check(cfg)
+    # Listing a large input takes seconds, and so does starting workers: do both at once.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        listing = pool.submit(prepare, cfg)
+        with contextlib.nullcontext(client) if client is not None else cluster.connect(cfg.cluster) as live:
+            job = listing.result()
+            out = sink.OrderedSink(job.output_uri, job.settings.storage_options, resume=cfg.inference.resume)
+            skipped = sum(1 for doc in job.docs if doc.uri in out.done) if out.done else 0
+            todo = len(job.docs) - skipped
+            cluster.describe(live, cfg.cluster)
+            log.info("Scoring %d documents from %s", todo, cfg.inference.input_data_dir)
+            if skipped:
+                log.info("Resuming %s: %d documents already done", job.output_uri, skipped)
+            try:
+                model_loads = _score(job, todo, live, out) if todo else {}
+            except KeyboardInterrupt:
+                if out.abandon():
+                    raise Interrupted(job.output_uri) from None
+                raise
+            except BaseException:
+                out.abandon()
+                raise
     summary = _summary(job, out, skipped, todo, time.monotonic() - started, model_loads)
     out.commit(summary, config.to_yaml(job.cfg))
     _report(job, summary)
     return RunResult(job.output_uri, summary)
+
+
+def check(cfg: DictConfig) -> None:
+    """What can be checked in a moment, before any cluster starts: the input folder, the
+    model and the output path. User errors there fail fast, with nothing started."""
+    inf = cfg.inference
+    options = OmegaConf.to_container(cfg.storage.options, resolve=True)
+    sources.check_folder(inf.input_data_dir, options)
+    model.locate(inf.model_path, options)
+    if inf.output_path and not inf.resume:
+        sink.refuse_existing(inf.output_path, options)
 
 
 def _score(job: Job, todo: int, client, out: sink.OrderedSink) -> Dict[str, int]:

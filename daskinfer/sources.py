@@ -72,8 +72,7 @@ def list_documents(
     """
     fs, root = filesystem(url, storage_options or {})
     with storage_errors(url):
-        if not fs.isdir(root):
-            _explain_missing_folder(fs, root, url)
+        if not _folder_exists(fs, root, url):
             entries: Iterator[Tuple[str, int]] = iter(())
         elif _is_local(fs):
             entries = _scan_local(root, recursive)
@@ -114,14 +113,24 @@ def _find_remote(fs: AbstractFileSystem, root: str, recursive: bool) -> Iterator
             yield path[len(base):], int(info.get("size") or 0)
 
 
-def _explain_missing_folder(fs: AbstractFileSystem, root: str, url: str) -> None:
-    """Raise for a folder that is not there. On object stores a prefix with no objects is
-    no folder at all, so only a missing bucket is an error of its own."""
+def check_folder(url: str, storage_options: Optional[Mapping[str, Any]] = None) -> None:
+    """Raise, with a one-line message, when url cannot hold any input."""
+    fs, root = filesystem(url, storage_options or {})
+    with storage_errors(url):
+        _folder_exists(fs, root, url)
+
+
+def _folder_exists(fs: AbstractFileSystem, root: str, url: str) -> bool:
+    """True for a folder; raises for one that is not there. On object stores a prefix
+    with no objects is no folder at all (False), and only a missing bucket is an error."""
+    if fs.isdir(root):
+        return True
     if _is_local(fs):
         raise FileNotFoundError(f"input folder not found: {url}")
     bucket = root.split("/", 1)[0]
     if not fs.exists(bucket):
         raise FileNotFoundError(f"bucket not found: {bucket} (input {url})")
+    return False
 
 
 @contextlib.contextmanager

@@ -84,3 +84,16 @@ def test_driver_never_imports_tensorflow(models, test_docs, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False False"
     assert len(read_jsonl(output)) == 1600
+
+
+def test_demo_builds_a_model_and_reviews_and_scores_them(tmp_path):
+    run = run_cli("demo", "cluster.n_workers=1", cwd=tmp_path, script=True)
+    assert run.returncode == 0, run.stderr
+    location = run.stderr_lines[-1].split("Output result location: ")[1]
+    records = read_jsonl(location)
+    reviews = sorted((tmp_path / "daskinfer-demo" / "reviews").glob("*.txt"))
+    assert [r["filepath"] for r in records] == [str(p) for p in reviews] and len(reviews) >= 20
+    # the demo model learned its reviews: the labels are in the names (pos_*, neg_*)
+    assert all((r["sentiment"] == "positive") == Path(r["filepath"]).name.startswith("pos_") for r in records)
+    again = run_cli("demo", "cluster.n_workers=1", cwd=tmp_path)  # reuses the model and reviews
+    assert again.returncode == 0 and "Training the demo model" not in again.stderr

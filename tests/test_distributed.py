@@ -41,7 +41,7 @@ def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_
         f"inference.output_path={out}", cwd=tmp_path, env={"DASK_SCHEDULER_ADDRESS": cluster.address},
     )
     assert run.returncode == 0, run.stderr
-    assert f"Connecting to the dask scheduler at {cluster.address}" in run.stderr
+    assert f"Connected to the dask scheduler at {cluster.address}" in run.stderr
     assert_predictions(read_jsonl(out), local_docs(test_docs), reference_scores["tf-keras2-savedmodel"])
     loads = json.loads((tmp_path / "summary.json").read_text())["model_loads"]
     assert len(loads) == 2 and set(loads.values()) == {1}
