@@ -129,7 +129,8 @@ def ray_data(model_path: str, docs: str, outdir: str) -> None:
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ds = ray.data.read_binary_files(docs, include_paths=True)
-    ds.map_batches(Scorer, batch_size=256, concurrency=os.cpu_count()).write_json(outdir)
+    # Actors take half a logical CPU each: with whole CPUs they would leave none for the reads.
+    ds.map_batches(Scorer, batch_size=256, concurrency=os.cpu_count(), num_cpus=0.5).write_json(outdir)
 
 
 if __name__ == "__main__":
