@@ -14,6 +14,9 @@ from conftest import assert_predictions, local_docs, read_jsonl, run_cli
 from dask_processes import make_certificates, start_cluster
 from test_errors import assert_user_error
 
+# Tiny model calls keep these runs going for several seconds, long enough to interrupt.
+SLOW = "inference.batch_size=4"
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
@@ -55,7 +58,7 @@ def test_worker_killed_mid_run_loses_nothing(cluster, models, many_small_docs, t
     job = subprocess.Popen(
         [sys.executable, "-m", "daskinfer", f"inference.model_path={models['keras'][0]}",
          f"inference.input_data_dir={folder}", f"inference.output_path={out}",
-         f"cluster.address={cluster.address}", "inference.partition_size=250"],
+         f"cluster.address={cluster.address}", "inference.partition_size=250", SLOW],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     partial = Path(f"{out}.partial")
@@ -96,7 +99,7 @@ def test_every_worker_lost_ends_the_run_with_a_clear_message(tmp_path, models, m
         job = subprocess.Popen(
             [sys.executable, "-m", "daskinfer", f"inference.model_path={models['keras'][0]}",
              f"inference.input_data_dir={folder}", f"inference.output_path={out}",
-             f"cluster.address={lonely.address}", "cluster.wait_for_workers_s=3", "inference.partition_size=250"],
+             f"cluster.address={lonely.address}", "cluster.wait_for_workers_s=3", "inference.partition_size=250", SLOW],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         partial = Path(f"{out}.partial")

@@ -18,6 +18,9 @@ from conftest import IMDB, read_jsonl, run_cli
 from test_documents import make_mixed_folder
 from test_errors import assert_user_error
 
+# Tiny model calls keep these runs going for several seconds, long enough to interrupt.
+SLOW = "inference.batch_size=4"
+
 
 def poisoned_model(path: Path) -> None:
     """A real SavedModel that scores by length and fails on any batch holding 'POISON'."""
@@ -106,7 +109,7 @@ def test_resume_after_kill_9_of_the_driver_and_its_workers(models, many_small_do
     folder, reference = many_small_docs
     out = tmp_path / "res.jsonl"
     args = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
-            f"inference.output_path={out}", "inference.partition_size=250", "cluster.n_workers=2"]
+            f"inference.output_path={out}", "inference.partition_size=250", SLOW, "cluster.n_workers=2"]
     job = start(args, tmp_path)
     wait_for_progress(out, job)
     os.killpg(job.pid, signal.SIGKILL)  # the driver and the LocalCluster it started
@@ -135,7 +138,7 @@ def test_sigterm_stops_quickly_and_prints_how_to_resume(models, many_small_docs,
     folder, reference = many_small_docs
     out = tmp_path / "run" / "res.jsonl"
     job = start([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
-                 f"inference.output_path={out}", "inference.partition_size=250"], tmp_path)
+                 f"inference.output_path={out}", "inference.partition_size=250", SLOW], tmp_path)
     wait_for_progress(out, job)
     signalled = time.monotonic()
     job.send_signal(signal.SIGTERM)
