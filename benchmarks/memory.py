@@ -10,7 +10,6 @@ and the whole run's wall time.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

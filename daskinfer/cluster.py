@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 import warnings
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig
 
@@ -45,7 +45,7 @@ def quiet_logs(level: int = logging.CRITICAL) -> None:
 
 
 @contextlib.contextmanager
-def connect(cfg: DictConfig) -> Iterator["distributed.Client"]:
+def connect(cfg: DictConfig) -> Iterator[Any]:
     """A Client on the configured cluster, closed quietly on exit."""
     import distributed
 

@@ -56,8 +56,7 @@ def score_partition(docs: Sequence[Document], settings: Settings) -> Scored:
     for start in range(0, len(texts), settings.batch_size):
         stop = start + settings.batch_size
         _score_batch(predict, kept[start:stop], texts[start:stop], settings, out)
-    out.records.sort(key=lambda r: r["filepath"])
-    out.errors.sort(key=lambda r: r["filepath"])
+    out.errors.sort(key=lambda r: r["filepath"])  # decode failures came first, model failures after
     return out
 
 

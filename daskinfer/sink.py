@@ -14,8 +14,6 @@ import posixpath
 import time
 from typing import Any, Dict, Mapping, Optional
 
-from fsspec.core import split_protocol
-
 from daskinfer import sources
 from daskinfer.config import ConfigError
 
@@ -34,10 +32,7 @@ def default_output_path(now: Optional[float] = None) -> str:
 
 def sidecar(output_uri: str, name: str) -> str:
     """A file beside the results: same folder (or prefix), given name."""
-    protocol, _ = _split(output_uri)
-    join = os.path.join if protocol is None else posixpath.join
-    parent = os.path.dirname(output_uri) if protocol is None else posixpath.dirname(output_uri)
-    return join(parent, name)
+    return posixpath.join(posixpath.dirname(output_uri), name)
 
 
 def refuse_existing(output_uri: str, storage_options: Mapping[str, Any]) -> None:
@@ -174,8 +169,3 @@ def _recover(path: str) -> set:
     with open(path, "ab") as f:
         f.truncate(good_end)
     return filepaths
-
-
-def _split(uri: str):
-    protocol, path = split_protocol(uri)
-    return (None if protocol in (None, "file", "local") else protocol), path

@@ -11,7 +11,7 @@ import os
 import posixpath
 from array import array
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
@@ -191,20 +191,18 @@ def read_all(
     """The bytes of each document (or the exception that stopped it), in order.
 
     One `cat_ranges` call for the whole partition: async stores such as s3fs fetch
-    the objects concurrently, with no per-object HEAD after the listing.
+    the objects concurrently, with no per-object HEAD after the listing. A partition's
+    documents come from one listing, so they share one filesystem.
     """
-    out: List[Union[bytes, Exception]] = [ValueError("not read")] * len(docs)
+    out: List[Union[bytes, Exception]] = [
+        ValueError(f"document is {d.size} bytes, above inference.max_document_bytes={max_bytes}")
+        for d in docs
+    ]
     wanted = [i for i, d in enumerate(docs) if d.size <= max_bytes]
-    for i, d in enumerate(docs):
-        if d.size > max_bytes:
-            out[i] = ValueError(f"document is {d.size} bytes, above inference.max_document_bytes={max_bytes}")
-    by_fs: Dict[Tuple[str, ...], List[int]] = {}
-    for i in wanted:
-        by_fs.setdefault(fsspec.core.split_protocol(docs[i].uri)[:1], []).append(i)
-    for indices in by_fs.values():
-        fs, _ = filesystem(docs[indices[0]].uri, storage_options)
-        paths = [fs._strip_protocol(docs[i].uri) for i in indices]
-        for i, data in zip(indices, fs.cat_ranges(paths, None, None, on_error="return")):
+    if wanted:
+        fs, _ = filesystem(docs[wanted[0]].uri, storage_options)
+        paths = [fs._strip_protocol(docs[i].uri) for i in wanted]
+        for i, data in zip(wanted, fs.cat_ranges(paths, None, None, on_error="return")):
             out[i] = data
     return out
 
