@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py train MODEL.keras small|heavy
     python benchmarks/peers.py single MODEL DOCS OUT.jsonl          # ideal single process
+    python benchmarks/peers.py alone MODEL DOCS N                   # the model alone, one core
     python benchmarks/peers.py loop MODEL DOCS OUT.jsonl N          # original per-file loop
     python benchmarks/peers.py readtext MODEL DOCS OUTDIR N         # dask.bag.read_text
     python benchmarks/peers.py ray MODEL DOCS OUTDIR                # Ray Data
@@ -66,6 +67,20 @@ def single(model_path: str, docs: str, out: str) -> None:
     scores = model.predict(tf.constant(texts)[:, None], batch_size=256, verbose=0).ravel()
     with open(out, "w") as f:
         f.writelines(record(p, float(s)) for p, s in zip(paths, scores))
+
+
+def alone(model_path: str, docs: str, n: str) -> None:
+    """Prints the model's own throughput on one core: predict time only, texts in memory."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    model = load(model_path)
+    texts = [open(p, encoding="utf-8").read() for p in sorted(glob.glob(os.path.join(docs, "*.txt")))[: int(n)]]
+    model.predict(tf.constant(texts[:256])[:, None], batch_size=256, verbose=0)  # trace first
+    started = time.perf_counter()
+    model.predict(tf.constant(texts)[:, None], batch_size=256, verbose=0)
+    print(len(texts) / (time.perf_counter() - started))
 
 
 def loop(model_path: str, docs: str, out: str, n: str) -> None:
@@ -136,4 +151,4 @@ def ray_data(model_path: str, docs: str, outdir: str) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     command, *rest = sys.argv[1:]
-    {"train": train, "single": single, "loop": loop, "readtext": readtext, "ray": ray_data}[command](*rest)
+    {"train": train, "single": single, "alone": alone, "loop": loop, "readtext": readtext, "ray": ray_data}[command](*rest)

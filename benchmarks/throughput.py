@@ -10,6 +10,8 @@ whole processes, median of --repeat runs:
   (c) the original loop, model.predict once per file (on a sample: --loop-sample)
   (d) dask.bag.read_text, one partition per file, model cached per worker (on --bag-sample)
   (e) Ray Data, when ray is installed (pip install -e '.[benchmarks]')
+  (f) the model alone on one core (predict time only, texts in memory), on --alone-sample;
+      daskinfer's (a) is then compared with (cores x f)
 Prints docs/s for each and the ratios to (b).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -55,7 +58,8 @@ def main() -> None:
     ap.add_argument("--heavy", action="store_true")
     ap.add_argument("--loop-sample", type=int, default=1000)
     ap.add_argument("--bag-sample", type=int, default=4000)
-    ap.add_argument("--only", default="a,b,c,d,e")
+    ap.add_argument("--alone-sample", type=int, default=10000)
+    ap.add_argument("--only", default="a,b,c,d,e,f")
     args = ap.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="daskinfer-bench-"))
@@ -77,6 +81,12 @@ def main() -> None:
             print("(e) skipped: ray is not installed (pip install -e '.[benchmarks]')")
             only.discard("e")
         rates = {}
+        if "f" in only:
+            only.discard("f")
+            alone = subprocess.run([*peers, "alone", str(model), str(docs), str(args.alone_sample)],
+                                   check=True, capture_output=True, text=True)
+            rates["f"] = float(alone.stdout.strip().splitlines()[-1])
+            print(f"(f) model alone, one core: {rates['f']:8.0f} docs/s", flush=True)
         for key in sorted(only):
             n, cmd = runs[key]
             times = [timed(cmd(i), work) for i in range(args.repeat)]
@@ -85,6 +95,9 @@ def main() -> None:
         if "b" in rates:
             for key, rate in sorted(rates.items()):
                 print(f"({key}) / (b) = {rate / rates['b']:.2f}x")
+        if "a" in rates and "f" in rates:
+            cores = os.cpu_count() or 1
+            print(f"(a) / ({cores} cores x f) = {rates['a'] / (cores * rates['f']):.2f}")
         print(json.dumps({"docs": args.docs, "heavy": args.heavy, "docs_per_s": rates}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
