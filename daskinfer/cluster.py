@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig
 
+from daskinfer.config import ConfigError
 from daskinfer.errors import first_line
 
 log = logging.getLogger("daskinfer")
@@ -51,14 +52,11 @@ def connect(cfg: DictConfig) -> Iterator[Any]:
 
     quiet_logs()
     cluster = None
-    try:
-        if cfg.address:
-            client = _remote_client(cfg)
-        else:
-            cluster = _local_cluster(cfg)
-            client = distributed.Client(cluster)
-    except OSError as exc:
-        raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {first_line(exc)}") from None
+    if cfg.address:
+        client = _remote_client(cfg)
+    else:
+        cluster = _local_cluster(cfg)
+        client = distributed.Client(cluster)
     try:
         _wait_for_workers(client, cfg)
         yield client
@@ -115,12 +113,15 @@ def _remote_client(cfg: DictConfig):
 
     sec = security(cfg)
     if cfg.address.startswith("tls://") and not sec.tls_ca_file:
-        raise ConnectionError(
+        raise ConfigError(
             f"the scheduler at {cfg.address} speaks TLS and no certificates are configured: set "
             "cluster.tls.ca_file/client_cert/client_key or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
             "..._CLIENT__CERT and ..._CLIENT__KEY"
         )
-    return distributed.Client(cfg.address, security=sec)
+    try:
+        return distributed.Client(cfg.address, security=sec)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {first_line(exc)}") from None
 
 
 def security(cfg: DictConfig):
