@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py train MODEL.keras small|heavy
     python benchmarks/peers.py single MODEL DOCS OUT.jsonl          # ideal single process
+    python benchmarks/peers.py single-table MODEL TABLE.parquet OUT.jsonl   # the same on a Parquet table
     python benchmarks/peers.py alone MODEL DOCS N                   # the model alone, one core
     python benchmarks/peers.py loop MODEL DOCS OUT.jsonl N          # original per-file loop
     python benchmarks/peers.py readtext MODEL DOCS OUTDIR N         # dask.bag.read_text
@@ -67,6 +68,17 @@ def single(model_path: str, docs: str, out: str) -> None:
     scores = model.predict(tf.constant(texts)[:, None], batch_size=256, verbose=0).ravel()
     with open(out, "w") as f:
         f.writelines(record(p, float(s)) for p, s in zip(paths, scores))
+
+
+def single_table(model_path: str, table: str, out: str) -> None:
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    model = load(model_path)
+    texts = pq.read_table(table, columns=["text"]).column("text").to_pylist()
+    scores = model.predict(tf.constant(texts)[:, None], batch_size=256, verbose=0).ravel()
+    with open(out, "w") as f:
+        f.writelines(record(f"{table}#{i}", float(s)) for i, s in enumerate(scores))
 
 
 def alone(model_path: str, docs: str, n: str) -> None:
@@ -151,4 +163,4 @@ def ray_data(model_path: str, docs: str, outdir: str) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     command, *rest = sys.argv[1:]
-    {"train": train, "single": single, "alone": alone, "loop": loop, "readtext": readtext, "ray": ray_data}[command](*rest)
+    {"train": train, "single": single, "single-table": single_table, "alone": alone, "loop": loop, "readtext": readtext, "ray": ray_data}[command](*rest)

@@ -12,9 +12,9 @@ import time
 import warnings
 from typing import Any, Callable, Iterator
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from daskinfer.config import ConfigError
+from daskinfer.errors import ConfigError
 from daskinfer.errors import first_line
 
 log = logging.getLogger("daskinfer")
@@ -51,22 +51,67 @@ def connect(cfg: DictConfig) -> Iterator[Any]:
     import distributed
 
     quiet_logs()
-    cluster = None
-    if cfg.address:
-        client = _remote_client(cfg)
-    else:
-        cluster = _local_cluster(cfg)
-        client = distributed.Client(cluster)
-    try:
-        _wait_for_workers(client, cfg)
+    with contextlib.ExitStack() as stack:
+        if cfg.address:
+            client = _remote_client(cfg)
+        else:
+            cluster = _managed_cluster(cfg) if cfg.manager else _local_cluster(cfg)
+            stack.callback(_close, cluster)
+            _scale(cluster, cfg)
+            client = distributed.Client(cluster)
+        stack.callback(_close, client)
+        stack.callback(quiet_logs)  # closing makes dask log again: silence it first
+        if not _starts_empty(cfg):
+            _wait_for_workers(client, cfg)
         yield client
+
+
+def _close(thing) -> None:
+    with contextlib.suppress(Exception):
+        thing.close()
+
+
+def adaptive(cfg: DictConfig) -> bool:
+    return cfg.adapt.minimum is not None or cfg.adapt.maximum is not None
+
+
+def _starts_empty(cfg: DictConfig) -> bool:
+    """An adaptive cluster with no minimum gets its first worker only once work is queued."""
+    return adaptive(cfg) and not cfg.adapt.minimum
+
+
+def _managed_cluster(cfg: DictConfig):
+    """An instance of the cluster manager class named by its import path, with its keyword
+    arguments as configured: whatever the manager needs (queues, images, ...) is its own."""
+    from distributed.utils import import_term
+
+    try:
+        manager = import_term(cfg.manager)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"cluster.manager: cannot import {cfg.manager}: {first_line(exc)}") from None
+    kwargs = OmegaConf.to_container(cfg.manager_kwargs, resolve=True)
+    logging.disable(logging.CRITICAL)  # managers log their workers' start-up failures with tracebacks
+    try:
+        return manager(**kwargs)
+    except Exception as exc:
+        root = exc
+        while root.__cause__ is not None:  # "Nanny failed to start" says less than what made it fail
+            root = root.__cause__
+        raise ConfigError(
+            f"cluster.manager {cfg.manager} did not start with cluster.manager_kwargs={kwargs}: "
+            f"{type(root).__name__}: {first_line(root)}"
+        ) from None
     finally:
-        quiet_logs()
-        with contextlib.suppress(Exception):
-            client.close()
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.close()
+        logging.disable(logging.NOTSET)
+
+
+def _scale(cluster, cfg: DictConfig) -> None:
+    """Adaptive scaling when asked for; a manager started empty gets cluster.n_workers."""
+    if adaptive(cfg):
+        limits = {k: v for k, v in cfg.adapt.items() if v is not None}
+        cluster.adapt(**limits)
+    elif cfg.manager and cfg.n_workers:
+        cluster.scale(cfg.n_workers)
 
 
 def _local_cluster(cfg: DictConfig):
@@ -74,6 +119,7 @@ def _local_cluster(cfg: DictConfig):
     them about a second sooner than dask's default (spawn), which re-imports everything."""
     import dask
     import distributed
+    from distributed.deploy.utils import nprocesses_nthreads
 
     settings = {
         "distributed.worker.multiprocessing-method": cfg.start_method,
@@ -82,12 +128,15 @@ def _local_cluster(cfg: DictConfig):
         # memory would then grow with the number of documents.
         "distributed.admin.low-level-log-length": 0,
     }
+    n_workers, threads = cfg.n_workers, cfg.threads_per_worker
+    if adaptive(cfg):  # start at the minimum; dask adds workers of the same shape
+        n_workers, threads = cfg.adapt.minimum or 0, threads or nprocesses_nthreads()[1]
     with dask.config.set(settings), warnings.catch_warnings():
         # A busy dashboard port (another job's) is fine: dask picks another, and we log it.
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         return distributed.LocalCluster(
-            n_workers=cfg.n_workers,
-            threads_per_worker=cfg.threads_per_worker,
+            n_workers=n_workers,
+            threads_per_worker=threads,
             processes=True,
             host="127.0.0.1",
             dashboard_address=cfg.dashboard_address,
@@ -104,8 +153,25 @@ def describe(client, cfg: DictConfig) -> None:
         log.info("Dask dashboard: %s", client.dashboard_link)
 
 
-def total_threads(client) -> int:
-    return sum(client.nthreads().values()) or 1
+def planned_threads(client, cfg: DictConfig) -> int:
+    """The threads the run will have: those of the workers now, or, on an adaptive
+    cluster, of cluster.adapt.maximum workers shaped like them."""
+    nthreads = client.nthreads()
+    if not adaptive(cfg) or not cfg.adapt.maximum:
+        return sum(nthreads.values()) or 1
+    per_worker = sum(nthreads.values()) / len(nthreads) if nthreads else cfg.threads_per_worker or 1
+    return max(1, round(cfg.adapt.maximum * per_worker))
+
+
+def tasks_ahead(threads: int, cfg: DictConfig) -> int:
+    """How many partitions to keep submitted ahead of the one being written.
+
+    Two per thread keeps every thread busy while bounding what the driver and the
+    scheduler hold. Adaptive scaling asks for workers in proportion to the work it sees
+    queued (a worker per distributed.adaptive.target-duration, 5 s, of it), so an
+    adaptive cluster is shown more.
+    """
+    return max(32, 4 * threads) if adaptive(cfg) else 2 * threads + 2
 
 
 def _remote_client(cfg: DictConfig):

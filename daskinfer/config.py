@@ -22,22 +22,27 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-
-class ConfigError(ValueError):
-    """A configuration the user must fix; its message is one line."""
+from daskinfer.errors import ConfigError
 
 
 @dataclass
 class InferenceConfig:
     model_path: str = MISSING
-    input_data_dir: str = MISSING
-    input_glob: str = MISSING
+    input_data_dir: Optional[str] = MISSING
+    input_format: str = MISSING
+    input_glob: Optional[str] = MISSING
+    input_manifest: Optional[str] = MISSING
+    text_column: str = MISSING
+    id_column: Optional[str] = MISSING
     recursive: bool = MISSING
     encoding: str = MISSING
     output_path: Optional[str] = MISSING
+    output_format: str = MISSING
     batch_size: int = MISSING
     threshold: float = MISSING
     labels: List[str] = MISSING
+    all_scores: bool = MISSING
+    labels_from: Optional[str] = MISSING
     partition_size: Optional[int] = MISSING
     partition_bytes: int = MISSING
     max_document_bytes: int = MISSING
@@ -54,6 +59,12 @@ class TLSConfig:
 
 
 @dataclass
+class AdaptConfig:
+    minimum: Optional[int] = MISSING
+    maximum: Optional[int] = MISSING
+
+
+@dataclass
 class ClusterConfig:
     address: Optional[str] = MISSING
     n_workers: Optional[int] = MISSING
@@ -63,6 +74,9 @@ class ClusterConfig:
     wait_for_workers_s: float = MISSING
     tf_intra_op_threads: Optional[int] = MISSING
     tf_inter_op_threads: Optional[int] = MISSING
+    manager: Optional[str] = MISSING
+    manager_kwargs: Dict[str, Any] = field(default_factory=dict)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 
@@ -79,6 +93,9 @@ class Config:
 
 
 SECRET_WORDS = ("key", "secret", "token", "password")
+PATH_LABELS = ("aclimdb", "parent_dir")  # labels_from values that read a label from a document's path
+INPUT_FORMATS = ("files", "jsonl", "csv", "parquet")
+OUTPUT_FORMATS = ("jsonl", "parquet")
 
 
 def defaults_path() -> Path:
@@ -102,6 +119,8 @@ def load_config(overrides: Sequence[str] = (), config_file: Optional[str] = None
             layers.append(OmegaConf.load(config_file))
         layers.append(_dotlist(overrides))
         cfg = OmegaConf.merge(OmegaConf.structured(Config), *layers)
+        if OmegaConf.select(cfg, "inference.input_manifest"):
+            cfg.inference.input_data_dir = None  # the manifest lists the inputs
         missing = [key for key in valid_keys() if _is_missing(cfg, key)]
         if missing:
             raise ConfigError(f"missing required key(s): {', '.join(missing)} (set them as key=value)")
@@ -161,6 +180,35 @@ def check(cfg: DictConfig) -> None:
     for key in ("partition_bytes", "max_document_bytes"):
         if inf[key] <= 0:
             raise ConfigError(f"inference.{key} must be > 0, got {inf[key]}")
+    _check_choice("inference.input_format", inf.input_format, INPUT_FORMATS)
+    _check_choice("inference.output_format", inf.output_format, OUTPUT_FORMATS)
+    if inf.resume and inf.output_format != "jsonl":
+        raise ConfigError("inference.resume needs inference.output_format=jsonl (a Parquet file cut short cannot be appended to)")
+    if inf.input_format == "files":
+        _check_choice("inference.labels_from", inf.labels_from, (None, *PATH_LABELS))
+    elif inf.labels_from in PATH_LABELS:
+        raise ConfigError(f"inference.labels_from for table inputs names a column, got {inf.labels_from}")
+    _check_cluster(cfg.cluster)
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value}")
+
+
+def _check_cluster(cluster: DictConfig) -> None:
+    adapt = cluster.adapt
+    if cluster.address and (cluster.manager or adapt.minimum is not None or adapt.maximum is not None):
+        raise ConfigError(
+            "cluster.manager and cluster.adapt start a cluster of this run's own; "
+            f"they cannot be combined with cluster.address={cluster.address}"
+        )
+    if adapt.minimum is not None and adapt.minimum < 0:
+        raise ConfigError(f"cluster.adapt.minimum must be >= 0, got {adapt.minimum}")
+    if adapt.maximum is not None and adapt.maximum < max(1, adapt.minimum or 0):
+        raise ConfigError(
+            f"cluster.adapt.maximum must be >= 1 and >= cluster.adapt.minimum, got {adapt.maximum}"
+        )
 
 
 def valid_keys() -> List[str]:

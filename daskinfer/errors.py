@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A configuration the user must fix; its message is one line."""
+
+
 class RunFailed(RuntimeError):
     """The run cannot finish for a reason the user must see (and retrying won't fix)."""
 

@@ -129,7 +129,8 @@ def _load(spec: ModelSpec) -> Predictor:
         try:
             make = _keras_predictor if fmt == "keras" else _savedmodel_predictor
             predict = make(tf, local)
-            predict(["warm-up: traces the graph and starts the runtime while stderr is quiet"])
+            warm_up = predict(["warm-up: traces the graph and starts the runtime while stderr is quiet"])
+            predict.output_shape = tuple(getattr(warm_up, "shape", (1,))[1:])  # per document
             return predict
         except Exception as exc:  # any failure here means the model file itself is unusable
             raise ModelLoadError(f"could not load model {spec.uri}: {first_line(exc)}") from None

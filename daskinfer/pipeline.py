@@ -14,25 +14,27 @@ import logging
 import sys
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import dask
 import dask.bag as db
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer import cluster, config, model, predict, sink, sources
-from daskinfer.errors import ErrorBudgetExceeded, Interrupted, RunFailed, first_line
+from daskinfer import cluster, config, evaluation, model, predict, sink, sources, tables
+from daskinfer.errors import ConfigError, ErrorBudgetExceeded, Interrupted, RunFailed, first_line
 
 log = logging.getLogger("daskinfer")
 
 
 @dataclass
 class Job:
-    """What the driver knows before any work starts."""
+    """What the driver knows before any work starts: document files (a listing or a
+    manifest), or table files with their lazy dask DataFrames."""
 
     cfg: DictConfig
-    docs: sources.Listing
+    docs: Optional[Union[sources.Listing, sources.Manifest]]
+    tables: Optional[List[Tuple[str, Any]]]
     settings: predict.Settings
     output_uri: str
 
@@ -47,7 +49,17 @@ def prepare(cfg: DictConfig) -> Job:
     """List the inputs and settle everything a task needs."""
     inf = cfg.inference
     options = OmegaConf.to_container(cfg.storage.options, resolve=True)
-    docs = sources.list_documents(inf.input_data_dir, inf.input_glob, inf.recursive, options)
+    if inf.input_manifest:
+        inputs = sources.Manifest(inf.input_manifest, options)
+    else:
+        glob = inf.input_glob or tables.DEFAULT_GLOBS[inf.input_format]
+        inputs = sources.list_documents(inf.input_data_dir, glob, inf.recursive, options)
+    docs, frames = inputs, None
+    if inf.input_format != "files":
+        columns = table_columns(cfg)
+        docs, frames = None, [
+            (doc.uri, tables.frame(doc.uri, inf.input_format, columns, options, inf.partition_bytes)) for doc in inputs
+        ]
     spec = model.ModelSpec(
         uri=inf.model_path,
         storage_options=options,
@@ -61,10 +73,18 @@ def prepare(cfg: DictConfig) -> Job:
         batch_size=inf.batch_size,
         threshold=inf.threshold,
         labels=tuple(inf.labels),
+        all_scores=inf.all_scores,
+        labels_from=inf.labels_from,
         max_document_bytes=inf.max_document_bytes,
         storage_options=options,
     )
-    return Job(cfg, docs, settings, inf.output_path or sink.default_output_path())
+    output = inf.output_path or sink.default_output_path(inf.output_format)
+    return Job(cfg, docs, frames, settings, output)
+
+
+def table_columns(cfg: DictConfig) -> tables.Columns:
+    inf = cfg.inference
+    return tables.Columns(inf.text_column, inf.id_column, inf.labels_from)
 
 
 def groups(job: Job, n_threads: int, docs: Optional[Iterable[sources.Document]] = None, count: Optional[int] = None):
@@ -84,9 +104,12 @@ def partitions(job: Job, n_threads: int) -> db.Bag:
 def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
     """A lazy bag of prediction records (dicts), for notebooks: `.to_dataframe()`, `.filter()`...
 
-    Failed documents are left out; run() reports them in errors.jsonl.
+    Failed documents are left out; run() reports them in errors.jsonl. Document files
+    only: a table's row numbers are known only once it is read, which run() does.
     """
     check(cfg)
+    if cfg.inference.input_format != "files":
+        raise ConfigError("records_bag reads document files; score tables with run() and read its output")
     job = prepare(cfg)
     return partitions(job, n_threads).map_partitions(predict.score_partition_records, job.settings)
 
@@ -104,15 +127,12 @@ def run(cfg: DictConfig, client=None) -> RunResult:
         listing = pool.submit(prepare, cfg)
         with contextlib.nullcontext(client) if client is not None else cluster.connect(cfg.cluster) as live:
             job = listing.result()
-            out = sink.OrderedSink(job.output_uri, job.settings.storage_options, resume=cfg.inference.resume)
-            skipped = sum(1 for doc in job.docs if doc.uri in out.done) if out.done else 0
-            todo = len(job.docs) - skipped
+            out = sink.OrderedSink(job.output_uri, job.settings.storage_options, resume=cfg.inference.resume,
+                                   output_format=cfg.inference.output_format)
             cluster.describe(live, cfg.cluster)
-            log.info("Scoring %d documents from %s", todo, cfg.inference.input_data_dir)
-            if skipped:
-                log.info("Resuming %s: %d documents already done", job.output_uri, skipped)
+            log.info("Scoring %s from %s", _what(job), cfg.inference.input_manifest or cfg.inference.input_data_dir)
             try:
-                model_loads = _score(job, todo, live, out) if todo else {}
+                scoring = _score(job, live, out)
             except KeyboardInterrupt:
                 if out.abandon():
                     raise Interrupted(job.output_uri) from None
@@ -120,50 +140,148 @@ def run(cfg: DictConfig, client=None) -> RunResult:
             except BaseException:
                 out.abandon()
                 raise
-    summary = _summary(job, out, skipped, todo, time.monotonic() - started, model_loads)
+    summary = _summary(job, out, time.monotonic() - started, scoring)
     out.commit(summary, config.to_yaml(job.cfg))
     _report(job, summary)
     return RunResult(job.output_uri, summary)
 
 
+def _what(job: Job) -> str:
+    if job.docs is not None:
+        return f"{len(job.docs)} documents"
+    return f"the rows of {len(job.tables)} {job.cfg.inference.input_format} file(s)"
+
+
 def check(cfg: DictConfig) -> None:
-    """What can be checked in a moment, before any cluster starts: the input folder, the
-    model and the output path. User errors there fail fast, with nothing started."""
+    """What can be checked in a moment, before any cluster starts: the inputs, the model
+    and the output path. User errors there fail fast, with nothing started."""
     inf = cfg.inference
     options = OmegaConf.to_container(cfg.storage.options, resolve=True)
-    sources.check_folder(inf.input_data_dir, options)
+    if inf.input_manifest:
+        sources.check_manifest(inf.input_manifest, options)
+    else:
+        sources.check_folder(inf.input_data_dir, options)
     model.locate(inf.model_path, options)
+    if inf.input_format == "files":
+        evaluation.check(inf.labels_from, inf.labels)
     if inf.output_path and not inf.resume:
         sink.refuse_existing(inf.output_path, options)
 
 
-def _score(job: Job, todo: int, client, out: sink.OrderedSink) -> Dict[str, int]:
-    """Score the documents not done yet on client's workers, writing each partition as its turn comes."""
-    n_threads = cluster.total_threads(client)
-    docs = (doc for doc in job.docs if doc.uri not in out.done) if out.done else iter(job.docs)
+@dataclass
+class Scoring:
+    """What the driver gathers besides the output files, as partitions come back."""
+
+    documents: int = 0
+    skipped: int = 0
+    tally: Optional[evaluation.Tally] = None
+    by_worker: Dict[str, int] = field(default_factory=dict)  # worker address -> documents
+    model_loads: Dict[str, int] = field(default_factory=dict)
+
+    def add(self, part: predict.PartitionResult) -> None:
+        documents = part.results.count(b"\n") + part.errors.count(b"\n")
+        self.by_worker[part.worker] = self.by_worker.get(part.worker, 0) + documents
+        if part.tally is not None:
+            if self.tally is None:
+                self.tally = part.tally
+            else:
+                self.tally.merge(part.tally)
+
+
+def _score(job: Job, client, out: sink.OrderedSink) -> Scoring:
+    """Score what is not done yet on client's workers, writing each partition as its turn comes."""
+    scoring = Scoring()
+    n_threads = cluster.planned_threads(client, job.cfg.cluster)
     check = cluster.watch_workers(client, job.cfg.cluster.wait_for_workers_s)
-    progress = Progress(todo)
+    if job.docs is not None:
+        tasks = _file_tasks(job, out, scoring, n_threads)
+    else:
+        tasks = _table_tasks(job, client, out, scoring, n_threads, check)
+    progress = Progress(scoring.documents - scoring.skipped if job.docs is not None else None)
     try:
-        parts = groups(job, n_threads, docs, count=todo)
-        for results, errors in _in_order(client, parts, job.settings, 2 * n_threads + 2, check):
-            out.write(results, errors)
+        for part in _in_order(client, tasks, cluster.tasks_ahead(n_threads, job.cfg.cluster), check):
+            out.write(part.results, part.errors)
+            scoring.add(part)
             progress.update(out.results.written + out.errors.written)
     finally:
         progress.close()
-    return client.run(model.load_count, job.settings.model.uri)
+    if out.results.written + out.errors.written:
+        scoring.model_loads = client.run(model.load_count, job.settings.model.uri)
+    return scoring
 
 
-def _summary(job: Job, out: sink.OrderedSink, skipped: int, scored: int, elapsed: float, model_loads) -> Dict[str, Any]:
-    return {
-        "documents": len(job.docs),
+def _file_tasks(job: Job, out: sink.OrderedSink, scoring: Scoring, n_threads: int):
+    """One task per group of document files; counts are known before the first."""
+    scoring.documents = len(job.docs)
+    if out.done:
+        scoring.skipped = sum(1 for doc in job.docs if doc.uri in out.done)
+        log.info("Resuming %s: %d documents already done", job.output_uri, scoring.skipped)
+    todo = scoring.documents - scoring.skipped
+    docs = (doc for doc in job.docs if doc.uri not in out.done) if out.done else iter(job.docs)
+    return ((predict.score_partition_jsonl, (part, job.settings)) for part in groups(job, n_threads, docs, todo))
+
+
+def _table_tasks(job: Job, client, out: sink.OrderedSink, scoring: Scoring, n_threads: int, check):
+    """One task per slice of table rows. Each dask partition is read on a worker (the next
+    one read while this one is scored); its length, once known, decides the slices."""
+    inf, columns = job.cfg.inference, table_columns(job.cfg)
+    for uri, frame, part in _read_ahead(client, job.tables):
+        try:
+            n_rows = _result(client.submit(len, frame), check)
+        except Exception as exc:
+            raise RunFailed(f"cannot read {uri}: {type(exc).__name__}: {first_line(exc)}") from None
+        per_slice = inf.partition_size or sources.partition_size(n_rows, n_threads, None)
+        for rows in tables.slices(n_rows, per_slice):
+            numbers = range(part.first_row + rows.start, part.first_row + rows.stop)
+            skip = [n for n in numbers if f"{uri}#{n}" in out.done] if out.done else []
+            scoring.documents += len(rows)
+            scoring.skipped += len(skip)
+            if len(skip) < len(rows):
+                piece = client.submit(tables.take_rows, frame, rows.start, rows.stop, pure=False)
+                yield tables.score_rows, (piece, uri, numbers.start, skip, columns, job.settings)
+        part.first_row += n_rows
+        frame.release()
+
+
+@dataclass
+class _Position:
+    first_row: int = 0  # the file's row number of the partition's first row
+
+
+def _read_ahead(client, frames: List[Tuple[str, Any]]):
+    """(uri, future of a partition's rows, position in the file) for every dask partition
+    of every table, in order; the next partition is read while this one is scored."""
+    def reads():
+        for uri, frame in frames:
+            position = _Position()
+            for delayed in frame.to_delayed():
+                yield uri, client.compute(delayed), position
+
+    pending = None
+    for item in reads():
+        if pending is not None:
+            yield pending
+        pending = item
+    if pending is not None:
+        yield pending
+
+
+def _summary(job: Job, out: sink.OrderedSink, elapsed: float, scoring: Scoring) -> Dict[str, Any]:
+    scored = scoring.documents - scoring.skipped
+    summary = {
+        "documents": scoring.documents,
         "predicted": out.results.count,
         "errors": out.errors.count,
-        "skipped": skipped,
+        "skipped": scoring.skipped,
         "elapsed_s": round(elapsed, 3),
         "docs_per_s": round(scored / elapsed, 1) if elapsed else None,
-        "model_loads": model_loads,
+        "model_loads": scoring.model_loads,
+        "documents_by_worker": dict(sorted(scoring.by_worker.items())),
         "output": job.output_uri,
     }
+    if job.settings.labels_from:
+        summary["evaluation"] = evaluation.figures(scoring.tally or evaluation.Tally(job.settings.labels))
+    return summary
 
 
 def _report(job: Job, summary: Dict[str, Any]) -> None:
@@ -176,6 +294,9 @@ def _report(job: Job, summary: Dict[str, Any]) -> None:
     errors_uri = sink.sidecar(job.output_uri, sink.ERRORS_NAME)
     if summary["errors"]:
         log.info("Errors: %s", errors_uri)
+    if "evaluation" in summary:
+        for line in evaluation.report_lines(summary["evaluation"]):
+            log.info("%s", line)
     budget = job.cfg.inference.error_budget
     if summary["errors"] > budget * summary["documents"]:
         log.info("Output result location: %s", job.output_uri)
@@ -186,27 +307,24 @@ def _report(job: Job, summary: Dict[str, Any]) -> None:
     log.info("Output result location: %s", job.output_uri)
 
 
-def _in_order(client, parts: Iterable[List[sources.Document]], settings: predict.Settings, window: int,
-              check: Callable[[], None]):
-    """Each partition's (results, errors) JSONL bytes, in partition order, with at most
-    `window` partitions submitted ahead of the one being written.
+def _in_order(client, tasks: Iterable[Tuple[Callable, tuple]], window: int, check: Callable[[], None]):
+    """Each task's result (a PartitionResult), in task order, with at most `window` tasks
+    submitted ahead of the one being written.
 
-    Earlier partitions get higher priority, so the ordered writer can persist results
-    from the first seconds on; the window bounds what waits on the workers and what the
+    Earlier tasks get higher priority, so the ordered writer can persist results from
+    the first seconds on; the window bounds what waits on the workers and what the
     driver holds. Partitions go to the workers as plain tasks (one small pickle each),
     not as a bag's graph, which would be rebuilt and shipped whole for every partition.
-    A partition whose worker dies is recomputed elsewhere by dask, and still written
-    once, here.
+    A task whose worker dies is recomputed elsewhere by dask, and still written once, here.
     """
     from distributed.scheduler import KilledWorker
 
     pending: collections.deque = collections.deque()
-    parts = enumerate(parts)
+    tasks = enumerate(tasks)
     while True:
-        for index, part in itertools.islice(parts, window - len(pending)):
+        for index, (function, args) in itertools.islice(tasks, window - len(pending)):
             pending.append(client.submit(
-                predict.score_partition_jsonl, part, settings,
-                priority=-index, pure=False, key=f"daskinfer-partition-{index}-{uuid.uuid4().hex}",
+                function, *args, priority=-index, pure=False, key=f"daskinfer-partition-{index}-{uuid.uuid4().hex}",
             ))
         if not pending:
             return
@@ -236,7 +354,7 @@ def _result(future, check: Callable[[], None]):
 class Progress:
     """A one-line progress bar on a terminal; nothing when stderr is not one."""
 
-    def __init__(self, total: int, stream=None):
+    def __init__(self, total: Optional[int], stream=None):
         self.total, self.stream = total, stream or sys.stderr
         self.enabled = self.stream.isatty()
         self.started = time.monotonic()
@@ -244,12 +362,15 @@ class Progress:
 
     def update(self, done: int) -> None:
         now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.2 and done < self.total):
+        if not self.enabled or (now - self.last < 0.2 and done != self.total):
             return
         self.last = now
         rate = done / max(now - self.started, 1e-9)
-        left = (self.total - done) / rate if rate else float("inf")
-        self.stream.write(f"\r{done}/{self.total} documents  {rate:,.0f} docs/s  {left:,.0f} s left   ")
+        if self.total is None:  # a table's rows are counted as they are read
+            self.stream.write(f"\r{done} documents  {rate:,.0f} docs/s   ")
+        else:
+            left = (self.total - done) / rate if rate else float("inf")
+            self.stream.write(f"\r{done}/{self.total} documents  {rate:,.0f} docs/s  {left:,.0f} s left   ")
         self.stream.flush()
 
     def close(self) -> None:

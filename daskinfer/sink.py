@@ -8,6 +8,7 @@ stores (s3://) fsspec's multipart upload is completed only at commit.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
@@ -15,7 +16,7 @@ import time
 from typing import Any, Dict, Mapping, Optional
 
 from daskinfer import sources
-from daskinfer.config import ConfigError
+from daskinfer.errors import ConfigError
 
 RESULTS_NAME = "batch-infer-res.jsonl"
 ERRORS_NAME = "errors.jsonl"
@@ -23,11 +24,13 @@ SUMMARY_NAME = "summary.json"
 CONFIG_NAME = "config.yaml"
 
 
-def default_output_path(now: Optional[float] = None) -> str:
-    """outputs/<YYYY-MM-DD>/<HH-MM-SS>/batch-infer-res.jsonl, as Hydra laid out the original script's runs."""
+def default_output_path(output_format: str = "jsonl", now: Optional[float] = None) -> str:
+    """outputs/<YYYY-MM-DD>/<HH-MM-SS>/batch-infer-res.jsonl (or .parquet), as Hydra laid out
+    the original script's runs."""
     stamp = time.localtime(now)
     folder = os.path.join("outputs", time.strftime("%Y-%m-%d", stamp), time.strftime("%H-%M-%S", stamp))
-    return os.path.abspath(os.path.join(folder, RESULTS_NAME))
+    name = RESULTS_NAME if output_format == "jsonl" else RESULTS_NAME.replace(".jsonl", f".{output_format}")
+    return os.path.abspath(os.path.join(folder, name))
 
 
 def sidecar(output_uri: str, name: str) -> str:
@@ -55,7 +58,8 @@ class OrderedSink:
     already written are in `done`, and new partitions are appended.
     """
 
-    def __init__(self, output_uri: str, storage_options: Mapping[str, Any], resume: bool = False):
+    def __init__(self, output_uri: str, storage_options: Mapping[str, Any], resume: bool = False,
+                 output_format: str = "jsonl"):
         self.uri = output_uri
         self.fs, self.path = sources.filesystem(output_uri, storage_options)
         self.local = sources._is_local(self.fs)
@@ -65,7 +69,10 @@ class OrderedSink:
             refuse_existing(output_uri, storage_options)
         errors_path = self.fs._strip_protocol(sidecar(output_uri, ERRORS_NAME))
         stream = _LocalStream if self.local else _RemoteStream
-        self.results = stream(self.fs, self.path, resume)
+        if output_format == "parquet":
+            self.results = _ParquetStream(self.fs, self.path, self.local)
+        else:
+            self.results = stream(self.fs, self.path, resume)
         self.errors = stream(self.fs, errors_path, resume)
         self.done = self.results.filepaths | self.errors.filepaths
 
@@ -149,6 +156,69 @@ class _RemoteStream:
     def abandon(self, keep: bool) -> bool:
         self.file.discard()
         return False
+
+
+class _ParquetStream:
+    """Results as one Parquet file with the JSONL's columns, a row group per partition:
+    pyarrow parses each partition's JSONL as it comes. Like the JSONL, the file is
+    visible under its name only once published; unlike it, it cannot be resumed."""
+
+    # Fixed types for the keys every record has; others (id, scores) are inferred.
+    SCHEMA = (("time", "string"), ("filepath", "string"), ("logit_prob", "float64"), ("sentiment", "string"))
+
+    def __init__(self, fs, path: str, local: bool):
+        self.fs, self.path, self.local = fs, path, local
+        self.partial = path + ".partial" if local else path
+        self.filepaths: set = set()
+        self.count = self.written = 0
+        self.file = self.writer = None
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        import pyarrow.json
+
+        schema = self._schema()
+        options = pyarrow.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+        table = pyarrow.json.read_json(io.BytesIO(data), parse_options=options)
+        self._open(table.schema).write_table(table.cast(self.writer.schema))
+        self.written += table.num_rows
+        self.count = self.written
+
+    def publish(self) -> None:
+        self._open(self._schema()).close()
+        if self.local:
+            self.file.close()
+            os.replace(self.partial, self.path)
+        else:
+            self.file.close()
+            self.file.commit()
+
+    def abandon(self, keep: bool) -> bool:
+        if self.file is not None:
+            if self.local:
+                self.file.close()
+                os.unlink(self.partial)
+            else:
+                self.file.discard()
+        return False
+
+    def _open(self, schema):
+        if self.writer is None:
+            import pyarrow.parquet
+
+            if self.local:
+                os.makedirs(os.path.dirname(self.partial) or ".", exist_ok=True)
+                self.file = open(self.partial, "wb")
+            else:
+                self.file = self.fs.open(self.path, "wb", autocommit=False)
+            self.writer = pyarrow.parquet.ParquetWriter(self.file, schema)
+        return self.writer
+
+    def _schema(self):
+        import pyarrow
+
+        return pyarrow.schema([(name, getattr(pyarrow, kind)()) for name, kind in self.SCHEMA])
 
 
 def _recover(path: str) -> set:

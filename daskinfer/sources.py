@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import math
 import os
 import posixpath
@@ -21,10 +22,12 @@ from daskinfer.errors import first_line
 
 @dataclass(frozen=True)
 class Document:
-    """One input file: its full path or URI (as written in the results) and its size."""
+    """One input file: its full path or URI (as written in the results), its size (-1 when
+    not known, as for a manifest's entries), and why it is not to be read, if it is not."""
 
     uri: str
     size: int
+    error: Optional[str] = None
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any]) -> Tuple[AbstractFileSystem, str]:
@@ -65,13 +68,17 @@ def list_documents(
     recursive: bool = False,
     storage_options: Optional[Mapping[str, Any]] = None,
 ) -> Listing:
-    """Every non-folder entry under url whose name matches glob, in sorted order.
+    """Every non-folder entry under url whose name matches glob, in sorted order; url
+    itself when it names a file.
 
     Dangling links and unreadable files are listed too: they fail when read and are
     reported then, never dropped here.
     """
     fs, root = filesystem(url, storage_options or {})
     with storage_errors(url):
+        if fs.isfile(root):
+            parent = fs._parent(root)
+            return Listing(full_uri(fs, parent).rstrip("/") + "/", [root[len(parent):].lstrip("/")], [fs.size(root)])
         if not _folder_exists(fs, root, url):
             entries: Iterator[Tuple[str, int]] = iter(())
         elif _is_local(fs):
@@ -117,7 +124,8 @@ def check_folder(url: str, storage_options: Optional[Mapping[str, Any]] = None) 
     """Raise, with a one-line message, when url cannot hold any input."""
     fs, root = filesystem(url, storage_options or {})
     with storage_errors(url):
-        _folder_exists(fs, root, url)
+        if not fs.isfile(root):
+            _folder_exists(fs, root, url)
 
 
 def _folder_exists(fs: AbstractFileSystem, root: str, url: str) -> bool:
@@ -190,21 +198,92 @@ def read_all(
 ) -> List[Union[bytes, Exception]]:
     """The bytes of each document (or the exception that stopped it), in order.
 
-    One `cat_ranges` call for the whole partition: async stores such as s3fs fetch
-    the objects concurrently, with no per-object HEAD after the listing. A partition's
-    documents come from one listing, so they share one filesystem.
+    One `cat_ranges` call per filesystem in the partition (a manifest may mix local paths
+    and URIs): async stores such as s3fs fetch the objects concurrently, with no
+    per-object HEAD. A document of unknown size is read up to one byte past max_bytes.
     """
-    out: List[Union[bytes, Exception]] = [
-        ValueError(f"document is {d.size} bytes, above inference.max_document_bytes={max_bytes}")
-        for d in docs
-    ]
-    wanted = [i for i, d in enumerate(docs) if d.size <= max_bytes]
-    if wanted:
+    out: List[Union[bytes, Exception]] = [_not_read(d, max_bytes) for d in docs]
+    by_protocol: dict = {}
+    for i, doc in enumerate(docs):
+        if out[i] is None:
+            by_protocol.setdefault(fsspec.core.split_protocol(doc.uri)[0], []).append(i)
+    for wanted in by_protocol.values():
         fs, _ = filesystem(docs[wanted[0]].uri, storage_options)
         paths = [fs._strip_protocol(docs[i].uri) for i in wanted]
-        for i, data in zip(wanted, fs.cat_ranges(paths, None, None, on_error="return")):
+        ends = [None if docs[i].size >= 0 else max_bytes + 1 for i in wanted]
+        for i, data in zip(wanted, fs.cat_ranges(paths, [0] * len(paths), ends, on_error="return")):
+            if isinstance(data, bytes) and len(data) > max_bytes:
+                data = _too_large(max_bytes)
             out[i] = data
     return out
+
+
+def _not_read(doc: Document, max_bytes: int) -> Optional[Exception]:
+    if doc.error:
+        return ValueError(doc.error)
+    if doc.size > max_bytes:
+        return _too_large(max_bytes, doc.size)
+    return None
+
+
+def _too_large(max_bytes: int, size: Optional[int] = None) -> Exception:
+    what = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
+    return ValueError(f"document is {what}, above inference.max_document_bytes={max_bytes}")
+
+
+class Manifest:
+    """The inputs a manifest lists, in its order: one path or URI per line, or JSON lines
+    with a "path" (or SageMaker's "source-ref") field. Local paths are taken from the
+    current folder.
+
+    The manifest is read again each time it is iterated, never held whole: it is meant for
+    inputs too many to list. A path listed again is an error entry once, never scored twice.
+    """
+
+    def __init__(self, uri: str, storage_options: Optional[Mapping[str, Any]] = None):
+        self.uri, self.storage_options = uri, dict(storage_options or {})
+        self.count = sum(1 for _ in self)
+        if not self.count:
+            raise FileNotFoundError(f"the manifest {uri} lists no inputs")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Document]:
+        seen, repeated = set(), set()
+        for number, entry in self._entries():
+            if entry not in seen:
+                seen.add(entry)
+                yield Document(entry, -1)
+            elif entry not in repeated:
+                repeated.add(entry)
+                yield Document(entry, -1, f"listed more than once in the manifest (again at line {number}); scored once")
+
+    def _entries(self) -> Iterator[Tuple[int, str]]:
+        fs, path = filesystem(self.uri, self.storage_options)
+        with storage_errors(self.uri), fs.open(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                line = line.strip()
+                if line:
+                    yield number, _manifest_entry(line, self.uri, number)
+
+
+def _manifest_entry(line: str, manifest: str, number: int) -> str:
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+            line = record.get("path") or record["source-ref"]
+        except (ValueError, KeyError, AttributeError):
+            raise ValueError(f"{manifest} line {number}: expected a path or JSON with a \"path\" field") from None
+    protocol, _ = fsspec.core.split_protocol(line)
+    return line if protocol not in (None, "file", "local") else os.path.abspath(fsspec.core.strip_protocol(line))
+
+
+def check_manifest(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> None:
+    fs, path = filesystem(uri, storage_options or {})
+    with storage_errors(uri):
+        if not fs.isfile(path):
+            raise FileNotFoundError(f"manifest not found: {uri}")
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:

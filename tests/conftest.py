@@ -93,6 +93,50 @@ def many_small_docs(tmp_path_factory, models):
     return folder, dict(zip(paths, map(float, scores)))
 
 
+NULL_ROWS = (5, 777, 1602)  # table rows whose text is missing: errors at their row numbers
+
+
+@pytest.fixture(scope="session")
+def reviews_table(test_docs, models):
+    """The test reviews as rows (text with real newlines, id, label) and in-process scores."""
+    paths = sorted(test_docs.glob("*.txt"))
+    texts = [p.read_text("utf-8").replace("<br /><br />", "\n\n") for p in paths]
+    rows = [{"text": t, "id": p.stem, "label": int(rating_label(p))} for p, t in zip(paths, texts)]
+    for row in NULL_ROWS:
+        rows.insert(row, {"text": None, "id": f"null-{row}", "label": 1})
+    scores = dict(zip(texts, map(float, models["keras"][1](texts))))
+    assert any("\n" in t and "," in t and '"' in t for t in texts)
+    return rows, scores
+
+
+@pytest.fixture(scope="session")
+def table_files(tmp_path_factory, reviews_table) -> Dict[str, Path]:
+    """The rows written as JSONL, as CSV (quoted fields holding commas, quotes and newlines)
+    and as Parquet with several row groups."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, _ = reviews_table
+    folder = tmp_path_factory.mktemp("tables")
+    frame = pd.DataFrame(rows)
+    frame.to_json(folder / "reviews.jsonl", orient="records", lines=True, force_ascii=False)
+    frame.to_csv(folder / "reviews.csv", index=False)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "reviews.parquet", row_group_size=400)
+    assert pq.ParquetFile(folder / "reviews.parquet").metadata.num_row_groups == 5
+    return {fmt: folder / f"reviews.{fmt}" for fmt in ("jsonl", "csv", "parquet")}
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A LocalCluster of two one-thread workers for tests that call the Python API."""
+    import distributed
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client
+
+
 @dataclass
 class Run:
     returncode: int

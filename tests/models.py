@@ -21,7 +21,8 @@ def clean_for_vocabulary(texts: Sequence[str]) -> List[str]:
     return [t.translate(LINE_BREAKERS) for t in texts]
 
 
-def train_keras3(texts: Sequence[str], labels: Sequence[int], vocabulary_texts=None):
+def train_keras3(texts: Sequence[str], labels: Sequence[int], vocabulary_texts=None, classes: int = 1):
+    """A Keras 3 model with one sigmoid output, or a softmax over `classes` classes."""
     import keras
     import tensorflow as tf
 
@@ -31,9 +32,12 @@ def train_keras3(texts: Sequence[str], labels: Sequence[int], vocabulary_texts=N
     inputs = keras.Input(shape=(1,), dtype="string")
     x = keras.layers.Embedding(10001, 16)(vectorize(inputs))
     x = keras.layers.GlobalAveragePooling1D()(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    if classes == 1:
+        outputs, loss = keras.layers.Dense(1, activation="sigmoid")(x), "binary_crossentropy"
+    else:
+        outputs, loss = keras.layers.Dense(classes, activation="softmax")(x), "sparse_categorical_crossentropy"
     model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    model.compile(keras.optimizers.Adam(0.01), loss)
     model.fit(tf.constant(list(texts))[:, None], tf.constant(labels), epochs=8, batch_size=64, verbose=0)
     return model
 
@@ -109,6 +113,20 @@ def save_all(root: Path, texts: Sequence[str], labels: Sequence[int]) -> Dict[st
         "tf-keras2-savedmodel": (legacy_dir, legacy_predict),
         "mlflow": (mlflow_dir, legacy_predict),
     }
+
+
+def save_rating_classifier(root: Path, texts: Sequence[str], classes: Sequence[int], k: int) -> tuple:
+    """(model path, in-process predict -> (N, k) scores) for a softmax over k classes."""
+    import tensorflow as tf
+
+    model = train_keras3(texts, classes, classes=k)
+    path = root / f"classes-{k}.keras"
+    model.save(path)
+
+    def predict(batch: Sequence[str]) -> np.ndarray:
+        return model.predict(tf.constant(list(batch))[:, None], batch_size=256, verbose=0)
+
+    return path, predict
 
 
 Predict = Callable[[Sequence[str]], np.ndarray]

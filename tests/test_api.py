@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import json
 
-import distributed
-import pytest
 from conftest import assert_predictions, local_docs, read_jsonl
 
 import daskinfer
-
-
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            yield client
 
 
 def test_run_on_a_notebook_client(client, models, test_docs, reference_scores, tmp_path):

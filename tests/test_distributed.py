@@ -13,6 +13,7 @@ import pytest
 from conftest import assert_predictions, local_docs, read_jsonl, run_cli
 from dask_processes import make_certificates, start_cluster
 from test_errors import assert_user_error
+from test_tables import assert_rows
 
 # Tiny model calls keep these runs going for several seconds, long enough to interrupt.
 SLOW = "inference.batch_size=4"
@@ -50,6 +51,19 @@ def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_
     assert len(loads) == 2 and set(loads.values()) == {1}
     # TensorFlow's pools follow the one thread each `dask worker --nthreads 1` has
     assert set(worker_tf_threads(cluster.address).values()) == {(1, 1)}
+
+
+def test_table_rows_on_an_existing_cluster(cluster, models, table_files, reviews_table, tmp_path):
+    out = tmp_path / "res.jsonl"
+    run = run_cli(
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files['parquet']}",
+        "inference.input_format=parquet", "inference.id_column=id", f"inference.output_path={out}",
+        f"cluster.address={cluster.address}", cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert_rows(read_jsonl(out), read_jsonl(tmp_path / "errors.jsonl"), str(table_files["parquet"]), reviews_table)
+    by_worker = json.loads((tmp_path / "summary.json").read_text())["documents_by_worker"]
+    assert len(by_worker) == 2 and min(by_worker.values()) > 0  # one file's rows spread over both workers
 
 
 def test_worker_killed_mid_run_loses_nothing(cluster, models, many_small_docs, tmp_path):
@@ -139,3 +153,38 @@ def test_tls_cluster_needs_certificates(tmp_path, models, test_docs, reference_s
     assert without.returncode == 2
     assert_user_error(without, secured.address, "no certificates are configured")
     assert not (tmp_path / "c").exists()
+
+
+def test_cluster_manager_with_adaptive_scaling(models, many_small_docs, tmp_path):
+    """A cluster manager named by import path, scaled by dask between one and two workers."""
+    folder, reference = many_small_docs
+    out = tmp_path / "res.jsonl"
+    run = run_cli(
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
+        f"inference.output_path={out}", "inference.batch_size=8",
+        "cluster.manager=distributed.LocalCluster", "cluster.manager_kwargs.n_workers=1",
+        "cluster.manager_kwargs.threads_per_worker=1", "cluster.manager_kwargs.dashboard_address=127.0.0.1:0",
+        "cluster.adapt.minimum=1", "cluster.adapt.maximum=2", cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    records = read_jsonl(out)
+    assert [r["filepath"] for r in records] == sorted(reference)
+    for r in records:
+        assert abs(r["logit_prob"] - reference[r["filepath"]]) <= 1e-5
+    by_worker = json.loads((tmp_path / "summary.json").read_text())["documents_by_worker"]
+    assert len(by_worker) == 2 and min(by_worker.values()) > 0, by_worker  # dask added the second worker
+    assert sum(by_worker.values()) == len(reference)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["cluster.manager=dask_nowhere.SLURMCluster"], "cluster.manager: cannot import dask_nowhere.SLURMCluster"),
+    (["cluster.manager=distributed.LocalCluster", "cluster.manager_kwargs.n_workers=two"],
+     "cluster.manager distributed.LocalCluster did not start with cluster.manager_kwargs={'n_workers': 'two'}: TypeError"),
+    (["cluster.address=tcp://127.0.0.1:1", "cluster.adapt.maximum=2"], "cannot be combined with cluster.address"),
+    (["cluster.adapt.minimum=3", "cluster.adapt.maximum=2"], "cluster.adapt.maximum must be >= 1 and >= cluster.adapt.minimum"),
+])
+def test_bad_cluster_manager_settings(models, test_docs, tmp_path, overrides, message):
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
+                  *overrides, cwd=tmp_path)
+    assert_user_error(run, message, code=2)
+    assert not list(tmp_path.rglob("*.jsonl*"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from conftest import free_port, run_cli
 
 
-def assert_user_error(run, *needles: str, single_line: bool = True) -> None:
-    assert run.returncode != 0
+def assert_user_error(run, *needles: str, single_line: bool = True, code: Optional[int] = None) -> None:
+    assert run.returncode != 0 if code is None else run.returncode == code, (run.returncode, run.stderr)
     assert "Traceback" not in run.stderr, run.stderr
     lines = run.stderr_lines
     if single_line:

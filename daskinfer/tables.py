@@ -1,0 +1,130 @@
+"""Table inputs: one document per row of JSONL, CSV or Parquet files, read by dask's own
+readers (dask.dataframe.read_json / read_csv / read_parquet), locally or through fsspec.
+
+A record's `filepath` is `<table URI>#<row number>`, the row counted from 0 in its file.
+Dask reads a file in partitions (Parquet row groups, JSONL blocks; a CSV whole, since a
+quoted field may hold newlines that a block boundary would cut). The driver learns each
+partition's length once it is read, and cuts it into slices of rows: a slice is one
+scoring task, so a file read as one partition still spreads over every worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Sequence
+
+from daskinfer import predict
+from daskinfer.errors import ConfigError
+
+DEFAULT_GLOBS = {"files": "*.txt", "jsonl": "*.jsonl", "csv": "*.csv", "parquet": "*.parquet"}
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns a run reads: the text, and optionally an id and a true label."""
+
+    text: str
+    id: Optional[str] = None
+    label: Optional[str] = None
+
+    def names(self) -> List[str]:
+        return list(dict.fromkeys(c for c in (self.text, self.id, self.label) if c))
+
+
+def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int):
+    """A lazy dask DataFrame of one table file, holding only the columns the run needs.
+
+    Reads the schema (a Parquet footer, the head of a CSV or JSONL file) and checks the
+    columns are there: a missing one is a one-line error before any work.
+    """
+    import dask.dataframe as dd
+
+    options = dict(storage_options)
+    if fmt == "parquet":
+        table = dd.read_parquet(uri, split_row_groups=True, storage_options=options)
+    elif fmt == "csv":
+        table = dd.read_csv(uri, blocksize=None, storage_options=options)
+    else:
+        table = dd.read_json(uri, lines=True, orient="records", blocksize=blocksize, storage_options=options)
+    missing = [c for c in columns.names() if c not in table.columns]
+    if missing:
+        raise ConfigError(
+            f"{uri} has no column {', '.join(repr(c) for c in missing)} (inference.text_column, id_column or "
+            f"labels_from); its columns: {', '.join(map(str, table.columns))}"
+        )
+    return table[columns.names()]
+
+
+def slices(n_rows: int, rows_per_slice: int) -> List[range]:
+    return [range(start, min(start + rows_per_slice, n_rows)) for start in range(0, n_rows, rows_per_slice)]
+
+
+def take_rows(part, start: int, stop: int):
+    """Rows [start, stop) of a partition (a pandas DataFrame): what one scoring task receives."""
+    return part.iloc[start:stop]
+
+
+def score_rows(rows, uri: str, first_row: int, skip: Sequence[int], columns: Columns,
+               settings: predict.Settings) -> predict.PartitionResult:
+    """Score a slice of a table's rows; first_row is the file's row number of its first row.
+
+    A null or empty text, or one above max_document_bytes, becomes an error entry.
+    Rows numbered in skip (done before a resume) are left out.
+    """
+    out = predict.Scored(tally=predict.new_tally(settings))
+    texts = rows[columns.text].tolist()
+    ids = rows[columns.id].tolist() if columns.id else None
+    labels = rows[columns.label].tolist() if columns.label else None
+    skipped = set(skip)
+    ready = []
+    for i, text in enumerate(texts):
+        number = first_row + i
+        if number in skipped:
+            continue
+        key = f"{uri}#{number}"
+        problem = _text_problem(text, columns.text, settings.max_document_bytes)
+        if problem:
+            out.fail(i, key, ValueError(problem))
+            continue
+        extra = {"id": _plain(ids[i])} if ids is not None else {}
+        label = _label(labels[i], settings.labels) if labels is not None else None
+        ready.append(predict.Text(key, str(text), i, label, extra))
+    predict.score_texts(ready, settings, out)
+    return predict.to_result(out)
+
+
+def _text_problem(text: Any, column: str, max_bytes: int) -> Optional[str]:
+    if _is_null(text):
+        return f"null text in column '{column}'"
+    text = str(text)
+    if not text:
+        return "empty document"
+    if len(text) > max_bytes // 4 and len(text.encode("utf-8")) > max_bytes:
+        return f"document is {len(text.encode('utf-8'))} bytes, above inference.max_document_bytes={max_bytes}"
+    return None
+
+
+def _label(value: Any, labels: Sequence[str]) -> Optional[str]:
+    """A true label from a column: a label's name, or its index in inference.labels."""
+    if _is_null(value):
+        return None
+    value = _plain(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        if str(value) not in labels and 0 <= int(value) < len(labels):
+            return labels[int(value)]
+        value = int(value)
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready value: numpy scalars as Python ones, missing values as None."""
+    if _is_null(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _is_null(value: Any) -> bool:
+    import pandas as pd
+
+    return value is None or (not isinstance(value, (str, bytes, list, dict)) and bool(pd.isna(value)))
+

@@ -1,0 +1,173 @@
+"""Table inputs (JSONL, CSV, Parquet), manifests and Parquet output, locally and on moto's S3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import pytest
+from conftest import NULL_ROWS, read_jsonl, run_cli
+from test_classes import assert_evaluation, expected_evaluation
+from test_errors import assert_user_error
+
+import daskinfer
+
+FORMATS = ("jsonl", "csv", "parquet")
+
+
+def assert_rows(records: List[dict], errors: List[dict], table_uri: str, reviews_table) -> None:
+    """Every row once, in row order, with the model's own score and the row's id."""
+    rows, scores = reviews_table
+    assert [r["filepath"] for r in records] == [f"{table_uri}#{i}" for i in range(len(rows)) if i not in NULL_ROWS]
+    for r in records:
+        row = rows[int(r["filepath"].rsplit("#", 1)[1])]
+        assert set(r) == {"time", "filepath", "logit_prob", "sentiment", "id"}
+        assert r["id"] == row["id"]
+        assert abs(r["logit_prob"] - scores[row["text"]]) <= 1e-5, r["filepath"]
+    assert [(e["filepath"], e["error"]) for e in errors] == [
+        (f"{table_uri}#{i}", "ValueError: null text in column 'text'") for i in NULL_ROWS
+    ]
+    accuracy = sum((r["sentiment"] == "positive") == bool(rows[int(r["filepath"].rsplit("#")[1])]["label"])
+                   for r in records) / len(records)
+    assert accuracy >= 0.7
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tables_on_the_command_line(fmt, models, table_files, reviews_table, tmp_path):
+    out = tmp_path / "res.jsonl"
+    run = run_cli(
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files[fmt]}",
+        f"inference.input_format={fmt}", "inference.id_column=id", f"inference.output_path={out}", cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert_rows(read_jsonl(out), read_jsonl(tmp_path / "errors.jsonl"), str(table_files[fmt]), reviews_table)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["documents"], summary["predicted"], summary["errors"]) == (1603, 1600, 3)
+
+
+@pytest.fixture(scope="module")
+def s3_tables(s3_server, table_files):
+    client = s3_server.client()
+    client.create_bucket(Bucket="tables")
+    for fmt, path in table_files.items():
+        client.upload_file(str(path), "tables", f"reviews/{fmt}/{path.name}")
+    return s3_server
+
+
+def s3_options(s3) -> List[str]:
+    return [f"storage.options.endpoint_url={s3.endpoint}", f"storage.options.key={s3.key}",
+            f"storage.options.secret={s3.secret}"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tables_on_s3(fmt, client, models, s3_tables, reviews_table, tmp_path):
+    """A folder of tables on S3, matched by the format's default pattern."""
+    cfg = daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir=s3://tables/reviews/{fmt}/",
+        f"inference.input_format={fmt}", "inference.id_column=id", f"inference.output_path={tmp_path / 'res.jsonl'}",
+        *s3_options(s3_tables),
+    ])
+    result = daskinfer.run(cfg, client=client)
+    errors = read_jsonl(tmp_path / "errors.jsonl")
+    assert_rows(read_jsonl(result.output_uri), errors, f"s3://tables/reviews/{fmt}/reviews.{fmt}", reviews_table)
+
+
+def test_evaluation_against_a_label_column(client, models, table_files, reviews_table, tmp_path):
+    cfg = daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files['parquet']}",
+        "inference.input_format=parquet", "inference.labels_from=label", f"inference.output_path={tmp_path / 'r.jsonl'}",
+    ])
+    result = daskinfer.run(cfg, client=client)
+    rows, _ = reviews_table
+    records = read_jsonl(result.output_uri)
+    true = [["negative", "positive"][rows[int(r["filepath"].rsplit("#")[1])]["label"]] for r in records]
+    expected = expected_evaluation(true, [r["sentiment"] for r in records], ["negative", "positive"])
+    assert_evaluation(result.summary["evaluation"], expected, unlabeled=0)
+
+
+def test_parquet_output_equals_the_jsonl_output(client, models, table_files, tmp_path):
+    common = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files['csv']}",
+              "inference.input_format=csv", "inference.id_column=id", "inference.all_scores=true"]
+    as_jsonl = daskinfer.run(daskinfer.load_config([*common, f"inference.output_path={tmp_path}/j/res.jsonl"]), client=client)
+    as_parquet = daskinfer.run(daskinfer.load_config([
+        *common, "inference.output_format=parquet", f"inference.output_path={tmp_path}/p/res.parquet",
+    ]), client=client)
+    import pyarrow.parquet as pq
+
+    expected = read_jsonl(as_jsonl.output_uri)
+    found = pq.read_table(as_parquet.output_uri).to_pylist()
+    assert [r.pop("time")[:10] for r in found] == [r.pop("time")[:10] for r in expected]  # two runs: times differ
+    assert found == expected
+    assert pq.ParquetFile(as_parquet.output_uri).metadata.num_row_groups > 1  # written as it streamed
+    assert as_parquet.summary["predicted"] == 1600
+
+
+def test_table_run_resumes_after_a_crash(client, models, table_files, reviews_table, tmp_path):
+    """A run cut short (its output ends in a torn line) resumes without scoring a row twice."""
+    args = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files['jsonl']}",
+            "inference.input_format=jsonl", "inference.id_column=id"]
+    full = daskinfer.run(daskinfer.load_config([*args, f"inference.output_path={tmp_path}/full/res.jsonl"]), client=client)
+    lines = Path(full.output_uri).read_text("utf-8").splitlines(keepends=True)
+    out = tmp_path / "resumed" / "res.jsonl"
+    out.parent.mkdir()
+    Path(f"{out}.partial").write_text("".join(lines[:700]) + lines[700][:40], "utf-8")
+    resumed = daskinfer.run(daskinfer.load_config([*args, f"inference.output_path={out}", "inference.resume=true"]),
+                            client=client)
+    assert resumed.summary["skipped"] == 700
+    errors = read_jsonl(out.parent / "errors.jsonl")
+    assert_rows(read_jsonl(out), errors, str(table_files["jsonl"]), reviews_table)
+
+
+def test_missing_text_column_is_one_clear_line(models, table_files, tmp_path):
+    run = run_cli(
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files['parquet']}",
+        "inference.input_format=parquet", "inference.text_column=review", cwd=tmp_path,
+    )
+    assert_user_error(run, "has no column 'review' (inference.text_column", "its columns: text, id, label", code=2)
+    assert not list(tmp_path.rglob("*.jsonl*"))
+
+
+def test_manifest_mixing_local_paths_and_s3_uris(client, models, test_docs, s3_tables, reference_scores, tmp_path):
+    """A manifest instead of a listing: its order, a missing file and a repeated path in the errors."""
+    s3 = s3_tables.client()
+    local = sorted(test_docs.glob("*.txt"))[:6]
+    for path in local[3:]:
+        s3.upload_file(str(path), "tables", f"docs/{path.name}")
+    remote = [f"s3://tables/docs/{p.name}" for p in local[3:]]
+    missing = str(test_docs / "0_0.txt")
+    entries = [str(local[2]), remote[0], str(local[0]), missing, remote[1], str(local[2]), str(local[1]), remote[2]]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join(entries) + "\n")
+    cfg = daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}",
+        f"inference.output_path={tmp_path / 'res.jsonl'}", "inference.error_budget=0.5", *s3_options(s3_tables),
+    ])
+    result = daskinfer.run(cfg, client=client)
+    records, errors = read_jsonl(result.output_uri), read_jsonl(tmp_path / "errors.jsonl")
+    scored = [entries[i] for i in (0, 1, 2, 4, 6, 7)]
+    assert [r["filepath"] for r in records] == scored  # the manifest's order
+    reference = reference_scores["keras"]
+    for r in records:
+        local_path = str(test_docs / Path(r["filepath"]).name)
+        assert abs(r["logit_prob"] - reference[local_path]) <= 1e-5
+    assert [e["filepath"] for e in errors] == [missing, str(local[2])]
+    assert "FileNotFoundError" in errors[0]["error"]
+    assert "listed more than once in the manifest (again at line 6)" in errors[1]["error"]
+    summary = result.summary
+    assert (summary["documents"], summary["predicted"], summary["errors"]) == (8, 6, 2)
+
+
+def test_manifest_as_json_lines(client, models, test_docs, tmp_path):
+    paths = sorted(str(p) for p in test_docs.glob("*.txt"))[:5]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"path": p, "note": "kept"}) + "\n" for p in paths))
+    cfg = daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}",
+                                 f"inference.output_path={tmp_path / 'res.jsonl'}"])
+    assert [r["filepath"] for r in read_jsonl(daskinfer.run(cfg, client=client).output_uri)] == paths
+
+
+def test_missing_manifest_is_one_clear_line(models, tmp_path):
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={tmp_path}/nope.txt",
+                  cwd=tmp_path)
+    assert_user_error(run, f"manifest not found: {tmp_path}/nope.txt")
