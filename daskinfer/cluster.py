@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from daskinfer.errors import ConfigError
-from daskinfer.errors import first_line
+from daskinfer.errors import first_line, root_cause
 
 log = logging.getLogger("daskinfer")
 
@@ -94,9 +94,7 @@ def _managed_cluster(cfg: DictConfig):
     try:
         return manager(**kwargs)
     except Exception as exc:
-        root = exc
-        while root.__cause__ is not None:  # "Nanny failed to start" says less than what made it fail
-            root = root.__cause__
+        root = root_cause(exc)
         raise ConfigError(
             f"cluster.manager {cfg.manager} did not start with cluster.manager_kwargs={kwargs}: "
             f"{type(root).__name__}: {first_line(root)}"

@@ -39,5 +39,13 @@ def first_line(exc: BaseException) -> str:
     return lines[0]
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception at the bottom of a chain: wrappers such as dask's "An error occurred
+    while calling read_parquet" or distributed's "Nanny failed to start" say less."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 # Lines of TensorFlow's error messages that locate the error rather than state it.
 _SCAFFOLDING = ("Detected at node", "<stack traces", "[[", "File ", "Traceback")

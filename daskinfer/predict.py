@@ -201,4 +201,5 @@ def error_record(key: str, exc: BaseException, prefix: str = "") -> Dict[str, An
 
 
 def _jsonl(rows: List[Dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    # default=str: an id column may hold dates or decimals, which JSON has no type for
+    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode("utf-8")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence
 
-from daskinfer import predict
-from daskinfer.errors import ConfigError
+from daskinfer import predict, sources
+from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
 
 DEFAULT_GLOBS = {"files": "*.txt", "jsonl": "*.jsonl", "csv": "*.csv", "parquet": "*.parquet"}
 
@@ -40,12 +40,19 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
     import dask.dataframe as dd
 
     options = dict(storage_options)
-    if fmt == "parquet":
-        table = dd.read_parquet(uri, split_row_groups=True, storage_options=options)
-    elif fmt == "csv":
-        table = dd.read_csv(uri, blocksize=None, storage_options=options)
-    else:
-        table = dd.read_json(uri, lines=True, orient="records", blocksize=blocksize, storage_options=options)
+    try:
+        with sources.storage_errors(uri):
+            if fmt == "parquet":
+                table = dd.read_parquet(uri, split_row_groups=True, storage_options=options)
+            elif fmt == "csv":
+                table = dd.read_csv(uri, blocksize=None, storage_options=options)
+            else:
+                table = dd.read_json(uri, lines=True, orient="records", blocksize=blocksize, storage_options=options)
+    except (OSError, ConnectionError):
+        raise
+    except Exception as exc:  # not a table of this format: pyarrow's, pandas' or dask's own errors
+        root = root_cause(exc)
+        raise RunFailed(f"cannot read {uri} as {fmt}: {type(root).__name__}: {first_line(root)}") from None
     missing = [c for c in columns.names() if c not in table.columns]
     if missing:
         raise ConfigError(
@@ -96,11 +103,11 @@ def score_rows(rows, uri: str, first_row: int, skip: Sequence[int], columns: Col
 def _text_problem(text: Any, column: str, max_bytes: int) -> Optional[str]:
     if _is_null(text):
         return f"null text in column '{column}'"
-    text = str(text)
-    if not text:
+    size = len(str(text).encode("utf-8"))
+    if not size:
         return "empty document"
-    if len(text) > max_bytes // 4 and len(text.encode("utf-8")) > max_bytes:
-        return f"document is {len(text.encode('utf-8'))} bytes, above inference.max_document_bytes={max_bytes}"
+    if size > max_bytes:
+        return f"document is {size} bytes, above inference.max_document_bytes={max_bytes}"
     return None
 
 
@@ -110,9 +117,9 @@ def _label(value: Any, labels: Sequence[str]) -> Optional[str]:
         return None
     value = _plain(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-        if str(value) not in labels and 0 <= int(value) < len(labels):
-            return labels[int(value)]
-        value = int(value)
+        value = int(value)  # a column with nulls holds 1.0 for 1
+        if str(value) not in labels and 0 <= value < len(labels):
+            return labels[value]
     return str(value)
 
 

@@ -171,3 +171,15 @@ def test_missing_manifest_is_one_clear_line(models, tmp_path):
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={tmp_path}/nope.txt",
                   cwd=tmp_path)
     assert_user_error(run, f"manifest not found: {tmp_path}/nope.txt")
+
+
+@pytest.mark.parametrize("fmt, content, message", [
+    ("parquet", b"not a parquet file", "Parquet magic bytes not found"),
+    ("csv", b'text\n"a quote that never closes, and no newline after it', "ParserError"),
+])
+def test_unreadable_table_is_one_clear_line(fmt, content, message, models, tmp_path):
+    table = tmp_path / f"broken.{fmt}"
+    table.write_bytes(content)
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                  f"inference.input_format={fmt}", cwd=tmp_path)
+    assert_user_error(run, f"cannot read {table} as {fmt}", message, code=1)
