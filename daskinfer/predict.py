@@ -201,5 +201,10 @@ def error_record(key: str, exc: BaseException, prefix: str = "") -> Dict[str, An
 
 
 def _jsonl(rows: List[Dict[str, Any]]) -> bytes:
-    # default=str: an id column may hold dates or decimals, which JSON has no type for
-    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode("utf-8")
+    encode = _ENCODER.encode
+    return "".join([encode(r) + "\n" for r in rows]).encode("utf-8")
+
+
+# One encoder for every record (json.dumps with options builds a new one per call).
+# default=str: an id column may hold dates or decimals, which JSON has no type for.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
