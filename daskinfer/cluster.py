@@ -125,6 +125,10 @@ def _local_cluster(cfg: DictConfig):
         # each worker for debugging, every partition's file list with them: the driver's
         # memory would then grow with the number of documents.
         "distributed.admin.low-level-log-length": 0,
+        # The nanny gives workers MALLOC_TRIM_THRESHOLD_=65536; setting it at all stops
+        # glibc from adapting its mmap threshold, so TensorFlow's large buffers are mapped
+        # and unmapped on every call (scoring about 1.25x slower here). See docker/dask.yaml.
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     }
     n_workers, threads = cfg.n_workers, cfg.threads_per_worker
     if adaptive(cfg):  # start at the minimum; dask adds workers of the same shape

@@ -70,6 +70,7 @@ class PartitionResult(NamedTuple):
 def score_partition(docs: Sequence[Document], settings: Settings) -> Scored:
     """Read, decode and score a partition of document files."""
     out = Scored(tally=new_tally(settings))
+    docs = list(docs)
     raw = sources.read_all(docs, settings.storage_options, settings.max_document_bytes)
     ready = []
     for position, (doc, data) in enumerate(zip(docs, raw)):

@@ -61,6 +61,10 @@ class Listing(Sequence[Document]):
             return [self[i] for i in range(*index.indices(len(self)))]
         return Document(self.prefix + self.names[index], self.sizes[index])
 
+    def __iter__(self) -> Iterator[Document]:
+        prefix = self.prefix
+        return (Document(prefix + name, size) for name, size in zip(self.names, self.sizes))
+
 
 def list_documents(
     url: str,
@@ -179,17 +183,47 @@ def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: 
     return max(1, min(cap, math.ceil(n_docs / (4 * max(1, n_threads)))))
 
 
-def group(docs: Iterable[Document], max_docs: int, max_bytes: int) -> Iterator[List[Document]]:
+class Partition(Sequence[Document]):
+    """A partition's documents as three parallel columns. The scheduler unpickles every
+    task it is sent: a thousand plain strings load in a tenth of the time that a
+    thousand Document objects do."""
+
+    __slots__ = ("uris", "sizes", "errors")
+
+    def __init__(self, uris: List[str], sizes: List[int], errors: Optional[dict] = None):
+        self.uris, self.sizes, self.errors = uris, sizes, errors or {}
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return Document(self.uris[index], self.sizes[index], self.errors.get(index))
+
+    def __iter__(self) -> Iterator[Document]:
+        errors = self.errors
+        return (Document(uri, size, errors.get(i) if errors else None)
+                for i, (uri, size) in enumerate(zip(self.uris, self.sizes)))
+
+    def __reduce__(self):
+        return Partition, (self.uris, self.sizes, self.errors)
+
+
+def group(docs: Iterable[Document], max_docs: int, max_bytes: int) -> Iterator[Partition]:
     """Consecutive runs of docs, each at most max_docs files and (beyond one file) max_bytes."""
-    batch: List[Document] = []
+    batch = Partition([], [])
     batch_bytes = 0
     for doc in docs:
-        if batch and (len(batch) >= max_docs or batch_bytes + doc.size > max_bytes):
+        if batch.uris and (len(batch) >= max_docs or batch_bytes + doc.size > max_bytes):
             yield batch
-            batch, batch_bytes = [], 0
-        batch.append(doc)
-        batch_bytes += doc.size
-    if batch:
+            batch, batch_bytes = Partition([], []), 0
+        if doc.error:
+            batch.errors[len(batch)] = doc.error
+        batch.uris.append(doc.uri)
+        batch.sizes.append(doc.size)
+        batch_bytes += max(doc.size, 0)  # -1: unknown (a manifest's entries)
+    if batch.uris:
         yield batch
 
 
@@ -202,6 +236,7 @@ def read_all(
     and URIs): async stores such as s3fs fetch the objects concurrently, with no
     per-object HEAD. A document of unknown size is read up to one byte past max_bytes.
     """
+    docs = list(docs)
     out: List[Union[bytes, Exception]] = [_not_read(d, max_bytes) for d in docs]
     by_protocol: dict = {}
     for i, doc in enumerate(docs):

@@ -17,6 +17,7 @@ WORKDIR /home/aisg/daskinfer
 COPY --chown=2222:2222 pyproject.toml README.md ./
 COPY --chown=2222:2222 daskinfer ./daskinfer
 COPY --chown=2222:2222 conf ./conf
+COPY docker/dask.yaml /etc/dask/daskinfer.yaml
 RUN pip install --no-cache-dir . && chown -R 2222:2222 /home/aisg
 
 USER 2222:2222

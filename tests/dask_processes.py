@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import psutil
-from conftest import free_port, wait_for_port
+from conftest import REPO, free_port, wait_for_port
 
 DASK = str(Path(sys.executable).parent / "dask")
 
@@ -58,7 +58,10 @@ def start_cluster(log_dir: Path, n_workers: int = 2, nanny: bool = True, tls: Op
     port = free_port()
     protocol = "tls" if tls else "tcp"
     tls_args = tls.server_args() if tls else []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    # LocalClusters started by other tests leave MALLOC_TRIM_THRESHOLD_ in this process's
+    # environment (the nanny sets it in its parent); a user's shell does not have it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_") and k != "MALLOC_TRIM_THRESHOLD_"}
+    env["DASK_CONFIG"] = str(REPO / "docker" / "dask.yaml")  # as the worker image installs it
     log = open(log_dir / "scheduler.log", "wb")
     scheduler = subprocess.Popen(
         [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -51,6 +52,9 @@ def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_
     assert len(loads) == 2 and set(loads.values()) == {1}
     # TensorFlow's pools follow the one thread each `dask worker --nthreads 1` has
     assert set(worker_tf_threads(cluster.address).values()) == {(1, 1)}
+    # docker/dask.yaml, as the worker image installs it, keeps glibc's adaptive malloc for TensorFlow
+    with distributed.Client(cluster.address) as client:
+        assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == {None}
 
 
 def test_table_rows_on_an_existing_cluster(cluster, models, table_files, reviews_table, tmp_path):
