@@ -9,7 +9,10 @@ The same pipeline as the command line, for notebooks:
 """
 
 from daskinfer.config import ConfigError, load_config
+from daskinfer.errors import ErrorBudgetExceeded, RunFailed
 from daskinfer.model import ModelLoadError
 from daskinfer.pipeline import RunResult, records_bag, run
 
-__all__ = ["ConfigError", "ModelLoadError", "RunResult", "load_config", "records_bag", "run"]
+__all__ = [
+    "ConfigError", "ErrorBudgetExceeded", "ModelLoadError", "RunFailed", "RunResult", "load_config", "records_bag", "run",
+]

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer.errors import ConfigError
-from daskinfer.errors import first_line, root_cause
+from daskinfer.config import redacted
+from daskinfer.errors import ConfigError, first_line, root_cause
 
 log = logging.getLogger("daskinfer")
 
@@ -96,7 +96,7 @@ def _managed_cluster(cfg: DictConfig):
     except Exception as exc:
         root = root_cause(exc)
         raise ConfigError(
-            f"cluster.manager {cfg.manager} did not start with cluster.manager_kwargs={kwargs}: "
+            f"cluster.manager {cfg.manager} did not start with cluster.manager_kwargs={redacted(kwargs)}: "
             f"{type(root).__name__}: {first_line(root)}"
         ) from None
     finally:
@@ -151,6 +151,10 @@ def describe(client, cfg: DictConfig) -> None:
     """Log where the job runs: the scheduler, and the dashboard to watch it on."""
     if cfg.address:
         log.info("Connected to the dask scheduler at %s", cfg.address)
+    elif cfg.manager:
+        log.info("Started a dask cluster with %s", cfg.manager)
+    if adaptive(cfg):
+        log.info("Adaptive scaling: %s to %s workers", cfg.adapt.minimum or 0, cfg.adapt.maximum or "any number of")
     if "dashboard" in client.scheduler_info(n_workers=0).get("services", {}):
         log.info("Dask dashboard: %s", client.dashboard_link)
 

@@ -22,7 +22,7 @@ import dask.bag as db
 from omegaconf import DictConfig, OmegaConf
 
 from daskinfer import cluster, config, evaluation, model, predict, sink, sources, tables
-from daskinfer.errors import ConfigError, ErrorBudgetExceeded, Interrupted, RunFailed, first_line
+from daskinfer.errors import ConfigError, ErrorBudgetExceeded, Interrupted, RunFailed, first_line, root_cause
 
 log = logging.getLogger("daskinfer")
 
@@ -225,43 +225,37 @@ def _table_tasks(job: Job, client, out: sink.OrderedSink, scoring: Scoring, n_th
     """One task per slice of table rows. Each dask partition is read on a worker (the next
     one read while this one is scored); its length, once known, decides the slices."""
     inf, columns = job.cfg.inference, table_columns(job.cfg)
-    for uri, frame, part in _read_ahead(client, job.tables):
+    next_row: Dict[str, int] = {}  # per table: the row number of the next partition's first row
+    for uri, frame in _read_ahead(client, job.tables):
         try:
             n_rows = _result(client.submit(len, frame), check)
+        except (TimeoutError, ConnectionError):
+            raise
         except Exception as exc:
-            raise RunFailed(f"cannot read {uri}: {type(exc).__name__}: {first_line(exc)}") from None
+            root = root_cause(exc)
+            raise RunFailed(f"cannot read {uri}: {type(root).__name__}: {first_line(root)}") from None
+        first_row = next_row.get(uri, 0)
+        next_row[uri] = first_row + n_rows
         per_slice = inf.partition_size or sources.partition_size(n_rows, n_threads, None)
         for rows in tables.slices(n_rows, per_slice):
-            numbers = range(part.first_row + rows.start, part.first_row + rows.stop)
+            numbers = range(first_row + rows.start, first_row + rows.stop)
             skip = [n for n in numbers if f"{uri}#{n}" in out.done] if out.done else []
             scoring.documents += len(rows)
             scoring.skipped += len(skip)
             if len(skip) < len(rows):
                 piece = client.submit(tables.take_rows, frame, rows.start, rows.stop, pure=False)
                 yield tables.score_rows, (piece, uri, numbers.start, skip, columns, job.settings)
-        part.first_row += n_rows
         frame.release()
 
 
-@dataclass
-class _Position:
-    first_row: int = 0  # the file's row number of the partition's first row
-
-
 def _read_ahead(client, frames: List[Tuple[str, Any]]):
-    """(uri, future of a partition's rows, position in the file) for every dask partition
-    of every table, in order; the next partition is read while this one is scored."""
-    def reads():
-        for uri, frame in frames:
-            position = _Position()
-            for delayed in frame.to_delayed():
-                yield uri, client.compute(delayed), position
-
-    pending = None
-    for item in reads():
-        if pending is not None:
-            yield pending
-        pending = item
+    """(uri, future of a partition's rows) for every dask partition of every table, in
+    order; the next partition is read while this one is scored."""
+    reads = ((uri, client.compute(part)) for uri, frame in frames for part in frame.to_delayed())
+    pending = next(reads, None)
+    for following in reads:
+        yield pending
+        pending = following
     if pending is not None:
         yield pending
 

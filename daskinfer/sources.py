@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, T
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
-from daskinfer.errors import first_line
+from daskinfer.errors import RunFailed, first_line
 
 
 @dataclass(frozen=True)
@@ -292,8 +292,9 @@ class Manifest:
     with a "path" (or SageMaker's "source-ref") field. Local paths are taken from the
     current folder.
 
-    The manifest is read again each time it is iterated, never held whole: it is meant for
-    inputs too many to list. A path listed again is an error entry once, never scored twice.
+    It is meant for inputs too many to list: it is streamed again each time it is iterated
+    rather than kept as Document objects; only the set of paths seen (to catch a path listed
+    again: one error entry, never scored twice) stays in memory while it is read.
     """
 
     def __init__(self, uri: str, storage_options: Optional[Mapping[str, Any]] = None):
@@ -330,7 +331,9 @@ def _manifest_entry(line: str, manifest: str, number: int) -> str:
             record = json.loads(line)
             line = record.get("path") or record["source-ref"]
         except (ValueError, KeyError, AttributeError):
-            raise ValueError(f"{manifest} line {number}: expected a path or JSON with a \"path\" field") from None
+            line = None
+        if not isinstance(line, str):
+            raise RunFailed(f"{manifest} line {number}: expected a path, or JSON with a \"path\" field")
     protocol, _ = fsspec.core.split_protocol(line)
     return line if protocol not in (None, "file", "local") else os.path.abspath(fsspec.core.strip_protocol(line))
 

@@ -167,6 +167,14 @@ def test_manifest_as_json_lines(client, models, test_docs, tmp_path):
     assert [r["filepath"] for r in read_jsonl(daskinfer.run(cfg, client=client).output_uri)] == paths
 
 
+def test_manifest_line_without_a_path_is_refused(client, models, tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"path": "/data/a.txt"}\n{"file": "/data/b.txt"}\n')
+    cfg = daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}"])
+    with pytest.raises(daskinfer.RunFailed, match=r"manifest.jsonl line 2: expected a path, or JSON with a \"path\" field"):
+        daskinfer.run(cfg, client=client)
+
+
 def test_missing_manifest_is_one_clear_line(models, tmp_path):
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={tmp_path}/nope.txt",
                   cwd=tmp_path)
