@@ -191,3 +191,28 @@ def test_unreadable_table_is_one_clear_line(fmt, content, message, models, tmp_p
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
                   f"inference.input_format={fmt}", cwd=tmp_path)
     assert_user_error(run, f"cannot read {table} as {fmt}", message, code=1)
+
+
+def test_manifest_and_parquet_output_on_s3(client, models, test_docs, s3_tables, reference_scores, tmp_path):
+    """The manifest itself on S3, and the Parquet results committed there only at the end."""
+    import pyarrow.parquet as pq
+
+    s3 = s3_tables.client()
+    paths = sorted(test_docs.glob("*.txt"))[10:14]
+    for path in paths:
+        s3.upload_file(str(path), "tables", f"more/{path.name}")
+    uris = [f"s3://tables/more/{p.name}" for p in paths]
+    s3.put_object(Bucket="tables", Key="manifests/m.txt", Body="".join(u + "\n" for u in uris).encode())
+    cfg = daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", "inference.input_manifest=s3://tables/manifests/m.txt",
+        "inference.output_format=parquet", "inference.output_path=s3://tables/results/res.parquet",
+        *s3_options(s3_tables),
+    ])
+    result = daskinfer.run(cfg, client=client)
+    local = tmp_path / "res.parquet"
+    s3.download_file("tables", "results/res.parquet", str(local))
+    rows = pq.read_table(local).to_pylist()
+    assert [r["filepath"] for r in rows] == uris
+    for r, path in zip(rows, paths):
+        assert abs(r["logit_prob"] - reference_scores["keras"][str(path)]) <= 1e-5
+    assert result.summary["predicted"] == 4
