@@ -185,7 +185,11 @@ def check(cfg: DictConfig) -> None:
     if inf.resume and inf.output_format != "jsonl":
         raise ConfigError("inference.resume needs inference.output_format=jsonl (a Parquet file cut short cannot be appended to)")
     if inf.input_format == "files":
-        _check_choice("inference.labels_from", inf.labels_from, (None, *PATH_LABELS))
+        if inf.labels_from not in (None, *PATH_LABELS):
+            raise ConfigError(
+                f"inference.labels_from must be aclimdb, parent_dir or null for document files, got "
+                f"{inf.labels_from} (a column name needs a table inference.input_format)"
+            )
     elif inf.labels_from in PATH_LABELS:
         raise ConfigError(f"inference.labels_from for table inputs names a column, got {inf.labels_from}")
     _check_cluster(cfg.cluster)

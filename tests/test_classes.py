@@ -154,8 +154,9 @@ def test_folder_names_that_are_not_labels_are_counted_unlabeled(client, models, 
 
 
 @pytest.mark.parametrize("override, message", [
-    ("inference.labels_from=stars", "inference.labels_from must be one of"),
+    ("inference.labels_from=stars", "inference.labels_from must be aclimdb, parent_dir or null for document files"),
     ("inference.labels=[a,b,c]", "inference.labels_from=aclimdb gives 2 classes"),
+    ("inference.input_format=parquet", "inference.labels_from for table inputs names a column, got aclimdb"),
 ])
 def test_bad_evaluation_settings_are_refused(models, test_docs, tmp_path, override, message):
     run = run_cli(
