@@ -74,7 +74,7 @@ def score_partition(docs: Sequence[Document], settings: Settings) -> Scored:
     raw = sources.read_all(docs, settings.storage_options, settings.max_document_bytes)
     ready = []
     for position, (doc, data) in enumerate(zip(docs, raw)):
-        text = _decode(data, settings.encoding)
+        text = decode(data, settings.encoding)
         if isinstance(text, str):
             label = evaluation.true_label(doc.uri, settings.labels, settings.labels_from) if out.tally else None
             ready.append(Text(doc.uri, text, position, label))
@@ -180,7 +180,7 @@ def _worker_address() -> str:
         return "local"
 
 
-def _decode(data: Any, encoding: str) -> Any:
+def decode(data: Any, encoding: str) -> Any:
     """The text, or the exception that says why there is none."""
     if isinstance(data, Exception):
         return data

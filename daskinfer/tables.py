@@ -89,6 +89,11 @@ def score_rows(rows, uri: str, first_row: int, skip: Sequence[int], columns: Col
         if number in skipped:
             continue
         key = f"{uri}#{number}"
+        if isinstance(text, bytes):  # a binary column (Parquet BYTE_ARRAY without a string type)
+            text = predict.decode(text, settings.encoding)
+            if isinstance(text, Exception):
+                out.fail(i, key, text)
+                continue
         problem = _text_problem(text, columns.text, settings.max_document_bytes)
         if problem:
             out.fail(i, key, ValueError(problem))
