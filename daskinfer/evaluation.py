@@ -103,7 +103,7 @@ def report_lines(result: Dict[str, Any]) -> List[str]:
         f"Evaluation: accuracy {accuracy:.4f} on {result['labeled']} labeled documents"
         if accuracy is not None else "Evaluation: no document had a label",
     ]
-    width = max(len(label) for label in result["labels"])
+    width = max(len("label"), *(len(label) for label in result["labels"]))
     lines.append(f"  {'label':<{width}}  precision  recall      f1  support")
     for label, row in result["per_label"].items():
         lines.append(
