@@ -79,9 +79,9 @@ def score_rows(rows, uri: str, first_row: int, skip: Sequence[int], columns: Col
     Rows numbered in skip (done before a resume) are left out.
     """
     out = predict.Scored(tally=predict.new_tally(settings))
-    texts = rows[columns.text].tolist()
-    ids = rows[columns.id].tolist() if columns.id else None
-    labels = rows[columns.label].tolist() if columns.label else None
+    texts = _values(rows, columns.text)
+    ids = _values(rows, columns.id) if columns.id else None
+    labels = _values(rows, columns.label) if columns.label else None
     skipped = set(skip)
     ready = []
     for i, text in enumerate(texts):
@@ -98,15 +98,22 @@ def score_rows(rows, uri: str, first_row: int, skip: Sequence[int], columns: Col
         if problem:
             out.fail(i, key, ValueError(problem))
             continue
-        extra = {"id": _plain(ids[i])} if ids is not None else {}
+        extra = {"id": ids[i]} if ids is not None else {}
         label = _label(labels[i], settings.labels) if labels is not None else None
         ready.append(predict.Text(key, str(text), i, label, extra))
     predict.score_texts(ready, settings, out)
     return predict.to_result(out)
 
 
+def _values(rows, column: str) -> List[Any]:
+    """A column of the slice as Python values, None where missing (NaN, NA, None alike),
+    decided for the whole column at once rather than row by row."""
+    values = rows[column]
+    return values.astype(object).where(values.notna(), None).tolist()
+
+
 def _text_problem(text: Any, column: str, max_bytes: int) -> Optional[str]:
-    if _is_null(text):
+    if text is None:
         return f"null text in column '{column}'"
     size = len(str(text).encode("utf-8"))
     if not size:
@@ -118,25 +125,10 @@ def _text_problem(text: Any, column: str, max_bytes: int) -> Optional[str]:
 
 def _label(value: Any, labels: Sequence[str]) -> Optional[str]:
     """A true label from a column: a label's name, or its index in inference.labels."""
-    if _is_null(value):
+    if value is None:
         return None
-    value = _plain(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
         value = int(value)  # a column with nulls holds 1.0 for 1
         if str(value) not in labels and 0 <= value < len(labels):
             return labels[value]
     return str(value)
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready value: numpy scalars as Python ones, missing values as None."""
-    if _is_null(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def _is_null(value: Any) -> bool:
-    import pandas as pd
-
-    return value is None or (not isinstance(value, (str, bytes, list, dict)) and bool(pd.isna(value)))
-
