@@ -5,6 +5,7 @@ document becomes an error record; the rest of the partition goes on."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -70,16 +71,16 @@ class PartitionResult(NamedTuple):
 def score_partition(docs: Sequence[Document], settings: Settings) -> Scored:
     """Read, decode and score a partition of document files."""
     out = Scored(tally=new_tally(settings))
-    docs = list(docs)
-    raw = sources.read_all(docs, settings.storage_options, settings.max_document_bytes)
+    part = docs if isinstance(docs, sources.Partition) else sources.Partition.of(docs)
+    raw = sources.read_all(part, settings.storage_options, settings.max_document_bytes)
     ready = []
-    for position, (doc, data) in enumerate(zip(docs, raw)):
+    for position, (uri, data) in enumerate(zip(part.uris, raw)):
         text = decode(data, settings.encoding)
         if isinstance(text, str):
-            label = evaluation.true_label(doc.uri, settings.labels, settings.labels_from) if out.tally else None
-            ready.append(Text(doc.uri, text, position, label))
+            label = evaluation.true_label(uri, settings.labels, settings.labels_from) if out.tally else None
+            ready.append(Text(uri, text, position, label))
         else:
-            out.fail(position, doc.uri, text)
+            out.fail(position, uri, text)
     score_texts(ready, settings, out)
     return out
 
@@ -202,10 +203,22 @@ def error_record(key: str, exc: BaseException, prefix: str = "") -> Dict[str, An
 
 
 def _jsonl(rows: List[Dict[str, Any]]) -> bytes:
-    encode = _ENCODER.encode
-    return "".join([encode(r) + "\n" for r in rows]).encode("utf-8")
+    return "".join([_line(r) for r in rows]).encode("utf-8")
+
+
+def _line(record: Dict[str, Any]) -> str:
+    """A record as one JSON line. A plain prediction, the bulk of every output, is formatted
+    directly: the same text as the encoder's, in a third of the time."""
+    if tuple(record) == _PLAIN_KEYS and math.isfinite(record["logit_prob"]):
+        return (
+            f'{{"time": {_quote(record["time"])}, "filepath": {_quote(record["filepath"])}, '
+            f'"logit_prob": {record["logit_prob"]!r}, "sentiment": {_quote(record["sentiment"])}}}\n'
+        )
+    return _ENCODER.encode(record) + "\n"
 
 
 # One encoder for every record (json.dumps with options builds a new one per call).
 # default=str: an id column may hold dates or decimals, which JSON has no type for.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+_quote = json.encoder.encode_basestring  # what that encoder does to a string
+_PLAIN_KEYS = ("time", "filepath", "logit_prob", "sentiment")

@@ -65,6 +65,20 @@ class Listing(Sequence[Document]):
         prefix = self.prefix
         return (Document(prefix + name, size) for name, size in zip(self.names, self.sizes))
 
+    def partitions(self, max_docs: int, max_bytes: int) -> Iterator["Partition"]:
+        """What group() makes of the whole listing, cut from its columns: no Document
+        objects, which cost the driver more than anything else per document."""
+        names, sizes, prefix = self.names, self.sizes, self.prefix
+        start = 0
+        while start < len(names):
+            stop, total = start + 1, sizes[start]
+            limit = min(len(names), start + max_docs)
+            while stop < limit and total + sizes[stop] <= max_bytes:
+                total += sizes[stop]
+                stop += 1
+            yield Partition([prefix + name for name in names[start:stop]], sizes[start:stop].tolist())
+            start = stop
+
 
 def list_documents(
     url: str,
@@ -172,7 +186,7 @@ def _is_botocore_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, BotoConnectionError)
 
 
-def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: int = 1000) -> int:
+def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: int = 2000) -> int:
     """Documents per partition: as configured, else about four partitions per thread.
 
     Several partitions per thread balance the load and let results reach the output
@@ -209,19 +223,32 @@ class Partition(Sequence[Document]):
     def __reduce__(self):
         return Partition, (self.uris, self.sizes, self.errors)
 
+    @classmethod
+    def of(cls, docs: Iterable[Document]) -> "Partition":
+        part = cls([], [])
+        for doc in docs:
+            part.append(doc)
+        return part
+
+    def append(self, doc: Document) -> None:
+        if doc.error:
+            self.errors[len(self.uris)] = doc.error
+        self.uris.append(doc.uri)
+        self.sizes.append(doc.size)
+
 
 def group(docs: Iterable[Document], max_docs: int, max_bytes: int) -> Iterator[Partition]:
     """Consecutive runs of docs, each at most max_docs files and (beyond one file) max_bytes."""
+    if isinstance(docs, Listing):
+        yield from docs.partitions(max_docs, max_bytes)
+        return
     batch = Partition([], [])
     batch_bytes = 0
     for doc in docs:
         if batch.uris and (len(batch) >= max_docs or batch_bytes + doc.size > max_bytes):
             yield batch
             batch, batch_bytes = Partition([], []), 0
-        if doc.error:
-            batch.errors[len(batch)] = doc.error
-        batch.uris.append(doc.uri)
-        batch.sizes.append(doc.size)
+        batch.append(doc)
         batch_bytes += max(doc.size, 0)  # -1: unknown (a manifest's entries)
     if batch.uris:
         yield batch
@@ -236,20 +263,24 @@ def read_all(
     and URIs): async stores such as s3fs fetch the objects concurrently, with no
     per-object HEAD. A document of unknown size is read up to one byte past max_bytes.
     """
-    docs = list(docs)
-    out: List[Union[bytes, Exception]] = [_not_read(d, max_bytes) for d in docs]
+    part = docs if isinstance(docs, Partition) else Partition.of(docs)
+    uris, sizes, errors = part.uris, part.sizes, part.errors
+    out: List[Union[bytes, Exception, None]] = [
+        _not_read(errors.get(i) if errors else None, size, max_bytes) for i, size in enumerate(sizes)
+    ]
     by_protocol: dict = {}
-    for i, doc in enumerate(docs):
+    for i, uri in enumerate(uris):
         if out[i] is None:
-            by_protocol.setdefault(_protocol(doc.uri), []).append(i)
+            by_protocol.setdefault(_protocol(uri), []).append(i)
     for protocol, wanted in by_protocol.items():
-        ends = [None if docs[i].size >= 0 else max_bytes + 1 for i in wanted]
         if protocol is None:  # absolute local paths, as listings and manifests write them
-            read, paths = _read_local, [docs[i].uri for i in wanted]
+            read = _read_local([uris[i] for i in wanted], [sizes[i] for i in wanted], max_bytes)
         else:
-            fs, _ = filesystem(docs[wanted[0]].uri, storage_options)
-            read, paths = fs.cat_ranges, [fs._strip_protocol(docs[i].uri) for i in wanted]
-        for i, data in zip(wanted, read(paths, [0] * len(paths), ends, on_error="return")):
+            fs, _ = filesystem(uris[wanted[0]], storage_options)
+            ends = [None if sizes[i] >= 0 else max_bytes + 1 for i in wanted]
+            paths = [fs._strip_protocol(uris[i]) for i in wanted]
+            read = fs.cat_ranges(paths, [0] * len(paths), ends, on_error="return")
+        for i, data in zip(wanted, read):
             if isinstance(data, bytes) and len(data) > max_bytes:
                 data = _too_large(max_bytes)
             out[i] = data
@@ -261,24 +292,42 @@ def _protocol(uri: str) -> Optional[str]:
     return protocol if sep else None
 
 
-def _read_local(paths: List[str], starts: List[int], ends: List[Optional[int]], on_error: str = "return"):
-    """cat_ranges for local files (whole files from 0), without fsspec's file objects: they
-    cost more per small file than the model does per document."""
+def _read_local(paths: List[str], sizes: List[int], max_bytes: int) -> List[Union[bytes, Exception]]:
+    """Local files read with plain system calls: fsspec's file objects, and even Python's
+    buffered ones, cost more per small file than the model spends per document."""
     out: List[Union[bytes, Exception]] = []
-    for path, end in zip(paths, ends):
+    for path, size in zip(paths, sizes):
         try:
-            with open(path, "rb") as f:
-                out.append(f.read() if end is None else f.read(end))
+            out.append(_read_file(path, size, max_bytes + 1))
         except OSError as exc:
             out.append(exc)
     return out
 
 
-def _not_read(doc: Document, max_bytes: int) -> Optional[Exception]:
-    if doc.error:
-        return ValueError(doc.error)
-    if doc.size > max_bytes:
-        return _too_large(max_bytes, doc.size)
+def _read_file(path: str, size: int, limit: int) -> bytes:
+    """Up to limit bytes of a file, asking first for its listed size (-1: unknown) and one
+    byte more, so a file that grew since it was listed is still read whole."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks, total = [], 0
+        want = size + 1 if size >= 0 else 1 << 16
+        while total < limit:
+            chunk = os.read(fd, min(want, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            want = 1 << 16
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _not_read(error: Optional[str], size: int, max_bytes: int) -> Optional[Exception]:
+    if error:
+        return ValueError(error)
+    if size > max_bytes:
+        return _too_large(max_bytes, size)
     return None
 
 

@@ -67,3 +67,73 @@ def test_encoding_and_recursive_listing(models, tmp_path):
     assert scored == set(good) | {"cp1252.txt", "huge.txt", os.path.join("chapter.txt", "inner.txt")}
     failed = {os.path.basename(e["filepath"]) for e in read_jsonl(tmp_path / "errors.jsonl")}
     assert failed == {"empty.txt", "dangling.txt"}
+
+
+def test_any_file_name_round_trips_through_the_jsonl(models, tmp_path):
+    """Records are formatted without the JSON encoder on the fast path: names that need
+    escaping must still come back exactly."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    names = ['quote " and back\\slash.txt', "tab\tand newline\n.txt", "café ünïcode ☃.txt", "control \x01\x1f.txt",
+             "line sep \u2028.txt", "plain.txt"]
+    review = next((IMDB / "test" / "pos").glob("*.txt")).read_text(encoding="utf-8")
+    for name in names:
+        (docs / name).write_text(review, encoding="utf-8")
+    out = tmp_path / "res.jsonl"
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
+                  f"inference.output_path={out}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == len(names) + 1  # one line per record: nothing unescaped
+    records = [json.loads(line) for line in lines[:-1]]
+    assert [r["filepath"] for r in records] == sorted(str(docs / name) for name in names)
+    assert len({r["logit_prob"] for r in records}) == 1  # the same text, the same score
+
+
+def test_a_record_line_is_what_the_json_encoder_writes():
+    from daskinfer import predict
+
+    plain = {"time": "2026-11-25T10:00:00+0000", "filepath": '/d/"x"\\\u2028é\x00.txt', "logit_prob": 0.1 + 0.2,
+             "sentiment": "positive"}
+    unusual = [
+        plain,
+        {**plain, "logit_prob": float("nan")},  # not finite: the encoder's NaN, not Python's nan
+        {**plain, "logit_prob": float("inf")},
+        {**plain, "id": 7},  # a table row's id
+        {**plain, "scores": {"negative": 0.7, "positive": 0.3}},
+        dict(reversed(list(plain.items()))),  # keys in another order keep it
+        {"time": plain["time"], "filepath": "/d/x.txt", "error": "ValueError: empty document"},
+    ]
+    for record in unusual:
+        assert predict._line(record) == json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def test_files_are_read_whole_whatever_their_listed_size(tmp_path):
+    """The listing's size is only a hint: a file that grew since, or one of unknown size
+    (a manifest's), is still read to its end; beyond max_document_bytes it is refused."""
+    from daskinfer import sources
+
+    big = os.urandom(200_000)
+    (tmp_path / "grew.txt").write_bytes(big)
+    (tmp_path / "unknown.txt").write_bytes(big)
+    (tmp_path / "small.txt").write_bytes(b"small")
+    part = sources.Partition([str(tmp_path / n) for n in ("grew.txt", "unknown.txt", "small.txt", "gone.txt")],
+                             [10, -1, 5, 3])
+    grew, unknown, small, gone = sources.read_all(part, {}, max_bytes=10**6)
+    assert grew == big and unknown == big and small == b"small"
+    assert isinstance(gone, FileNotFoundError)
+    too_large = sources.read_all(part, {}, max_bytes=100_000)
+    assert [type(r) for r in too_large] == [ValueError, ValueError, bytes, FileNotFoundError]
+    assert all("max_document_bytes" in str(r) for r in too_large[:2])
+
+
+def test_a_listing_cuts_into_the_same_partitions_as_any_sequence_of_documents(tmp_path):
+    from daskinfer import sources
+
+    sizes = [0, 1, 900, 5000, 20, 20, 20, 70000, 3, 0] * 30
+    listing = sources.Listing("/docs/", [f"{i:04d}.txt" for i in range(len(sizes))], sizes)
+    for max_docs, max_bytes in [(7, 10**9), (1000, 6000), (3, 1), (2000, 2**24), (1, 0)]:
+        fast = [(p.uris, p.sizes) for p in sources.group(listing, max_docs, max_bytes)]
+        generic = [(p.uris, p.sizes) for p in sources.group(iter(listing), max_docs, max_bytes)]
+        assert fast == generic
+        assert [u for uris, _ in fast for u in uris] == [d.uri for d in listing]
