@@ -122,6 +122,8 @@ def run(cfg: DictConfig, client=None) -> RunResult:
     """
     started = time.monotonic()
     check(cfg)
+    if client is None:
+        cluster.start_forkserver(cfg.cluster)
     # Listing a large input takes seconds, and so does starting workers: do both at once.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         listing = pool.submit(prepare, cfg)
@@ -217,7 +219,7 @@ def _file_tasks(job: Job, out: sink.OrderedSink, scoring: Scoring, n_threads: in
         scoring.skipped = sum(1 for doc in job.docs if doc.uri in out.done)
         log.info("Resuming %s: %d documents already done", job.output_uri, scoring.skipped)
     todo = scoring.documents - scoring.skipped
-    docs = (doc for doc in job.docs if doc.uri not in out.done) if out.done else iter(job.docs)
+    docs = (doc for doc in job.docs if doc.uri not in out.done) if out.done else job.docs
     return ((predict.score_partition_jsonl, (part, job.settings)) for part in groups(job, n_threads, docs, todo))
 
 

@@ -52,9 +52,16 @@ def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_
     assert len(loads) == 2 and set(loads.values()) == {1}
     # TensorFlow's pools follow the one thread each `dask worker --nthreads 1` has
     assert set(worker_tf_threads(cluster.address).values()) == {(1, 1)}
-    # docker/dask.yaml, as the worker image installs it, keeps glibc's adaptive malloc for TensorFlow
+    # docker/dask.yaml, as the worker image installs it, keeps glibc's adaptive malloc for TensorFlow,
+    # switches off the workers' statistical profiler and preloads daskinfer.model (TensorFlow
+    # imported at start, then left out of full garbage collections)
     with distributed.Client(cluster.address) as client:
-        assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == {None}
+        settings = client.run(lambda: (
+            os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            __import__("dask").config.get("distributed.worker.profile.enabled"),
+            __import__("gc").get_freeze_count() > 100_000,
+        ))
+    assert set(settings.values()) == {(None, False, True)}
 
 
 def test_table_rows_on_an_existing_cluster(cluster, models, table_files, reviews_table, tmp_path):
@@ -192,3 +199,25 @@ def test_bad_cluster_manager_settings(models, test_docs, tmp_path, overrides, me
                   *overrides, cwd=tmp_path)
     assert_user_error(run, message, code=2)
     assert not list(tmp_path.rglob("*.jsonl*"))
+
+
+def test_local_cluster_workers_are_forked_with_tensorflow_imported(models, test_docs, tmp_path):
+    """The LocalCluster's forkserver imports TensorFlow once, while the driver starts; its
+    workers are forked with it imported (and frozen out of full collections), and the
+    driver itself never imports it."""
+    code = (
+        "import gc, json, os, sys\n"
+        "from daskinfer import cluster, config\n"
+        f"cfg = config.load_config(['inference.model_path={models['keras'][0]}', 'inference.input_data_dir={test_docs}'])\n"
+        "cluster.start_forkserver(cfg.cluster)\n"
+        "with cluster.connect(cfg.cluster) as client:\n"
+        "    seen = client.run(lambda: ('tensorflow' in sys.modules, gc.get_freeze_count() > 100_000, os.getppid(),\n"
+        "                               __import__('dask').config.get('distributed.worker.profile.enabled')))\n"
+        "print(json.dumps([list(seen.values()), 'tensorflow' in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    workers, driver_has_tensorflow = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(workers) >= 2 and not driver_has_tensorflow
+    assert all(imported and frozen and profiler is False for imported, frozen, _, profiler in workers)
+    assert len({parent for _, _, parent, _ in workers}) == 1  # one forkserver
