@@ -8,11 +8,28 @@ The same pipeline as the command line, for notebooks:
     bag = daskinfer.records_bag(cfg)         # or explore lazily: bag.to_dataframe().compute()
 """
 
-from daskinfer.config import ConfigError, load_config
-from daskinfer.errors import ErrorBudgetExceeded, RunFailed
-from daskinfer.model import ModelLoadError
-from daskinfer.pipeline import RunResult, records_bag, run
+import importlib
 
-__all__ = [
-    "ConfigError", "ErrorBudgetExceeded", "ModelLoadError", "RunFailed", "RunResult", "load_config", "records_bag", "run",
-]
+# Where each public name lives. They are imported on first use, so that the command
+# line can read its configuration, and start the workers' imports, before dask loads.
+_PUBLIC = {
+    "ConfigError": "daskinfer.errors",
+    "ErrorBudgetExceeded": "daskinfer.errors",
+    "ModelLoadError": "daskinfer.model",
+    "RunFailed": "daskinfer.errors",
+    "RunResult": "daskinfer.pipeline",
+    "load_config": "daskinfer.config",
+    "records_bag": "daskinfer.pipeline",
+    "run": "daskinfer.pipeline",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'daskinfer' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,5 +1,3 @@
-import sys
+from daskinfer.cli import entry
 
-from daskinfer.cli import main
-
-sys.exit(main())
+entry()

@@ -7,7 +7,9 @@ a traceback means a bug in daskinfer.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -72,6 +74,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_INTERRUPTED)
     return 0
+
+
+def entry() -> None:
+    """The console script: main(), then leave without tearing the interpreter down.
+
+    By then every output is written and closed. Freeing the modules of dask, pandas
+    and numpy one by one took 0.15 s here, a few percent of a short run, for nothing.
+    An unexpected exception still ends the usual way, with its traceback.
+    """
+    code = main()
+    atexit._run_exitfuncs()  # what a normal exit runs: logging's flush, multiprocessing's clean-up
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def resume_command(argv: List[str], output_uri: str) -> str:

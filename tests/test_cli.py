@@ -71,11 +71,10 @@ def test_driver_never_imports_tensorflow(models, test_docs, tmp_path):
     """The real CLI path, run in a fresh interpreter that then looks at its own modules."""
     output = tmp_path / "res.jsonl"
     code = (
-        "import runpy, sys\n"
-        f"sys.argv = ['daskinfer', 'inference.model_path={models['mlflow'][0]}', "
-        f"'inference.input_data_dir={test_docs}', 'inference.output_path={output}']\n"
-        "try:\n    runpy.run_module('daskinfer', run_name='__main__')\n"
-        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "import sys\n"
+        "from daskinfer.cli import main\n"
+        f"assert main(['inference.model_path={models['mlflow'][0]}', "
+        f"'inference.input_data_dir={test_docs}', 'inference.output_path={output}']) == 0\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
     import subprocess
