@@ -7,10 +7,12 @@ DASK_* environment variables), read by `distributed` itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import time
 import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,8 +48,9 @@ def quiet_logs(level: int = logging.CRITICAL) -> None:
 
 
 @contextlib.contextmanager
-def connect(cfg: DictConfig) -> Iterator[Any]:
-    """A Client on the configured cluster, closed quietly on exit."""
+def connect(cfg: DictConfig, model_spec: Optional[Any] = None) -> Iterator[Any]:
+    """A Client on the configured cluster, closed quietly on exit. The workers of a
+    LocalCluster start loading model_spec's model (a model.ModelSpec) as they start."""
     import distributed
 
     quiet_logs()
@@ -55,7 +58,7 @@ def connect(cfg: DictConfig) -> Iterator[Any]:
         if cfg.address:
             client = _remote_client(cfg)
         else:
-            cluster = _managed_cluster(cfg) if cfg.manager else _local_cluster(cfg)
+            cluster = _managed_cluster(cfg) if cfg.manager else _local_cluster(cfg, model_spec)
             stack.callback(_close, cluster)
             _scale(cluster, cfg)
             client = distributed.Client(cluster)
@@ -112,7 +115,7 @@ def _scale(cluster, cfg: DictConfig) -> None:
         cluster.scale(cfg.n_workers)
 
 
-def _local_cluster(cfg: DictConfig):
+def _local_cluster(cfg: DictConfig, model_spec=None):
     """A LocalCluster on 127.0.0.1. Its workers start by cfg.start_method: forkserver starts
     them about a second sooner than dask's default (spawn), which re-imports everything."""
     import dask
@@ -146,14 +149,15 @@ def _local_cluster(cfg: DictConfig):
             host="127.0.0.1",
             dashboard_address=cfg.dashboard_address,
             silence_logs=logging.CRITICAL,
-            preload=["daskinfer.model"],  # workers import TensorFlow as they start
+            preload=["daskinfer.worker_setup"],
+            preload_argv=["--load-model", json.dumps(dataclasses.asdict(model_spec))] if model_spec else [],
         )
 
 
 def start_forkserver(cfg: DictConfig) -> None:
     """Start the forkserver that the LocalCluster's workers will be forked from, now.
 
-    It imports distributed and TensorFlow before its first fork (daskinfer.worker_imports),
+    It imports distributed and TensorFlow before its first fork (daskinfer.worker_setup),
     so TensorFlow's import, seconds long, overlaps the driver's own start-up and every
     worker starts with it done. Nothing to do for a remote or managed cluster.
     """
@@ -161,7 +165,7 @@ def start_forkserver(cfg: DictConfig) -> None:
         return
     from multiprocessing import forkserver
 
-    forkserver.set_forkserver_preload(["daskinfer.worker_imports"])
+    forkserver.set_forkserver_preload(["daskinfer.worker_setup"])
     forkserver.ensure_running()
 
 

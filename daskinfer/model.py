@@ -22,6 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
+import numpy as np
 import yaml
 
 from daskinfer import sources
@@ -101,6 +102,7 @@ Predictor = Callable[[list], Any]
 _lock = threading.Lock()
 _loaded: Dict[str, Predictor] = {}
 _load_counts: Dict[str, int] = {}
+_worker_threads: Optional[int] = None  # set by worker_setup.dask_setup
 
 
 def predictor(spec: ModelSpec) -> Predictor:
@@ -188,26 +190,19 @@ def _import_tensorflow(spec: ModelSpec):
     return tf
 
 
-def dask_setup(worker) -> None:
-    """Worker preload hook (`dask worker --preload daskinfer.model`; our LocalCluster's
-    workers have it too): import TensorFlow while the worker starts, so that it overlaps
-    with the driver listing the inputs rather than delaying the first partition. Thread
-    pools are still configured at the first model load: importing does not start them."""
-    import_tensorflow_quietly()
-    freeze_imports()
+def preload(spec: ModelSpec) -> None:
+    """Load spec's model now, ahead of the first task that needs it. A failure is left for
+    that task, which loads again and reports it."""
+    try:
+        predictor(spec)
+    except Exception:
+        pass
 
 
-def freeze_imports() -> None:
-    """Leave everything imported so far out of the garbage collector's full collections.
-
-    distributed, TensorFlow and Keras make some 400,000 objects that live as long as the
-    process; a worker's full collection took 0.25 s scanning them, every few hundred
-    thousand documents. Only for processes that are dask's (workers, the forkserver):
-    freezing a user's interpreter would keep its garbage of the moment forever.
-    """
-    import gc
-
-    gc.freeze()
+def worker_threads(n: int) -> None:
+    """The dask threads of this worker process, for loads outside a task (preload)."""
+    global _worker_threads
+    _worker_threads = n
 
 
 def import_tensorflow_quietly() -> None:
@@ -218,7 +213,7 @@ def import_tensorflow_quietly() -> None:
 
 def _thread_budget(spec: ModelSpec) -> Tuple[int, int]:
     """TensorFlow threads = the threads dask gives this worker, unless configured."""
-    threads = os.cpu_count() or 1
+    threads = _worker_threads or os.cpu_count() or 1
     try:
         from distributed import get_worker
 
@@ -244,10 +239,7 @@ def _savedmodel_predictor(tf, path: str) -> Predictor:
     output = sorted(fn.structured_outputs)[0]
 
     def predict(texts: list):
-        batch = tf.constant(texts, dtype=tf.string)
-        if column:
-            batch = tf.reshape(batch, (-1, 1))
-        return fn(**{name: batch})[output].numpy()
+        return fn(**{name: _string_batch(tf, texts, column)})[output].numpy()
 
     predict.model = loaded  # keep the trackable objects alive with the function
     return predict
@@ -260,15 +252,21 @@ def _keras_predictor(tf, path: str) -> Predictor:
     shape = model.inputs[0].shape
     column = len(shape) == 2
     spec = tf.TensorSpec((None, 1) if column else (None,), tf.string)
-    call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    # The traced graph itself: calling the tf.function would match its signature again on
+    # every batch (~0.1 ms each).
+    call = tf.function(lambda x: model(x, training=False), input_signature=[spec]).get_concrete_function()
 
     def predict(texts: list):
-        batch = tf.constant(texts, dtype=tf.string)
-        if column:
-            batch = tf.reshape(batch, (-1, 1))
-        return call(batch).numpy()
+        return call(_string_batch(tf, texts, column)).numpy()
 
     return predict
+
+
+def _string_batch(tf, texts: list, column: bool):
+    """texts as the model's string input, shaped (n,) or (n, 1); shaped in numpy, which
+    costs less than one more TensorFlow op per batch."""
+    array = np.array(texts, dtype=object)
+    return tf.constant(array.reshape(-1, 1) if column else array, dtype=tf.string)
 
 
 @contextlib.contextmanager

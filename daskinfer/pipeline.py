@@ -15,14 +15,15 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-import dask
-import dask.bag as db
 from omegaconf import DictConfig, OmegaConf
 
 from daskinfer import cluster, config, evaluation, model, predict, sink, sources, tables
 from daskinfer.errors import ConfigError, ErrorBudgetExceeded, Interrupted, RunFailed, first_line, root_cause
+
+if TYPE_CHECKING:
+    import dask.bag as db
 
 log = logging.getLogger("daskinfer")
 
@@ -60,15 +61,8 @@ def prepare(cfg: DictConfig) -> Job:
         docs, frames = None, [
             (doc.uri, tables.frame(doc.uri, inf.input_format, columns, options, inf.partition_bytes)) for doc in inputs
         ]
-    spec = model.ModelSpec(
-        uri=inf.model_path,
-        storage_options=options,
-        intra_op_threads=cfg.cluster.tf_intra_op_threads,
-        inter_op_threads=cfg.cluster.tf_inter_op_threads,
-        cache_dir=inf.model_cache_dir,
-    )
     settings = predict.Settings(
-        model=spec,
+        model=model_spec(cfg),
         encoding=inf.encoding,
         batch_size=inf.batch_size,
         threshold=inf.threshold,
@@ -80,6 +74,16 @@ def prepare(cfg: DictConfig) -> Job:
     )
     output = inf.output_path or sink.default_output_path(inf.output_format)
     return Job(cfg, docs, frames, settings, output)
+
+
+def model_spec(cfg: DictConfig) -> model.ModelSpec:
+    return model.ModelSpec(
+        uri=cfg.inference.model_path,
+        storage_options=OmegaConf.to_container(cfg.storage.options, resolve=True),
+        intra_op_threads=cfg.cluster.tf_intra_op_threads,
+        inter_op_threads=cfg.cluster.tf_inter_op_threads,
+        cache_dir=cfg.inference.model_cache_dir,
+    )
 
 
 def table_columns(cfg: DictConfig) -> tables.Columns:
@@ -98,6 +102,9 @@ def groups(job: Job, n_threads: int, docs: Optional[Iterable[sources.Document]] 
 
 def partitions(job: Job, n_threads: int) -> db.Bag:
     """A bag of the input documents, one partition per group of files."""
+    import dask  # here, not at the top: the command line starts its workers before importing dask
+    import dask.bag as db
+
     return db.from_delayed([dask.delayed(g, traverse=False) for g in groups(job, n_threads)])
 
 
@@ -127,7 +134,7 @@ def run(cfg: DictConfig, client=None) -> RunResult:
     # Listing a large input takes seconds, and so does starting workers: do both at once.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         listing = pool.submit(prepare, cfg)
-        with contextlib.nullcontext(client) if client is not None else cluster.connect(cfg.cluster) as live:
+        with contextlib.nullcontext(client) if client is not None else cluster.connect(cfg.cluster, model_spec(cfg)) as live:
             job = listing.result()
             out = sink.OrderedSink(job.output_uri, job.settings.storage_options, resume=cfg.inference.resume,
                                    output_format=cfg.inference.output_format)

@@ -53,7 +53,7 @@ def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_
     # TensorFlow's pools follow the one thread each `dask worker --nthreads 1` has
     assert set(worker_tf_threads(cluster.address).values()) == {(1, 1)}
     # docker/dask.yaml, as the worker image installs it, keeps glibc's adaptive malloc for TensorFlow,
-    # switches off the workers' statistical profiler and preloads daskinfer.model (TensorFlow
+    # switches off the workers' statistical profiler and preloads daskinfer.worker_setup (TensorFlow
     # imported at start, then left out of full garbage collections)
     with distributed.Client(cluster.address) as client:
         settings = client.run(lambda: (
@@ -201,23 +201,28 @@ def test_bad_cluster_manager_settings(models, test_docs, tmp_path, overrides, me
     assert not list(tmp_path.rglob("*.jsonl*"))
 
 
-def test_local_cluster_workers_are_forked_with_tensorflow_imported(models, test_docs, tmp_path):
+def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path):
     """The LocalCluster's forkserver imports TensorFlow once, while the driver starts; its
-    workers are forked with it imported (and frozen out of full collections), and the
-    driver itself never imports it."""
+    workers are forked with it imported (and frozen out of full collections), and load
+    the run's model before any task asks for it. The driver never imports TensorFlow."""
+    model_path = models["keras"][0]
     code = (
-        "import gc, json, os, sys\n"
-        "from daskinfer import cluster, config\n"
-        f"cfg = config.load_config(['inference.model_path={models['keras'][0]}', 'inference.input_data_dir={test_docs}'])\n"
+        "import gc, json, os, sys, time\n"
+        "from daskinfer import cluster, config, model, pipeline\n"
+        f"cfg = config.load_config(['inference.model_path={model_path}', 'inference.input_data_dir={test_docs}'])\n"
         "cluster.start_forkserver(cfg.cluster)\n"
-        "with cluster.connect(cfg.cluster) as client:\n"
+        "with cluster.connect(cfg.cluster, pipeline.model_spec(cfg)) as client:\n"
         "    seen = client.run(lambda: ('tensorflow' in sys.modules, gc.get_freeze_count() > 100_000, os.getppid(),\n"
         "                               __import__('dask').config.get('distributed.worker.profile.enabled')))\n"
-        "print(json.dumps([list(seen.values()), 'tensorflow' in sys.modules]))\n"
+        "    deadline = time.monotonic() + 60\n"
+        f"    while set((loads := client.run(model.load_count, '{model_path}')).values()) != {{1}} and time.monotonic() < deadline:\n"
+        "        time.sleep(0.1)\n"
+        "print(json.dumps([list(seen.values()), list(loads.values()), 'tensorflow' in sys.modules]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    workers, driver_has_tensorflow = json.loads(done.stdout.strip().splitlines()[-1])
+    workers, loads, driver_has_tensorflow = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(workers) >= 2 and not driver_has_tensorflow
     assert all(imported and frozen and profiler is False for imported, frozen, _, profiler in workers)
     assert len({parent for _, _, parent, _ in workers}) == 1  # one forkserver
+    assert loads == [1] * len(workers)  # loaded once each, and no task ran

@@ -1,0 +1,40 @@
+"""What makes a process a daskinfer worker, done once, before any task.
+
+Importing this module imports distributed and TensorFlow (quietly) and leaves everything
+imported out of the garbage collector's full collections. The LocalCluster's forkserver
+imports it once, while the driver starts (cluster.start_forkserver), so every worker
+forked from it starts with all of that done. As a worker preload
+(`dask worker --preload daskinfer.worker_setup`, or docker/dask.yaml) it does the same
+for workers started by hand, and dask_setup can start loading the run's model at once.
+
+Only dask's own processes import this module: freezing a user's interpreter would keep
+whatever garbage it held at that moment forever.
+"""
+
+import gc
+import json
+import threading
+
+import click
+import distributed  # noqa: F401
+
+from daskinfer import model, predict  # noqa: F401  (predict: what the first task unpickles)
+
+model.import_tensorflow_quietly()
+# distributed, TensorFlow and Keras make some 400,000 objects that live as long as the
+# process; a worker's full collection took 0.25 s scanning them, every few hundred
+# thousand documents.
+gc.freeze()
+
+
+@click.command()
+@click.option("--load-model", "spec", default=None, help="a model.ModelSpec as JSON, to load as the worker starts")
+def dask_setup(worker, spec) -> None:
+    """Worker preload hook: record the worker's threads (TensorFlow's pools follow them)
+    and, given a model, load it in the background while the worker joins the scheduler
+    and the first partition's files are read. The first task waits for it."""
+    model.worker_threads(worker.state.nthreads)
+    gc.freeze()  # the worker's own start-up objects too
+    if spec:
+        spec = model.ModelSpec(**json.loads(spec))
+        threading.Thread(target=model.preload, args=(spec,), name="daskinfer-model-load", daemon=True).start()
