@@ -4,7 +4,7 @@
 
 Makes N documents by copying ../shared/data/imdb-sample under new names, trains a small
 Keras sentiment model (or, with --heavy, a 1-D CNN whose compute dominates), and times as
-whole processes, median of --repeat runs:
+whole processes, median of --repeat rounds (each round runs every contender once):
   (a) daskinfer's CLI, default settings (LocalCluster sized to the machine)
   (b) the ideal single process: read all, predict in batches of 256, write JSONL
   (c) the original loop, model.predict once per file (on a sample: --loop-sample)
@@ -87,11 +87,17 @@ def main() -> None:
                                    check=True, capture_output=True, text=True)
             rates["f"] = float(alone.stdout.strip().splitlines()[-1])
             print(f"(f) model alone, one core: {rates['f']:8.0f} docs/s", flush=True)
-        for key in sorted(only):
-            n, cmd = runs[key]
-            times = [timed(cmd(i), work) for i in range(args.repeat)]
-            rates[key] = n / statistics.median(times)
-            print(f"({key}) {n:>8} docs  median {statistics.median(times):7.2f} s  {rates[key]:8.0f} docs/s", flush=True)
+        # Rounds take each contender in turn, so that the machine's drift over minutes (it
+        # is shared) weighs on all of them alike.
+        times = {key: [] for key in sorted(only)}
+        for i in range(args.repeat):
+            for key in times:
+                times[key].append(timed(runs[key][1](i), work))
+        for key, taken in times.items():
+            n = runs[key][0]
+            rates[key] = n / statistics.median(taken)
+            shown = " ".join(f"{t:.2f}" for t in taken)
+            print(f"({key}) {n:>8} docs  median {statistics.median(taken):7.2f} s  {rates[key]:8.0f} docs/s  ({shown})", flush=True)
         if "b" in rates:
             for key, rate in sorted(rates.items()):
                 print(f"({key}) / (b) = {rate / rates['b']:.2f}x")
