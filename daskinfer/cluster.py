@@ -12,12 +12,15 @@ import json
 import logging
 import time
 import warnings
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from daskinfer.config import redacted
 from daskinfer.errors import ConfigError, first_line, root_cause
+
+if TYPE_CHECKING:
+    from daskinfer.model import ModelSpec
 
 log = logging.getLogger("daskinfer")
 
@@ -48,9 +51,9 @@ def quiet_logs(level: int = logging.CRITICAL) -> None:
 
 
 @contextlib.contextmanager
-def connect(cfg: DictConfig, model_spec: Optional[Any] = None) -> Iterator[Any]:
+def connect(cfg: DictConfig, model_spec: Optional[ModelSpec] = None) -> Iterator[Any]:
     """A Client on the configured cluster, closed quietly on exit. The workers of a
-    LocalCluster start loading model_spec's model (a model.ModelSpec) as they start."""
+    LocalCluster start loading model_spec's model as they start."""
     import distributed
 
     quiet_logs()
@@ -115,7 +118,7 @@ def _scale(cluster, cfg: DictConfig) -> None:
         cluster.scale(cfg.n_workers)
 
 
-def _local_cluster(cfg: DictConfig, model_spec=None):
+def _local_cluster(cfg: DictConfig, model_spec: Optional[ModelSpec] = None):
     """A LocalCluster on 127.0.0.1. Its workers start by cfg.start_method: forkserver starts
     them about a second sooner than dask's default (spawn), which re-imports everything."""
     import dask
