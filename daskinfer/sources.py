@@ -306,7 +306,12 @@ def _read_local(paths: List[str], sizes: List[int], max_bytes: int) -> List[Unio
 
 def _read_file(path: str, size: int, limit: int) -> bytes:
     """Up to limit bytes of a file, asking first for its listed size (-1: unknown) and one
-    byte more, so a file that grew since it was listed is still read whole."""
+    byte more, so a file that grew since it was listed is still read whole.
+
+    Exactly the listed size in one read is the file as listed: asking again would only
+    confirm its end, one system call more per document. Anything else (more, or a short
+    read, as network filesystems may give) reads on to the end.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         chunks, total = [], 0
@@ -317,6 +322,8 @@ def _read_file(path: str, size: int, limit: int) -> bytes:
                 break
             chunks.append(chunk)
             total += len(chunk)
+            if total == size and len(chunks) == 1:
+                break
             want = 1 << 16
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:

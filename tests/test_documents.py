@@ -109,21 +109,22 @@ def test_a_record_line_is_what_the_json_encoder_writes():
 
 
 def test_files_are_read_whole_whatever_their_listed_size(tmp_path):
-    """The listing's size is only a hint: a file that grew since, or one of unknown size
-    (a manifest's), is still read to its end; beyond max_document_bytes it is refused."""
+    """The listing's size is only a hint: a file that grew or shrank since, or one of unknown
+    size (a manifest's), is still read to its end; beyond max_document_bytes it is refused."""
     from daskinfer import sources
 
     big = os.urandom(200_000)
     (tmp_path / "grew.txt").write_bytes(big)
     (tmp_path / "unknown.txt").write_bytes(big)
     (tmp_path / "small.txt").write_bytes(b"small")
-    part = sources.Partition([str(tmp_path / n) for n in ("grew.txt", "unknown.txt", "small.txt", "gone.txt")],
-                             [10, -1, 5, 3])
-    grew, unknown, small, gone = sources.read_all(part, {}, max_bytes=10**6)
-    assert grew == big and unknown == big and small == b"small"
+    (tmp_path / "shrank.txt").write_bytes(b"shrank")
+    names = ("grew.txt", "unknown.txt", "small.txt", "shrank.txt", "gone.txt")
+    part = sources.Partition([str(tmp_path / n) for n in names], [10, -1, 5, 70_000, 3])
+    grew, unknown, small, shrank, gone = sources.read_all(part, {}, max_bytes=10**6)
+    assert grew == big and unknown == big and small == b"small" and shrank == b"shrank"
     assert isinstance(gone, FileNotFoundError)
     too_large = sources.read_all(part, {}, max_bytes=100_000)
-    assert [type(r) for r in too_large] == [ValueError, ValueError, bytes, FileNotFoundError]
+    assert [type(r) for r in too_large] == [ValueError, ValueError, bytes, bytes, FileNotFoundError]
     assert all("max_document_bytes" in str(r) for r in too_large[:2])
 
 
