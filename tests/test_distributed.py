@@ -213,7 +213,8 @@ def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path)
         "cluster.start_forkserver(cfg.cluster)\n"
         "with cluster.connect(cfg.cluster, pipeline.model_spec(cfg)) as client:\n"
         "    seen = client.run(lambda: ('tensorflow' in sys.modules, gc.get_freeze_count() > 100_000, os.getppid(),\n"
-        "                               __import__('dask').config.get('distributed.worker.profile.enabled')))\n"
+        "                               __import__('dask').config.get('distributed.worker.profile.enabled'),\n"
+        "                               'libtensorflow' in open(f'/proc/{os.getppid()}/maps').read()))\n"
         "    deadline = time.monotonic() + 60\n"
         f"    while set((loads := client.run(model.load_count, '{model_path}')).values()) != {{1}} and time.monotonic() < deadline:\n"
         "        time.sleep(0.1)\n"
@@ -223,6 +224,9 @@ def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path)
     assert done.returncode == 0, done.stderr
     workers, loads, driver_has_tensorflow = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(workers) >= 2 and not driver_has_tensorflow
-    assert all(imported and frozen and profiler is False for imported, frozen, _, profiler in workers)
-    assert len({parent for _, _, parent, _ in workers}) == 1  # one forkserver
+    assert all(imported and frozen and profiler is False for imported, frozen, _, profiler, _ in workers)
+    # forked from one forkserver that had TensorFlow loaded before it forked them (a worker
+    # importing it itself, as its preload also would, leaves its parent without it)
+    assert len({parent for _, _, parent, _, _ in workers}) == 1
+    assert all(parent_has_tensorflow for *_, parent_has_tensorflow in workers)
     assert loads == [1] * len(workers)  # loaded once each, and no task ran
