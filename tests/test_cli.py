@@ -75,13 +75,13 @@ def test_driver_never_imports_tensorflow(models, test_docs, tmp_path):
         "from daskinfer.cli import main\n"
         f"assert main(['inference.model_path={models['mlflow'][0]}', "
         f"'inference.input_data_dir={test_docs}', 'inference.output_path={output}']) == 0\n"
-        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules, 'pandas' in sys.modules)\n"
     )
     import subprocess
 
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False False"
+    assert done.stdout.strip() == "False False False"
     assert len(read_jsonl(output)) == 1600
 
 

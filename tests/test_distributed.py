@@ -204,7 +204,8 @@ def test_bad_cluster_manager_settings(models, test_docs, tmp_path, overrides, me
 def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path):
     """The LocalCluster's forkserver imports TensorFlow once, while the driver starts; its
     workers are forked with it imported (and frozen out of full collections), and load
-    the run's model before any task asks for it. The driver never imports TensorFlow."""
+    the run's model before any task asks for it. The driver never imports TensorFlow, nor
+    pandas (which distributed's own forkserver set-up would import)."""
     model_path = models["keras"][0]
     code = (
         "import gc, json, os, sys, time\n"
@@ -214,19 +215,26 @@ def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path)
         "with cluster.connect(cfg.cluster, pipeline.model_spec(cfg)) as client:\n"
         "    seen = client.run(lambda: ('tensorflow' in sys.modules, gc.get_freeze_count() > 100_000, os.getppid(),\n"
         "                               __import__('dask').config.get('distributed.worker.profile.enabled'),\n"
+        "                               'matplotlib' in sys.modules or 'pandas' in sys.modules,\n"
         "                               'libtensorflow' in open(f'/proc/{os.getppid()}/maps').read()))\n"
+        "    importable = client.run(lambda: [__import__(name).__name__ for name in ('matplotlib', 'pandas')])\n"
         "    deadline = time.monotonic() + 60\n"
         f"    while set((loads := client.run(model.load_count, '{model_path}')).values()) != {{1}} and time.monotonic() < deadline:\n"
         "        time.sleep(0.1)\n"
-        "print(json.dumps([list(seen.values()), list(loads.values()), 'tensorflow' in sys.modules]))\n"
+        "print(json.dumps([list(seen.values()), list(loads.values()), list(importable.values()),\n"
+        "                  'tensorflow' in sys.modules or 'pandas' in sys.modules]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    workers, loads, driver_has_tensorflow = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(workers) >= 2 and not driver_has_tensorflow
-    assert all(imported and frozen and profiler is False for imported, frozen, _, profiler, _ in workers)
+    workers, loads, importable, driver_imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(workers) >= 2 and not driver_imported
+    assert all(imported and frozen and profiler is False for imported, frozen, _, profiler, _, _ in workers)
+    # Keras's optional plotting and DataFrame imports were left out of the workers' start-up,
+    # and import as usual afterwards (a table's tasks need pandas)
+    assert not any(optional for *_, optional, _ in workers)
+    assert importable == [["matplotlib", "pandas"]] * len(workers)
     # forked from one forkserver that had TensorFlow loaded before it forked them (a worker
     # importing it itself, as its preload also would, leaves its parent without it)
-    assert len({parent for _, _, parent, _, _ in workers}) == 1
+    assert len({parent for _, _, parent, *_ in workers}) == 1
     assert all(parent_has_tensorflow for *_, parent_has_tensorflow in workers)
     assert loads == [1] * len(workers)  # loaded once each, and no task ran
