@@ -123,6 +123,7 @@ def _local_cluster(cfg: DictConfig, model_spec: Optional[ModelSpec] = None):
     them about a second sooner than dask's default (spawn), which re-imports everything."""
     import dask
     import distributed
+    import distributed.utils
     from distributed.deploy.utils import nprocesses_nthreads
 
     settings = {
@@ -139,6 +140,12 @@ def _local_cluster(cfg: DictConfig, model_spec: Optional[ModelSpec] = None):
         # thread's stack every 10 ms: a fifth of each worker's event-loop time here.
         "distributed.worker.profile.enabled": False,
     }
+    if cfg.start_method == "forkserver":
+        start_forkserver(cfg)  # when the caller has not already
+        # The first nanny would otherwise set a preload of its own, importing pandas and
+        # more into this process just to name them: 70 MiB of the driver's memory and 0.5 s
+        # of its CPU, for a forkserver already running with ours.
+        distributed.utils._forkserver_preload_set = True
     n_workers, threads = cfg.n_workers, cfg.threads_per_worker
     if adaptive(cfg):  # start at the minimum; dask adds workers of the same shape
         n_workers, threads = cfg.adapt.minimum or 0, threads or nprocesses_nthreads()[1]
@@ -170,12 +177,6 @@ def start_forkserver(cfg: DictConfig) -> None:
 
     forkserver.set_forkserver_preload(["daskinfer.worker_setup"])
     forkserver.ensure_running()
-    # The first nanny would otherwise set a preload of its own, importing pandas and the
-    # rest of it into this process just to name them: 70 MiB of the driver's memory and
-    # 0.5 s of its CPU, for a forkserver that is already running with ours.
-    import distributed.utils
-
-    distributed.utils._forkserver_preload_set = True
 
 
 def describe(client, cfg: DictConfig) -> None:
