@@ -4,7 +4,8 @@
 
 Makes N one-line documents (Rotten Tomatoes snippets) twice: as rows of one Parquet file
 (pyarrow's default row groups) and as N .txt files. Times, in one session and median of
-`--repeat` runs (default 1: a million files take minutes to write and to score):
+`--repeat` rounds, each running every contender once (default 1: a million files take minutes
+to write and to score):
   daskinfer CLI on the Parquet file  (inference.input_format=parquet)
   daskinfer CLI on the files
   a single process on the Parquet file: read the column, model.predict in batches of 256, write JSONL
@@ -14,6 +15,7 @@ and prints docs/s for each, and each against the single process.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -74,7 +76,15 @@ def main() -> None:
             "single process, Parquet file": lambda i: [
                 sys.executable, str(HERE / "peers.py"), "single-table", str(model), str(table), f"{work}/single-{i}.jsonl"],
         }
-        walls = {name: statistics.median(timed(make(i)) for i in range(args.repeat)) for name, make in runs.items()}
+        # A million new files keep the disk busy for a while after they are written: without
+        # the sync, the runs that came first took a fifth longer than the same command on a
+        # quiet machine. Rounds take each contender in turn.
+        os.sync()
+        taken = {name: [] for name in runs}
+        for i in range(args.repeat):
+            for name, make in runs.items():
+                taken[name].append(timed(make(i)))
+        walls = {name: statistics.median(times) for name, times in taken.items()}
         base = walls["single process, Parquet file"]
         print(f"{args.n:,} short documents; median of {args.repeat} run(s)")
         for name, wall in walls.items():

@@ -2,11 +2,11 @@
 
 Importing this module imports distributed and TensorFlow (quietly, and without Keras's
 optional plotting and DataFrame imports) and leaves everything imported out of the garbage
-collector's full collections. The LocalCluster's forkserver
-imports it once, while the driver starts (cluster.start_forkserver), so every worker
-forked from it starts with all of that done. As a worker preload
-(`dask worker --preload daskinfer.worker_setup`, or docker/dask.yaml) it does the same
-for workers started by hand, and dask_setup can start loading the run's model at once.
+collector's full collections. The LocalCluster's forkserver imports it once, while the
+driver starts (cluster.start_forkserver), so every worker forked from it starts with all of
+that done. As a worker preload (`dask worker --preload daskinfer.worker_setup`, or
+docker/dask.yaml) it does the same for workers started by hand, and dask_setup can start
+loading the run's model at once.
 
 Only dask's own processes import this module: freezing a user's interpreter would keep
 whatever garbage it held at that moment forever.
@@ -39,8 +39,8 @@ def _hidden(*packages: str):
 
 # Keras imports matplotlib.pyplot and pandas when they are installed, for plotting image
 # galleries and for fitting on DataFrames, and does without them otherwise. A worker does
-# neither, and the import is on the way to the first result: 0.55 s of TensorFlow's 2.1 s
-# here. Both import as usual afterwards (a table's tasks need pandas).
+# neither, and the import is on the way to the first result: 0.4 to 0.55 s of TensorFlow's
+# 2.1 s here. Both import as usual afterwards (a table's tasks need pandas).
 try:
     with _hidden("matplotlib", "pandas"):
         model.import_tensorflow_quietly()
