@@ -138,3 +138,16 @@ def test_a_listing_cuts_into_the_same_partitions_as_any_sequence_of_documents(tm
         generic = [(p.uris, p.sizes) for p in sources.group(iter(listing), max_docs, max_bytes)]
         assert fast == generic
         assert [u for uris, _ in fast for u in uris] == [d.uri for d in listing]
+
+
+def test_a_listing_is_sorted_by_name_and_keeps_each_size_with_its_name():
+    import random
+
+    from daskinfer import sources
+
+    names = [f"{d}/{i:05d}.txt" for d in ("b", "a", "é", "B") for i in range(500)]
+    random.Random(7).shuffle(names)
+    size_of = {name: len(name) * 1000 + i for i, name in enumerate(names)}
+    listing = sources.Listing("s3://bucket/", names, [size_of[n] for n in names])
+    assert [d.uri for d in listing] == ["s3://bucket/" + n for n in sorted(names)]
+    assert all(d.size == size_of[d.uri[len("s3://bucket/"):]] for d in listing)
