@@ -128,7 +128,7 @@ def test_files_are_read_whole_whatever_their_listed_size(tmp_path):
     assert all("max_document_bytes" in str(r) for r in too_large[:2])
 
 
-def test_a_listing_cuts_into_the_same_partitions_as_any_sequence_of_documents(tmp_path):
+def test_a_listing_cuts_into_the_same_partitions_as_any_sequence_of_documents():
     from daskinfer import sources
 
     sizes = [0, 1, 900, 5000, 20, 20, 20, 70000, 3, 0] * 30
