@@ -3,7 +3,7 @@
 Starts moto's S3 server on 127.0.0.1, uploads N small review objects (copies of
 ../shared/data/imdb-sample under new names), then times, in this one process:
   sequential  one blocking GET per object (boto3 get_object in a loop)
-  daskinfer   sources.read_all over the same objects, partition by partition
+  daskinfer   reading.read_all over the same objects, partition by partition
 and prints both rates and their ratio.
 
     python benchmarks/s3_read.py [N=4000] [LATENCY_MS=0]
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import boto3
 
-from daskinfer import sources
+from daskinfer import listing, partitions, reading
 
 REPO = Path(__file__).resolve().parents[1]
 IMDB = REPO.parent / "shared" / "data" / "imdb-sample"
@@ -100,11 +100,11 @@ def main(n: int = 4000, latency_ms: int = 0) -> None:
         sequential = [s3.get_object(Bucket="bench", Key=k)["Body"].read() for k in keys]
         t_seq = time.perf_counter() - started
 
-        docs = sources.list_documents("s3://bench/docs/")
+        docs = listing.list_documents("s3://bench/docs/")
         started = time.perf_counter()
         read = []
-        for group in sources.group(docs, 1000, 16 * 2**20):
-            read.extend(sources.read_all(group, {}, 10 * 2**20))
+        for group in partitions.group(docs, 1000, 16 * 2**20):
+            read.extend(reading.read_all(group, {}, 10 * 2**20))
         t_dask = time.perf_counter() - started
         assert read == sequential, "the two readers disagree"
 

@@ -7,16 +7,16 @@ a traceback means a bug in daskinfer.
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging
 import os
 import shlex
 import signal
 import sys
+from importlib import metadata
 from typing import List, Optional
 
-from daskinfer import config
-from daskinfer.errors import ErrorBudgetExceeded, Interrupted, RunFailed
+from daskinfer import compat, config
+from daskinfer.errors import ErrorBudgetExceeded, Incomplete, Interrupted, RunFailed
 
 USER_ERRORS = (
     RunFailed,
@@ -44,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
         "configuration keys (key=default  meaning):\n" + config.help_text(),
     )
     p.add_argument("--config", metavar="FILE", help="YAML file merged over the defaults; key=value overrides win")
+    p.add_argument("--version", action="version", version=f"daskinfer {_version()}")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides (or 'demo' first)")
     return p
 
@@ -67,6 +68,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return fail(str(exc), EXIT_CONFIG_ERROR)
     except Interrupted as exc:
         return fail(f"{exc}; to resume: {resume_command(argv, exc.output_uri)}", EXIT_INTERRUPTED)
+    except Incomplete as exc:
+        print(f"daskinfer: partial results kept in {exc.output_uri}.partial; to resume: "
+              f"{resume_command(argv, exc.output_uri)}", file=sys.stderr, flush=True)
+        return fail(str(exc), EXIT_USER_ERROR)
     except ErrorBudgetExceeded as exc:
         return fail(str(exc), EXIT_ERROR_BUDGET)
     except USER_ERRORS as exc:
@@ -84,16 +89,23 @@ def entry() -> None:
     An unexpected exception still ends the usual way, with its traceback.
     """
     code = main()
-    atexit._run_exitfuncs()  # what a normal exit runs: logging's flush, multiprocessing's clean-up
+    compat.run_exit_functions()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
 def resume_command(argv: List[str], output_uri: str) -> str:
-    """The same command, told to resume into the same output."""
-    kept = [a for a in argv if not a.startswith(("inference.resume=", "inference.output_path="))]
+    """The same command, told to resume into the same output, with secrets left out."""
+    kept = [config.redacted_override(a) for a in argv if not a.startswith(("inference.resume=", "inference.output_path="))]
     return shlex.join(["daskinfer", *kept, "inference.resume=true", f"inference.output_path={output_uri}"])
+
+
+def _version() -> str:
+    try:
+        return metadata.version("daskinfer")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _interrupt(signum, frame) -> None:

@@ -1,4 +1,5 @@
-"""The Dask cluster: a LocalCluster sized to the machine, or a running scheduler.
+"""The Dask cluster's lifecycle: a LocalCluster sized to the machine, a cluster manager's
+cluster, or a running scheduler; started, described, and closed quietly.
 
 Security (TLS) and timeouts come from dask's own configuration (dask config files and
 DASK_* environment variables), read by `distributed` itself.
@@ -8,16 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
+import signal
+import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from daskinfer import compat
 from daskinfer.config import redacted
 from daskinfer.errors import ConfigError, first_line, root_cause
+from daskinfer.scheduling import adaptive
 
 if TYPE_CHECKING:
     from daskinfer.model import ModelSpec
@@ -58,27 +64,44 @@ def connect(cfg: DictConfig, model_spec: Optional[ModelSpec] = None) -> Iterator
 
     quiet_logs()
     with contextlib.ExitStack() as stack:
-        if cfg.address:
-            client = _remote_client(cfg)
-        else:
-            cluster = _managed_cluster(cfg) if cfg.manager else _local_cluster(cfg, model_spec)
-            stack.callback(_close, cluster)
-            _scale(cluster, cfg)
-            client = distributed.Client(cluster)
-        stack.callback(_close, client)
+        with _signals_deferred():
+            if cfg.address:
+                client = _remote_client(cfg)
+            else:
+                cluster = _managed_cluster(cfg) if cfg.manager else _local_cluster(cfg, model_spec)
+                stack.callback(_close, cluster)
+                _scale(cluster, cfg)
+                client = distributed.Client(cluster)
+            stack.callback(_close, client)
         stack.callback(quiet_logs)  # closing makes dask log again: silence it first
         if not _starts_empty(cfg):
             _wait_for_workers(client, cfg)
         yield client
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C or SIGTERM while a cluster starts is taken once it has started: interrupting
+    dask half-way through its start-up makes it fail its own consistency checks, loudly,
+    when it is closed. The run then stops as usual (cleanly, within a second or two)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _close(thing) -> None:
     with contextlib.suppress(Exception):
         thing.close()
-
-
-def adaptive(cfg: DictConfig) -> bool:
-    return cfg.adapt.minimum is not None or cfg.adapt.maximum is not None
 
 
 def _starts_empty(cfg: DictConfig) -> bool:
@@ -89,10 +112,9 @@ def _starts_empty(cfg: DictConfig) -> bool:
 def _managed_cluster(cfg: DictConfig):
     """An instance of the cluster manager class named by its import path, with its keyword
     arguments as configured: whatever the manager needs (queues, images, ...) is its own."""
-    from distributed.utils import import_term
-
+    module, _, name = cfg.manager.rpartition(".")
     try:
-        manager = import_term(cfg.manager)
+        manager = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"cluster.manager: cannot import {cfg.manager}: {first_line(exc)}") from None
     kwargs = OmegaConf.to_container(cfg.manager_kwargs, resolve=True)
@@ -123,8 +145,6 @@ def _local_cluster(cfg: DictConfig, model_spec: Optional[ModelSpec] = None):
     them about a second sooner than dask's default (spawn), which re-imports everything."""
     import dask
     import distributed
-    import distributed.utils
-    from distributed.deploy.utils import nprocesses_nthreads
 
     settings = {
         "distributed.worker.multiprocessing-method": cfg.start_method,
@@ -142,13 +162,10 @@ def _local_cluster(cfg: DictConfig, model_spec: Optional[ModelSpec] = None):
     }
     if cfg.start_method == "forkserver":
         start_forkserver(cfg)  # when the caller has not already
-        # The first nanny would otherwise set a preload of its own, importing pandas and
-        # more into this process just to name them: 70 MiB of the driver's memory and 0.5 s
-        # of its CPU, for a forkserver already running with ours.
-        distributed.utils._forkserver_preload_set = True
+        compat.skip_distributed_forkserver_preload()
     n_workers, threads = cfg.n_workers, cfg.threads_per_worker
     if adaptive(cfg):  # start at the minimum; dask adds workers of the same shape
-        n_workers, threads = cfg.adapt.minimum or 0, threads or nprocesses_nthreads()[1]
+        n_workers, threads = cfg.adapt.minimum or 0, threads or compat.default_worker_shape()[1]
     with dask.config.set(settings), warnings.catch_warnings():
         # A busy dashboard port (another job's) is fine: dask picks another, and we log it.
         warnings.filterwarnings("ignore", message="Port .* is already in use")
@@ -160,7 +177,8 @@ def _local_cluster(cfg: DictConfig, model_spec: Optional[ModelSpec] = None):
             dashboard_address=cfg.dashboard_address,
             silence_logs=logging.CRITICAL,
             preload=["daskinfer.worker_setup"],
-            preload_argv=["--load-model", json.dumps(dataclasses.asdict(model_spec))] if model_spec else [],
+            preload_argv=["--driver-handles-ctrl-c"]
+            + (["--load-model", json.dumps(dataclasses.asdict(model_spec))] if model_spec else []),
         )
 
 
@@ -191,41 +209,44 @@ def describe(client, cfg: DictConfig) -> None:
         log.info("Dask dashboard: %s", client.dashboard_link)
 
 
-def planned_threads(client, cfg: DictConfig) -> int:
-    """The threads the run will have: those of the workers now, or, on an adaptive
-    cluster, of cluster.adapt.maximum workers shaped like them."""
-    nthreads = client.nthreads()
-    if not adaptive(cfg) or not cfg.adapt.maximum:
-        return sum(nthreads.values()) or 1
-    per_worker = sum(nthreads.values()) / len(nthreads) if nthreads else cfg.threads_per_worker or 1
-    return max(1, round(cfg.adapt.maximum * per_worker))
+SCHEDULER_PROTOCOLS = ("tcp", "tls", "ucx", "inproc", "ws", "wss")
 
 
-def tasks_ahead(threads: int, cfg: DictConfig) -> int:
-    """How many partitions to keep submitted ahead of the one being written.
+def check_address(address: str) -> None:
+    """A scheduler address as dask writes it: tcp://HOST:PORT (or tls://, ...; HOST:PORT
+    means tcp). A web address or a bare word is a configuration error, said at once."""
+    protocol, sep, location = address.rpartition("://")
+    host, colon, port = location.rpartition(":")
+    if (sep and protocol not in SCHEDULER_PROTOCOLS) or not (colon and host and port.isdigit()):
+        raise ConfigError(
+            f"cluster.address must be a dask scheduler address such as tcp://HOST:8786, got {address}"
+            + (" (the dashboard's http:// address is not the scheduler's)" if protocol.startswith("http") else "")
+        )
 
-    Two per thread keeps every thread busy while bounding what the driver and the
-    scheduler hold. Adaptive scaling asks for workers in proportion to the work it sees
-    queued (a worker per distributed.adaptive.target-duration, 5 s, of it), so an
-    adaptive cluster is shown more.
-    """
-    return max(32, 4 * threads) if adaptive(cfg) else 2 * threads + 2
 
-
-def _remote_client(cfg: DictConfig):
-    import distributed
-
-    sec = security(cfg)
-    if cfg.address.startswith("tls://") and not sec.tls_ca_file:
+def check_remote(cfg: DictConfig) -> None:
+    """What can be said of cluster.address before connecting: its form, and TLS settings."""
+    check_address(cfg.address)
+    if cfg.address.startswith("tls://") and not security(cfg).tls_ca_file:
         raise ConfigError(
             f"the scheduler at {cfg.address} speaks TLS and no certificates are configured: set "
             "cluster.tls.ca_file/client_cert/client_key or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
             "..._CLIENT__CERT and ..._CLIENT__KEY"
         )
+
+
+def _remote_client(cfg: DictConfig):
+    import dask
+    import distributed
+
+    check_remote(cfg)
+    sec = security(cfg)
+    timeout = dask.config.get("distributed.comm.timeouts.connect")
     try:
-        return distributed.Client(cfg.address, security=sec)
-    except OSError as exc:
-        raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {first_line(exc)}") from None
+        return distributed.Client(cfg.address, security=sec, timeout=timeout)
+    except Exception as exc:  # refused, timed out, or something that is no dask scheduler answered
+        reason = first_line(exc) if isinstance(exc, OSError) else f"no dask scheduler answered ({type(exc).__name__}: {first_line(exc)})"
+        raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {reason}") from None
 
 
 def security(cfg: DictConfig):
@@ -237,31 +258,17 @@ def security(cfg: DictConfig):
     return Security(require_encryption=True, **tls) if tls else Security()
 
 
-def watch_workers(client, wait_s: float) -> Callable[[], None]:
-    """A check to call while waiting on results: raises once no worker has been
-    connected for wait_s seconds (a run cannot finish then; a worker that comes back
-    in time takes the lost work)."""
-    lost_since: list = []
-    last_look = [0.0]
-
-    def check() -> None:
-        now = time.monotonic()
-        if now - last_look[0] < 1.0:
-            return  # asking the scheduler once a second is plenty
-        last_look[0] = now
-        if client.scheduler_info(n_workers=-1).get("workers"):
-            lost_since.clear()
-            return
-        lost_since[:] = lost_since or [now]
-        if now - lost_since[0] > wait_s:
-            raise TimeoutError(f"no dask worker left for {wait_s:g} s (cluster.wait_for_workers_s); the run is incomplete")
-
-    return check
-
-
 def _wait_for_workers(client, cfg: DictConfig) -> None:
-    try:
-        client.wait_for_workers(1, timeout=cfg.wait_for_workers_s)
-    except (TimeoutError, OSError):
-        where = cfg.address or "the LocalCluster"
-        raise TimeoutError(f"no dask worker joined {where} within {cfg.wait_for_workers_s:g} s") from None
+    """Wait until the scheduler has a worker. Decided by what the scheduler says, not by a
+    timeout alone: on a busy machine a worker may be there before the answer is."""
+    deadline = time.monotonic() + cfg.wait_for_workers_s
+    while True:
+        try:
+            if client.scheduler_info(n_workers=-1).get("workers"):
+                return
+        except OSError as exc:
+            raise ConnectionError(f"lost the dask scheduler at {cfg.address or 'the LocalCluster'}: {first_line(exc)}") from None
+        if time.monotonic() > deadline:
+            where = cfg.address or "the LocalCluster"
+            raise TimeoutError(f"no dask worker joined {where} within {cfg.wait_for_workers_s:g} s")
+        time.sleep(0.1)

@@ -8,6 +8,9 @@ defaults can never disagree.
 from __future__ import annotations
 
 import codecs
+import difflib
+import glob
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +119,7 @@ def load_config(overrides: Sequence[str] = (), config_file: Optional[str] = None
     layers = [OmegaConf.create(defaults_text())]
     try:
         if config_file is not None:
-            layers.append(OmegaConf.load(config_file))
+            layers.append(_config_file(config_file))
         layers.append(_dotlist(overrides))
         cfg = OmegaConf.merge(OmegaConf.structured(Config), *layers)
         if OmegaConf.select(cfg, "inference.input_manifest"):
@@ -135,6 +138,33 @@ def load_config(overrides: Sequence[str] = (), config_file: Optional[str] = None
     return cfg
 
 
+def _config_file(path: str) -> DictConfig:
+    """A --config file: a YAML mapping, or a one-line reason it is not one."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--config {path} is a folder, not a YAML file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path} is not a text file (not valid UTF-8)") from None
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"--config {path} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    if loaded is None:
+        return OmegaConf.create()
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of keys (inference: ..., cluster: ...), "
+                          f"not a {type(loaded).__name__}")
+    return OmegaConf.create(text)
+
+
 def _is_missing(cfg: DictConfig, key: str) -> bool:
     """True for ??? and for ${oc.env:NAME,???} when NAME is not set."""
     try:
@@ -151,6 +181,8 @@ def _dotlist(overrides: Sequence[str]) -> DictConfig:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"expected key=value, got '{item}'")
+        if key == "inference.labels" and not value.lstrip().startswith(("[", "$")):
+            raise ConfigError(f"inference.labels is a list: write 'inference.labels=[{value}]' (quoted for the shell)")
         try:
             conf.merge_with_dotlist([item])
         except yaml.YAMLError:
@@ -192,7 +224,20 @@ def check(cfg: DictConfig) -> None:
             )
     elif inf.labels_from in PATH_LABELS:
         raise ConfigError(f"inference.labels_from for table inputs names a column, got {inf.labels_from}")
+    if inf.resume and not inf.output_path:
+        latest = _latest_partial()
+        raise ConfigError(
+            "inference.resume=true needs inference.output_path, the output of the run to continue"
+            + (f"; the latest interrupted run here is inference.output_path={latest}" if latest else "")
+        )
     _check_cluster(cfg.cluster)
+
+
+def _latest_partial() -> Optional[str]:
+    runs = glob.glob(os.path.join("outputs", "*", "*", "*.partial"))
+    if not runs:
+        return None
+    return os.path.abspath(max(runs, key=os.path.getmtime)[: -len(".partial")])
 
 
 def _check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
@@ -207,6 +252,12 @@ def _check_cluster(cluster: DictConfig) -> None:
             "cluster.manager and cluster.adapt start a cluster of this run's own; "
             f"they cannot be combined with cluster.address={cluster.address}"
         )
+    for key in ("n_workers", "threads_per_worker", "tf_intra_op_threads", "tf_inter_op_threads"):
+        if cluster[key] is not None and cluster[key] <= 0:
+            raise ConfigError(f"cluster.{key} must be a number above 0, or null to size it to the machine; "
+                              f"got {cluster[key]}")
+    if cluster.wait_for_workers_s <= 0:
+        raise ConfigError(f"cluster.wait_for_workers_s must be above 0, got {cluster.wait_for_workers_s}")
     if adapt.minimum is not None and adapt.minimum < 0:
         raise ConfigError(f"cluster.adapt.minimum must be >= 0, got {adapt.minimum}")
     if adapt.maximum is not None and adapt.maximum < max(1, adapt.minimum or 0):
@@ -256,13 +307,36 @@ def redacted(value: Any) -> Any:
     return value
 
 
+def redacted_override(item: str) -> str:
+    """A key=value override as it may be echoed (a resume command): secrets as ***."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        return item
+    if any(word in key.rsplit(".", 1)[-1].lower() for word in SECRET_WORDS):
+        return f"{key}=***"
+    if key in ("storage.options", "storage", "cluster.manager_kwargs", "cluster") or "{" in value:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return f"{key}=***" if any(w in value.lower() for w in SECRET_WORDS) else item
+        if isinstance(parsed, (dict, list)):
+            return f"{key}={yaml.safe_dump(redacted(parsed), default_flow_style=True, width=10**6).strip()}"
+    return item
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(redacted(cfg)))
 
 
 def _unknown_key_message(exc: ConfigKeyError) -> str:
     key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
-    return f"unknown key '{key}'; valid keys: {', '.join(valid_keys())}"
+    keys = valid_keys()
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if near:
+        return f"unknown key '{key}'; did you mean '{near[0]}'? (daskinfer --help lists every key)"
+    section = key.split(".", 1)[0]
+    same = [k for k in keys if k.startswith(section + ".")]
+    return f"unknown key '{key}'; valid keys{f' in {section}' if same else ''}: {', '.join(same or keys)}"
 
 
 def _one_line(exc: Exception) -> str:

@@ -94,26 +94,24 @@ def _train_in_child(model_path: str) -> None:
 
 
 def _train(model_path: str) -> None:
-    from daskinfer.model import _quiet_stderr
+    from daskinfer import tf_runtime
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _quiet_stderr():
-        import keras
-        import tensorflow as tf
+    tf = tf_runtime.import_tensorflow()
+    import keras
 
-        keras.utils.set_random_seed(7)
-        texts: List[str] = POSITIVE + NEGATIVE
-        labels = [1.0] * len(POSITIVE) + [0.0] * len(NEGATIVE)
-        vectorize = keras.layers.TextVectorization(max_tokens=2000, output_sequence_length=40)
-        vectorize.adapt(texts)
-        inputs = keras.Input(shape=(1,), dtype="string")
-        x = keras.layers.Embedding(2001, 16)(vectorize(inputs))
-        x = keras.layers.GlobalAveragePooling1D()(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid")(x)
-        model = keras.Model(inputs, outputs)
-        model.compile(keras.optimizers.Adam(0.02), "binary_crossentropy")
-        model.fit(tf.constant(texts)[:, None], tf.constant(labels), epochs=60, batch_size=8, verbose=0)
-        os.makedirs(os.path.dirname(model_path), exist_ok=True)
-        tmp = model_path + ".partial.keras"
-        model.save(tmp)
-        os.replace(tmp, model_path)
+    keras.utils.set_random_seed(7)
+    texts: List[str] = POSITIVE + NEGATIVE
+    labels = [1.0] * len(POSITIVE) + [0.0] * len(NEGATIVE)
+    vectorize = keras.layers.TextVectorization(max_tokens=2000, output_sequence_length=40)
+    vectorize.adapt(texts)
+    inputs = keras.Input(shape=(1,), dtype="string")
+    x = keras.layers.Embedding(2001, 16)(vectorize(inputs))
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(0.02), "binary_crossentropy")
+    model.fit(tf.constant(texts)[:, None], tf.constant(labels), epochs=60, batch_size=8, verbose=0)
+    os.makedirs(os.path.dirname(model_path), exist_ok=True)
+    tmp = model_path + ".partial.keras"
+    model.save(tmp)
+    os.replace(tmp, model_path)

@@ -15,12 +15,20 @@ class ErrorBudgetExceeded(RunFailed):
     """More documents failed than inference.error_budget allows; all output was written."""
 
 
-class Interrupted(RunFailed):
+class Incomplete(RunFailed):
+    """The run stopped before the end (a lost scheduler, a storage outage, a full disk),
+    with what was written kept for inference.resume."""
+
+    def __init__(self, reason: str, output_uri: str):
+        super().__init__(reason)
+        self.output_uri = output_uri
+
+
+class Interrupted(Incomplete):
     """Stopped by Ctrl-C or SIGTERM, with what was written kept for inference.resume."""
 
     def __init__(self, output_uri: str):
-        super().__init__(f"interrupted; partial results kept for resuming into {output_uri}")
-        self.output_uri = output_uri
+        super().__init__(f"interrupted; partial results kept for resuming into {output_uri}", output_uri)
 
 
 def first_line(exc: BaseException) -> str:

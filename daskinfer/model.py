@@ -10,22 +10,20 @@ Supported, each detected from what is on disk:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import json
 import os
 import posixpath
 import shutil
-import sys
 import tempfile
 import threading
-import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import yaml
 
-from daskinfer import sources
+from daskinfer import storage, tf_runtime
 from daskinfer.errors import RunFailed, first_line
 
 
@@ -52,8 +50,8 @@ def locate(uri: str, storage_options: Mapping[str, Any]) -> Tuple[str, str]:
 
     Raises FileNotFoundError when nothing loadable is there.
     """
-    fs, path = sources.filesystem(uri, storage_options)
-    with sources.storage_errors(uri):
+    fs, path = storage.filesystem(uri, storage_options)
+    with storage.storage_errors(uri, "the model "):
         return _locate(fs, path, uri, storage_options)
 
 
@@ -67,12 +65,28 @@ def _locate(fs, path: str, uri: str, storage_options: Mapping[str, Any]) -> Tupl
     names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
     if "MLmodel" in names:
         inner = _mlflow_model_path(fs, path)
-        return _locate(fs, inner, sources.full_uri(fs, inner), storage_options)
+        return _locate(fs, inner, storage.full_uri(fs, inner), storage_options)
     if "saved_model.pb" in names:
         return "savedmodel", uri
+    inner = _model_inside(fs, path, names, uri)
+    if inner:
+        return _locate(fs, inner, storage.full_uri(fs, inner), storage_options)
     raise FileNotFoundError(
         f"not a model: {uri} holds no saved_model.pb, MLmodel or .keras file"
     )
+
+
+def _model_inside(fs, path: str, names: set, uri: str) -> Optional[str]:
+    """The model a folder holds one level down: its only .keras file, or, in an MLflow run's
+    folder, artifacts/model."""
+    keras_files = sorted(n for n in names if n.endswith(".keras"))
+    if len(keras_files) == 1:
+        return posixpath.join(path, keras_files[0])
+    if len(keras_files) > 1:
+        raise FileNotFoundError(f"{uri} holds several .keras files ({', '.join(keras_files)}): name one")
+    if "artifacts" in names and fs.isdir(posixpath.join(path, "artifacts", "model")):
+        return posixpath.join(path, "artifacts", "model")
+    return None
 
 
 def _mlflow_model_path(fs, path: str) -> str:
@@ -102,7 +116,6 @@ Predictor = Callable[[list], Any]
 _lock = threading.Lock()
 _loaded: Dict[str, Predictor] = {}
 _load_counts: Dict[str, int] = {}
-_worker_threads: Optional[int] = None  # set by worker_setup.dask_setup
 
 
 def predictor(spec: ModelSpec) -> Predictor:
@@ -126,16 +139,16 @@ def load_count(uri: str) -> int:
 def _load(spec: ModelSpec) -> Predictor:
     fmt, uri = locate(spec.uri, spec.storage_options)
     local = _local_copy(uri, spec.storage_options, spec.cache_dir)
-    with _quiet_stderr():
-        tf = _import_tensorflow(spec)
-        try:
-            make = _keras_predictor if fmt == "keras" else _savedmodel_predictor
-            predict = make(tf, local)
-            warm_up = predict(["warm-up: traces the graph and starts the runtime while stderr is quiet"])
-            predict.output_shape = tuple(getattr(warm_up, "shape", (1,))[1:])  # per document
-            return predict
-        except Exception as exc:  # any failure here means the model file itself is unusable
-            raise ModelLoadError(f"could not load model {spec.uri}: {first_line(exc)}") from None
+    tf = tf_runtime.import_tensorflow()
+    tf_runtime.configure_threads(tf, spec.intra_op_threads, spec.inter_op_threads)
+    try:
+        make = _keras_predictor if fmt == "keras" else _savedmodel_predictor
+        predict = make(tf, local)
+        warm_up = predict(["warm-up: traces the graph and starts the runtime before the first task"])
+        predict.output_shape = tuple(getattr(warm_up, "shape", (1,))[1:])  # per document
+        return predict
+    except Exception as exc:  # any failure here means the model file itself is unusable
+        raise ModelLoadError(f"could not load model {spec.uri}: {first_line(exc)}") from None
 
 
 def _local_copy(uri: str, storage_options: Mapping[str, Any], cache_dir: Optional[str]) -> str:
@@ -145,8 +158,8 @@ def _local_copy(uri: str, storage_options: Mapping[str, Any], cache_dir: Optiona
     fetched again. A download lands under a temporary name and is renamed into place,
     so a worker never sees another worker's half-written copy.
     """
-    fs, path = sources.filesystem(uri, storage_options)
-    if sources._is_local(fs):
+    fs, path = storage.filesystem(uri, storage_options)
+    if storage.is_local(fs):
         return path
     files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
     fingerprint = json.dumps(
@@ -172,24 +185,6 @@ def _local_copy(uri: str, storage_options: Mapping[str, Any], cache_dir: Optiona
     return local
 
 
-def _import_tensorflow(spec: ModelSpec):
-    # TensorFlow reads these once, at import and first use: set them before.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import logging
-
-    import tensorflow as tf
-
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    intra, inter = _thread_budget(spec)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
-    except RuntimeError:
-        pass  # TensorFlow already started in this process (e.g. a notebook): keep its pools
-    return tf
-
-
 def preload(spec: ModelSpec) -> None:
     """Load spec's model now, ahead of the first task that needs it. A failure is left for
     that task, which loads again and reports it."""
@@ -197,30 +192,6 @@ def preload(spec: ModelSpec) -> None:
         predictor(spec)
     except Exception:
         pass
-
-
-def worker_threads(n: int) -> None:
-    """The dask threads of this worker process, for loads outside a task (preload)."""
-    global _worker_threads
-    _worker_threads = n
-
-
-def import_tensorflow_quietly() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _quiet_stderr():
-        import tensorflow  # noqa: F401
-
-
-def _thread_budget(spec: ModelSpec) -> Tuple[int, int]:
-    """TensorFlow threads = the threads dask gives this worker, unless configured."""
-    threads = _worker_threads or os.cpu_count() or 1
-    try:
-        from distributed import get_worker
-
-        threads = get_worker().state.nthreads
-    except (ImportError, ValueError, AttributeError):
-        pass
-    return spec.intra_op_threads or threads, spec.inter_op_threads or threads
 
 
 def _savedmodel_predictor(tf, path: str) -> Predictor:
@@ -269,20 +240,22 @@ def _string_batch(tf, texts: list, column: bool):
     return tf.constant(array.reshape(-1, 1) if column else array, dtype=tf.string)
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 while TensorFlow starts.
-
-    TensorFlow's C++ runtime prints oneDNN and CUDA notices before its log level is
-    read, straight to the descriptor, so no Python setting can stop them.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+def digest(uri: str, storage_options: Mapping[str, Any]) -> Dict[str, str]:
+    """The model's format and a sha256 of its files (their names under the model and their
+    bytes; on object stores their sizes and ETags, so nothing is downloaded to the driver)."""
+    fmt, loadable = locate(uri, storage_options)
+    fs, path = storage.filesystem(loadable, storage_options)
+    local = storage.is_local(fs)
+    with storage.storage_errors(uri, "the model "):
+        files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+        sha = hashlib.sha256()
+        for name, info in sorted(files.items()):
+            sha.update(posixpath.relpath(name, path).encode("utf-8", "surrogateescape") + b"\0")
+            if local:
+                with open(name, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        sha.update(block)
+            else:
+                sha.update(f"{info.get('size')}\t{info.get('ETag')}".encode())
+            sha.update(b"\0")
+    return {"format": fmt, "sha256": sha.hexdigest()}

@@ -1,22 +1,17 @@
-"""One partition on a worker: read its files, decode them, predict in batches, and
-turn the scores into records (and, when evaluating, into confusion counts). A bad
-document becomes an error record; the rest of the partition goes on."""
+"""On a worker: one scoring task. Whatever the documents came from (a partition of files,
+a slice of a table's rows), the task's piece turns them into Texts; they are scored in
+batches with the worker's model and turned into records (and, when evaluating, into
+confusion counts). A bad document becomes an error entry; the rest goes on."""
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from daskinfer import evaluation, model, sources
+from daskinfer import evaluation, model, records
 from daskinfer.errors import ConfigError, first_line
-from daskinfer.sources import Document
-
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 
 @dataclass(frozen=True)
@@ -32,6 +27,7 @@ class Settings:
     labels_from: Optional[str] = None
     max_document_bytes: int = 10 * 2**20
     storage_options: Dict[str, Any] = field(default_factory=dict)
+    output_format: str = "jsonl"
 
 
 @dataclass
@@ -41,47 +37,44 @@ class Text:
 
     key: str
     text: str
-    position: int  # in the partition: errors are written in input order, as results are
+    position: int  # in the task: errors are written in input order, as results are
     label: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Scored:
-    """A partition's outcome: records of predicted documents and of failed ones, in input
+    """A task's outcome: records of predicted documents and of failed ones, in input
     order, and the confusion counts when evaluating."""
 
     records: List[Dict[str, Any]] = field(default_factory=list)
-    errors: List[Tuple[int, Dict[str, Any]]] = field(default_factory=list)  # (position, record)
+    errors: List[Tuple[int, Dict[str, Any]]] = field(default_factory=list)  # (position, entry)
     tally: Optional[evaluation.Tally] = None
 
     def fail(self, position: int, key: str, exc: BaseException, prefix: str = "") -> None:
-        self.errors.append((position, error_record(key, exc, prefix)))
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        self.errors.append((position, records.error_entry(key, f"{prefix}: {reason}" if prefix else reason)))
 
 
-class PartitionResult(NamedTuple):
-    """What a task sends back to the driver: small, ready to write."""
+def score(piece: Any, settings: Settings, *data: Any) -> records.PartitionResult:
+    """The one worker entry point: the texts of piece (read from data, if it brings any),
+    scored, as the result the driver writes."""
+    out = score_piece(piece, settings, *data)
+    errors = [entry for _, entry in sorted(out.errors, key=lambda e: e[0])]
+    return records.PartitionResult(
+        records.encode(out.records, settings.output_format), records.jsonl(errors),
+        len(out.records), len(errors), out.tally, _worker_address(),
+    )
 
-    results: bytes
-    errors: bytes
-    tally: Optional[evaluation.Tally]
-    worker: str
+
+def score_records(piece: Any, settings: Settings, *data: Any) -> List[Dict[str, Any]]:
+    """The records themselves, for a notebook's bag."""
+    return score_piece(piece, settings, *data).records
 
 
-def score_partition(docs: Sequence[Document], settings: Settings) -> Scored:
-    """Read, decode and score a partition of document files."""
-    out = Scored(tally=new_tally(settings))
-    part = docs if isinstance(docs, sources.Partition) else sources.Partition.of(docs)
-    raw = sources.read_all(part, settings.storage_options, settings.max_document_bytes)
-    ready = []
-    for position, (uri, data) in enumerate(zip(part.uris, raw)):
-        text = decode(data, settings.encoding)
-        if isinstance(text, str):
-            label = evaluation.true_label(uri, settings.labels, settings.labels_from) if out.tally else None
-            ready.append(Text(uri, text, position, label))
-        else:
-            out.fail(position, uri, text)
-    score_texts(ready, settings, out)
+def score_piece(piece: Any, settings: Settings, *data: Any) -> Scored:
+    out = Scored(tally=evaluation.Tally(settings.labels) if settings.labels_from else None)
+    score_texts(piece.texts(settings, out, *data), settings, out)
     return out
 
 
@@ -93,20 +86,6 @@ def score_texts(ready: Sequence[Text], settings: Settings, out: Scored) -> None:
     check_labels(predict.output_shape, settings.labels)
     for start in range(0, len(ready), settings.batch_size):
         _score_batch(predict, ready[start:start + settings.batch_size], settings, out)
-
-
-def score_partition_jsonl(docs: Sequence[Document], settings: Settings) -> PartitionResult:
-    return to_result(score_partition(docs, settings))
-
-
-def score_partition_records(docs: Sequence[Document], settings: Settings) -> List[Dict[str, Any]]:
-    return score_partition(docs, settings).records
-
-
-def to_result(scored: Scored) -> PartitionResult:
-    """The partition as JSONL bytes (results, errors) for the driver to append, with its tally."""
-    errors = [record for _, record in sorted(scored.errors, key=lambda e: e[0])]
-    return PartitionResult(_jsonl(scored.records), _jsonl(errors), scored.tally, _worker_address())
 
 
 def check_labels(output_shape: Tuple[int, ...], labels: Sequence[str]) -> None:
@@ -142,10 +121,6 @@ def decide(output: Any, settings: Settings) -> Tuple[np.ndarray, np.ndarray, np.
     return index, scores[np.arange(len(scores)), index], scores
 
 
-def new_tally(settings: Settings) -> Optional[evaluation.Tally]:
-    return evaluation.Tally(settings.labels) if settings.labels_from else None
-
-
 def _score_batch(predict, batch: Sequence[Text], settings: Settings, out: Scored) -> None:
     """Score a batch; if the model fails on it, score its documents one by one to find the bad ones."""
     try:
@@ -159,9 +134,14 @@ def _score_batch(predict, batch: Sequence[Text], settings: Settings, out: Scored
             for one in batch:
                 _score_batch(predict, [one], settings, out)
         return
-    now = time.strftime(TIME_FORMAT, time.gmtime())
-    labels = settings.labels
+    now, labels = records.now(), settings.labels
+    finite = np.isfinite(scores).all(axis=1)
     for i, item in enumerate(batch):
+        if not finite[i]:  # NaN is no JSON, and no label can be decided from it
+            bad = next(float(v) for v in scores[i] if not np.isfinite(v))
+            out.fail(item.position, item.key, ValueError(f"the model returned a non-finite score ({bad})"),
+                     prefix="model failed")
+            continue
         sentiment = labels[index[i]]
         record = {"time": now, "filepath": item.key, "logit_prob": float(logit_prob[i]), "sentiment": sentiment}
         record.update(item.extra)
@@ -180,45 +160,3 @@ def _worker_address() -> str:
     except (ImportError, ValueError):
         return "local"
 
-
-def decode(data: Any, encoding: str) -> Any:
-    """The text, or the exception that says why there is none."""
-    if isinstance(data, Exception):
-        return data
-    if not data:
-        return ValueError("empty document")
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        return ValueError(f"not valid {encoding}: {exc.reason} at byte {exc.start}")
-
-
-def error_record(key: str, exc: BaseException, prefix: str = "") -> Dict[str, Any]:
-    reason = f"{type(exc).__name__}: {first_line(exc)}"
-    return {
-        "time": time.strftime(TIME_FORMAT, time.gmtime()),
-        "filepath": key,
-        "error": f"{prefix}: {reason}" if prefix else reason,
-    }
-
-
-def _jsonl(rows: List[Dict[str, Any]]) -> bytes:
-    return "".join([_line(r) for r in rows]).encode("utf-8")
-
-
-def _line(record: Dict[str, Any]) -> str:
-    """A record as one JSON line. A plain prediction, the bulk of every output, is formatted
-    directly: the same text as the encoder's, in a third of the time."""
-    if tuple(record) == _PLAIN_KEYS and math.isfinite(record["logit_prob"]):
-        return (
-            f'{{"time": {_quote(record["time"])}, "filepath": {_quote(record["filepath"])}, '
-            f'"logit_prob": {record["logit_prob"]!r}, "sentiment": {_quote(record["sentiment"])}}}\n'
-        )
-    return _ENCODER.encode(record) + "\n"
-
-
-# One encoder for every record (json.dumps with options builds a new one per call).
-# default=str: an id column may hold dates or decimals, which JSON has no type for.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
-_quote = json.encoder.encode_basestring  # what that encoder does to a string
-_PLAIN_KEYS = ("time", "filepath", "logit_prob", "sentiment")

@@ -1,133 +1,148 @@
-"""Output on the driver: results and errors appended partition by partition, in input
-order, visible under their final names only when the run completes.
+"""Output on the driver: results and errors appended unit by unit, in input order, visible
+under their final names only when the run completes.
 
-Beside the results file: errors.jsonl, summary.json and the resolved config.yaml.
-Locally the files grow under a `.partial` name and are renamed at the end; on object
-stores (s3://) fsspec's multipart upload is completed only at commit.
+Locally the files grow under a `.partial` name, flushed and fsynced as each unit is
+written, and are renamed at the end; on object stores (s3://) fsspec's multipart upload
+is completed only at commit. The commit publishes the sidecars first and the results
+last, so a published results file always has its summary beside it.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import posixpath
-import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Container, Dict, Iterator, Mapping, Optional, Tuple
 
-from daskinfer import sources
-from daskinfer.errors import ConfigError
-
-RESULTS_NAME = "batch-infer-res.jsonl"
-ERRORS_NAME = "errors.jsonl"
-SUMMARY_NAME = "summary.json"
-CONFIG_NAME = "config.yaml"
-
-
-def default_output_path(output_format: str = "jsonl", now: Optional[float] = None) -> str:
-    """outputs/<YYYY-MM-DD>/<HH-MM-SS>/batch-infer-res.jsonl (or .parquet), as Hydra laid out
-    the original script's runs."""
-    stamp = time.localtime(now)
-    folder = os.path.join("outputs", time.strftime("%Y-%m-%d", stamp), time.strftime("%H-%M-%S", stamp))
-    name = RESULTS_NAME if output_format == "jsonl" else RESULTS_NAME.replace(".jsonl", f".{output_format}")
-    return os.path.abspath(os.path.join(folder, name))
-
-
-def sidecar(output_uri: str, name: str) -> str:
-    """A file beside the results: same folder (or prefix), given name."""
-    return posixpath.join(posixpath.dirname(output_uri), name)
-
-
-def refuse_existing(output_uri: str, storage_options: Mapping[str, Any]) -> None:
-    fs, path = sources.filesystem(output_uri, storage_options)
-    with sources.storage_errors(output_uri):
-        exists = fs.exists(path)
-    if exists:
-        raise FileExistsError(f"output already exists, refusing to overwrite: {output_uri}")
-    if sources._is_local(fs) and os.path.exists(path + ".partial"):
-        raise FileExistsError(
-            f"an interrupted run left {path}.partial: add inference.resume=true to continue it, or remove it"
-        )
+from daskinfer import records, storage
+from daskinfer.outputs import Claim
 
 
 class OrderedSink:
-    """Appends each partition's results and errors in order; commit() publishes them.
+    """Appends each unit's results and errors in order; commit() publishes them.
 
-    Locally each partition is flushed and fsynced as it is written, so a crash loses at
-    most the partition in flight, and `resume=True` picks up what is there: the filepaths
-    already written are in `done`, and new partitions are appended.
+    With resume=True it picks up what an interrupted run left: the filepaths already
+    written are in `done`, and new units are appended.
     """
 
-    def __init__(self, output_uri: str, storage_options: Mapping[str, Any], resume: bool = False,
+    def __init__(self, held: Claim, storage_options: Mapping[str, Any], resume: bool = False,
                  output_format: str = "jsonl"):
-        self.uri = output_uri
-        self.fs, self.path = sources.filesystem(output_uri, storage_options)
-        self.local = sources._is_local(self.fs)
-        if resume and not self.local:
-            raise ConfigError(f"inference.resume needs a local output path; {output_uri} is not one")
-        if not resume:
-            refuse_existing(output_uri, storage_options)
-        errors_path = self.fs._strip_protocol(sidecar(output_uri, ERRORS_NAME))
+        self.claim, self.uri = held, held.output_uri
+        self.fs, self.path = storage.filesystem(held.output_uri, storage_options)
+        self.local = storage.is_local(self.fs)
+        errors_path = storage.path_on(held.sidecars["errors"])
         stream = _LocalStream if self.local else _RemoteStream
-        if output_format == "parquet":
-            self.results = _ParquetStream(self.fs, self.path, self.local)
-        else:
-            self.results = stream(self.fs, self.path, resume)
+        self.results = _ParquetStream(self.fs, self.path, self.local) if output_format == "parquet" else stream(
+            self.fs, self.path, resume)
         self.errors = stream(self.fs, errors_path, resume)
         self.done = self.results.filepaths | self.errors.filepaths
 
-    def write(self, results: bytes, errors: bytes) -> None:
-        self.results.write(results)
-        self.errors.write(errors)
+    def write(self, part: records.PartitionResult) -> None:
+        self.results.write(part.results, part.n_results)
+        self.errors.write(part.errors, part.n_errors)
+
+    @property
+    def written(self) -> int:
+        return self.results.written + self.errors.written
+
+    def settle(self, current: Container[str], in_sorted_order: bool) -> None:
+        """After a resume: leave out what is no longer an input, and put the documents of
+        both runs back in sorted order (each run's part is sorted already: one merge)."""
+        if self.done and self.local:
+            for stream in (self.results, self.errors):
+                if isinstance(stream, _LocalStream):
+                    stream.settle(current, in_sorted_order)
 
     def commit(self, summary: Dict[str, Any], config_yaml: str) -> None:
-        self.results.publish()
+        """Publish: the sidecars (written whole, then renamed), the results last."""
+        sidecars = self.claim.sidecars
+        self._put(sidecars["config"], config_yaml.encode("utf-8"))
+        self._put(sidecars["summary"], (json.dumps(summary, indent=2) + "\n").encode())
         self.errors.publish()
-        parent = self.fs._parent(self.path)
-        self.fs.pipe_file(posixpath.join(parent, CONFIG_NAME), config_yaml.encode("utf-8"))
-        self.fs.pipe_file(posixpath.join(parent, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode())
+        self.results.publish()
+        self.claim.release(keep=False)
 
     def abandon(self) -> bool:
         """Stop without publishing; True when what was written stays there to resume from."""
-        kept = self.results.abandon(keep=self.local and bool(self.done or self.results.written))
-        self.errors.abandon(keep=kept)
-        return kept
+        keep = self.local and bool(self.done or self.written) and isinstance(self.results, _LocalStream)
+        self.results.abandon(keep)
+        self.errors.abandon(keep)
+        self.claim.release(keep)
+        return keep
+
+    def _put(self, uri: str, data: bytes) -> None:
+        path = storage.path_on(uri)
+        if self.local:
+            _write_whole(path, data)
+        else:
+            self.fs.pipe_file(path, data)
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """A file that appears whole or not at all (a full disk fails before the rename)."""
+    staging = f"{path}.tmp"
+    try:
+        with open(staging, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.unlink(staging)
+        raise
 
 
 class _LocalStream:
-    """A file growing under `<name>.partial`, renamed to its name when published.
-
-    Nothing is created before the first write, so a run that fails early leaves nothing.
-    """
+    """A file growing under `<name>.partial`, renamed to its name when published."""
 
     def __init__(self, fs, path: str, resume: bool):
         self.path, self.partial = path, path + ".partial"
         if resume and not os.path.exists(self.partial) and os.path.exists(path):
             os.replace(path, self.partial)  # a finished run: append to it what is new
-        self.filepaths = _recover(self.partial) if resume else set()
+        self.filepaths, self.resumed_at = _recover(self.partial) if resume else (set(), 0)
         self.count = len(self.filepaths)
         self.written = 0
         self.file = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Optional[bytes], n: int) -> None:
         file = self._open()
         if data:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-            self.written += data.count(b"\n")
+            self.written += n
         self.count = len(self.filepaths) + self.written
+
+    def settle(self, current: Container[str], in_sorted_order: bool) -> None:
+        """Rewrite the file without lines whose document is gone, merged into sorted order."""
+        stale = sum(1 for name in self.filepaths if name not in current)
+        if not stale and not (in_sorted_order and self.resumed_at and self.written):
+            return
+        self._open().flush()
+        merged = self.partial + ".merge"
+        with open(self.partial, "rb") as old, open(self.partial, "rb") as new, open(merged, "wb") as out:
+            new.seek(self.resumed_at)
+            before = _lines(old, self.resumed_at, current)
+            after = _lines(new, None, current)
+            ordered = _merge(before, after) if in_sorted_order else _chain(before, after)
+            for _, line in ordered:
+                out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        self.file.close()
+        os.replace(merged, self.partial)
+        self.file = open(self.partial, "ab")
+        self.count -= stale
 
     def publish(self) -> None:
         self._open().close()
         os.replace(self.partial, self.path)
 
-    def abandon(self, keep: bool) -> bool:
+    def abandon(self, keep: bool) -> None:
         if self.file is not None:
             self.file.close()
             if not keep:
                 os.unlink(self.partial)
-        return keep
 
     def _open(self):
         if self.file is None:
@@ -136,35 +151,55 @@ class _LocalStream:
         return self.file
 
 
+def _lines(file, end: Optional[int], current: Container[str]) -> Iterator[Tuple[str, bytes]]:
+    """(filepath, line) of the lines of file up to byte end, those still among current."""
+    read = 0
+    for line in file:
+        if end is not None and read >= end:
+            return
+        read += len(line)
+        key = json.loads(line)["filepath"]
+        if key in current:
+            yield key, line
+
+
+def _merge(a: Iterator[Tuple[str, bytes]], b: Iterator[Tuple[str, bytes]]):
+    import heapq
+
+    return heapq.merge(a, b, key=lambda item: item[0])
+
+
+def _chain(a, b):
+    yield from a
+    yield from b
+
+
 class _RemoteStream:
     """An object store upload (multipart) that becomes visible only when committed."""
 
     def __init__(self, fs, path: str, resume: bool):
-        self.filepaths = set()
+        self.filepaths: set = set()
         self.count = self.written = 0
         self.file = fs.open(path, "wb", autocommit=False)
 
-    def write(self, data: bytes) -> None:
-        self.file.write(data)
-        self.written += data.count(b"\n")
+    def write(self, data: Optional[bytes], n: int) -> None:
+        if data:
+            self.file.write(data)
+        self.written += n
         self.count = self.written
 
     def publish(self) -> None:
         self.file.close()
         self.file.commit()
 
-    def abandon(self, keep: bool) -> bool:
+    def abandon(self, keep: bool) -> None:
         self.file.discard()
-        return False
 
 
 class _ParquetStream:
-    """Results as one Parquet file with the JSONL's columns, a row group per partition:
-    pyarrow parses each partition's JSONL as it comes. Like the JSONL, the file is
-    visible under its name only once published; unlike it, it cannot be resumed."""
-
-    # Fixed types for the keys every record has; others (id, scores) are inferred.
-    SCHEMA = (("time", "string"), ("filepath", "string"), ("logit_prob", "float64"), ("sentiment", "string"))
+    """Results as one Parquet file, a row group per unit, from the columns the workers
+    send. Like the JSONL, the file is visible under its name only once published; unlike
+    it, it cannot be resumed."""
 
     def __init__(self, fs, path: str, local: bool):
         self.fs, self.path, self.local = fs, path, local
@@ -173,35 +208,28 @@ class _ParquetStream:
         self.count = self.written = 0
         self.file = self.writer = None
 
-    def write(self, data: bytes) -> None:
-        if not data:
+    def write(self, table: Any, n: int) -> None:
+        if table is None or not n:
             return
-        import pyarrow.json
-
-        schema = self._schema()
-        options = pyarrow.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-        table = pyarrow.json.read_json(io.BytesIO(data), parse_options=options)
         self._open(table.schema).write_table(table.cast(self.writer.schema))
-        self.written += table.num_rows
+        self.written += n
         self.count = self.written
 
     def publish(self) -> None:
-        self._open(self._schema()).close()
+        self._open(records.parquet_schema()).close()
+        self.file.close()
         if self.local:
-            self.file.close()
             os.replace(self.partial, self.path)
         else:
-            self.file.close()
             self.file.commit()
 
-    def abandon(self, keep: bool) -> bool:
+    def abandon(self, keep: bool) -> None:
         if self.file is not None:
             if self.local:
                 self.file.close()
                 os.unlink(self.partial)
             else:
                 self.file.discard()
-        return False
 
     def _open(self, schema):
         if self.writer is None:
@@ -215,17 +243,13 @@ class _ParquetStream:
             self.writer = pyarrow.parquet.ParquetWriter(self.file, schema)
         return self.writer
 
-    def _schema(self):
-        import pyarrow
 
-        return pyarrow.schema([(name, getattr(pyarrow, kind)()) for name, kind in self.SCHEMA])
-
-
-def _recover(path: str) -> set:
-    """The filepaths of the complete lines of a JSONL file cut short by a crash; the torn
-    last line, if any, is truncated away so that appending continues cleanly."""
+def _recover(path: str) -> Tuple[set, int]:
+    """The filepaths of the complete lines of a JSONL file cut short by a crash, and where
+    they end; the torn last line, if any, is truncated away so that appending continues
+    cleanly."""
     if not os.path.exists(path):
-        return set()
+        return set(), 0
     filepaths, good_end = set(), 0
     with open(path, "rb") as f:
         for line in f:
@@ -238,4 +262,5 @@ def _recover(path: str) -> set:
             good_end += len(line)
     with open(path, "ab") as f:
         f.truncate(good_end)
-    return filepaths
+    return filepaths, good_end
+

@@ -11,10 +11,13 @@ scoring task, so a file read as one partition still spreads over every worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from daskinfer import predict, sources
+from daskinfer import reading, records, storage
 from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
+
+if TYPE_CHECKING:
+    from daskinfer.predict import Scored, Settings, Text
 
 DEFAULT_GLOBS = {"files": "*.txt", "jsonl": "*.jsonl", "csv": "*.csv", "parquet": "*.parquet"}
 
@@ -41,7 +44,7 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
 
     options = dict(storage_options)
     try:
-        with sources.storage_errors(uri):
+        with storage.storage_errors(uri):
             if fmt == "parquet":
                 table = dd.read_parquet(uri, split_row_groups=True, storage_options=options)
             elif fmt == "csv":
@@ -62,6 +65,28 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
     return table[columns.names()]
 
 
+def explain(exc: BaseException, uri: str, fmt: str, storage_options: Mapping[str, Any]) -> str:
+    """Why a table could not be read, in one line; for JSON lines, which line is malformed
+    (pandas does not say), found by reading the file again on this failure path only."""
+    reason = f"{type(exc).__name__}: {first_line(exc)}"
+    if fmt != "jsonl":
+        return reason
+    import json
+
+    try:
+        fs, path = storage.filesystem(uri, storage_options)
+        with fs.open(path, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except ValueError as bad:
+                        return f"line {number} is not valid JSON ({first_line(bad)})"
+    except Exception:  # the explanation is a courtesy: the reason stands without it
+        pass
+    return reason
+
+
 def slices(n_rows: int, rows_per_slice: int) -> List[range]:
     return [range(start, min(start + rows_per_slice, n_rows)) for start in range(0, n_rows, rows_per_slice)]
 
@@ -71,38 +96,44 @@ def take_rows(part, start: int, stop: int):
     return part.iloc[start:stop]
 
 
-def score_rows(rows, uri: str, first_row: int, skip: Sequence[int], columns: Columns,
-               settings: predict.Settings) -> predict.PartitionResult:
-    """Score a slice of a table's rows; first_row is the file's row number of its first row.
+class Rows(NamedTuple):
+    """A slice of a table's rows as a scoring task's piece: which table, the file's row
+    number of its first row, rows done before a resume (left out), and the columns."""
 
-    A null or empty text, or one above max_document_bytes, becomes an error entry.
-    Rows numbered in skip (done before a resume) are left out.
-    """
-    out = predict.Scored(tally=predict.new_tally(settings))
-    texts = _values(rows, columns.text)
-    ids = _values(rows, columns.id) if columns.id else None
-    labels = _values(rows, columns.label) if columns.label else None
-    skipped = set(skip)
-    ready = []
-    for i, text in enumerate(texts):
-        number = first_row + i
-        if number in skipped:
-            continue
-        key = f"{uri}#{number}"
-        if isinstance(text, bytes):  # a binary column (Parquet BYTE_ARRAY without a string type)
-            text = predict.decode(text, settings.encoding)
-            if isinstance(text, Exception):
-                out.fail(i, key, text)
+    uri: str
+    first_row: int
+    skip: Tuple[int, ...]
+    columns: Columns
+
+    def texts(self, settings: Settings, out: Scored, rows) -> List[Text]:
+        """On the worker: the rows' texts. A null or empty text, or one above
+        max_document_bytes, becomes an error entry."""
+        from daskinfer.predict import Text
+
+        columns = self.columns
+        texts = _values(rows, columns.text)
+        ids = _values(rows, columns.id) if columns.id else None
+        labels = _values(rows, columns.label) if columns.label else None
+        skipped = set(self.skip)
+        ready = []
+        for i, text in enumerate(texts):
+            number = self.first_row + i
+            if number in skipped:
                 continue
-        problem = _text_problem(text, columns.text, settings.max_document_bytes)
-        if problem:
-            out.fail(i, key, ValueError(problem))
-            continue
-        extra = {"id": ids[i]} if ids is not None else {}
-        label = _label(labels[i], settings.labels) if labels is not None else None
-        ready.append(predict.Text(key, str(text), i, label, extra))
-    predict.score_texts(ready, settings, out)
-    return predict.to_result(out)
+            key = records.row_key(self.uri, number)
+            if isinstance(text, bytes):  # a binary column (Parquet BYTE_ARRAY without a string type)
+                text = reading.decode(text, settings.encoding)
+                if isinstance(text, Exception):
+                    out.fail(i, key, text)
+                    continue
+            problem = _text_problem(text, columns.text, settings.max_document_bytes)
+            if problem:
+                out.fail(i, key, ValueError(problem))
+                continue
+            extra = {"id": ids[i]} if ids is not None else {}
+            label = _label(labels[i], settings.labels) if labels is not None else None
+            ready.append(Text(key, str(text), i, label, extra))
+        return ready
 
 
 def _values(rows, column: str) -> List[Any]:

@@ -209,10 +209,10 @@ def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path)
     model_path = models["keras"][0]
     code = (
         "import gc, json, os, sys, time\n"
-        "from daskinfer import cluster, config, model, pipeline\n"
+        "from daskinfer import cluster, config, model, planning\n"
         f"cfg = config.load_config(['inference.model_path={model_path}', 'inference.input_data_dir={test_docs}'])\n"
         "cluster.start_forkserver(cfg.cluster)\n"
-        "with cluster.connect(cfg.cluster, pipeline.model_spec(cfg)) as client:\n"
+        "with cluster.connect(cfg.cluster, planning.model_spec(cfg)) as client:\n"
         "    seen = client.run(lambda: ('tensorflow' in sys.modules, gc.get_freeze_count() > 100_000, os.getppid(),\n"
         "                               __import__('dask').config.get('distributed.worker.profile.enabled'),\n"
         "                               'matplotlib' in sys.modules or 'pandas' in sys.modules,\n"

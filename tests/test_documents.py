@@ -91,7 +91,7 @@ def test_any_file_name_round_trips_through_the_jsonl(models, tmp_path):
 
 
 def test_a_record_line_is_what_the_json_encoder_writes():
-    from daskinfer import predict
+    from daskinfer import records
 
     plain = {"time": "2026-11-25T10:00:00+0000", "filepath": '/d/"x"\\\u2028é\x00.txt', "logit_prob": 0.1 + 0.2,
              "sentiment": "positive"}
@@ -105,13 +105,13 @@ def test_a_record_line_is_what_the_json_encoder_writes():
         {"time": plain["time"], "filepath": "/d/x.txt", "error": "ValueError: empty document"},
     ]
     for record in unusual:
-        assert predict._line(record) == json.dumps(record, ensure_ascii=False) + "\n"
+        assert records.line(record) == json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def test_files_are_read_whole_whatever_their_listed_size(tmp_path):
     """The listing's size is only a hint: a file that grew or shrank since, or one of unknown
     size (a manifest's), is still read to its end; beyond max_document_bytes it is refused."""
-    from daskinfer import sources
+    from daskinfer import partitions, reading
 
     big = os.urandom(200_000)
     (tmp_path / "grew.txt").write_bytes(big)
@@ -119,23 +119,24 @@ def test_files_are_read_whole_whatever_their_listed_size(tmp_path):
     (tmp_path / "small.txt").write_bytes(b"small")
     (tmp_path / "shrank.txt").write_bytes(b"shrank")
     names = ("grew.txt", "unknown.txt", "small.txt", "shrank.txt", "gone.txt")
-    part = sources.Partition([str(tmp_path / n) for n in names], [10, -1, 5, 70_000, 3])
-    grew, unknown, small, shrank, gone = sources.read_all(part, {}, max_bytes=10**6)
+    part = partitions.Partition([str(tmp_path / n) for n in names], [10, -1, 5, 70_000, 3])
+    grew, unknown, small, shrank, gone = reading.read_all(part, {}, max_bytes=10**6)
     assert grew == big and unknown == big and small == b"small" and shrank == b"shrank"
     assert isinstance(gone, FileNotFoundError)
-    too_large = sources.read_all(part, {}, max_bytes=100_000)
+    too_large = reading.read_all(part, {}, max_bytes=100_000)
     assert [type(r) for r in too_large] == [ValueError, ValueError, bytes, bytes, FileNotFoundError]
     assert all("max_document_bytes" in str(r) for r in too_large[:2])
 
 
 def test_a_listing_cuts_into_the_same_partitions_as_any_sequence_of_documents():
-    from daskinfer import sources
+    from daskinfer import listing as listings
+    from daskinfer import partitions
 
     sizes = [0, 1, 900, 5000, 20, 20, 20, 70000, 3, 0] * 30
-    listing = sources.Listing("/docs/", [f"{i:04d}.txt" for i in range(len(sizes))], sizes)
+    listing = listings.Listing("/docs/", [f"{i:04d}.txt" for i in range(len(sizes))], sizes)
     for max_docs, max_bytes in [(7, 10**9), (1000, 6000), (3, 1), (2000, 2**24), (1, 0)]:
-        fast = [(p.uris, p.sizes) for p in sources.group(listing, max_docs, max_bytes)]
-        generic = [(p.uris, p.sizes) for p in sources.group(iter(listing), max_docs, max_bytes)]
+        fast = [(p.uris, p.sizes) for p in partitions.group(listing, max_docs, max_bytes)]
+        generic = [(p.uris, p.sizes) for p in partitions.group(iter(listing), max_docs, max_bytes)]
         assert fast == generic
         assert [u for uris, _ in fast for u in uris] == [d.uri for d in listing]
 
@@ -143,11 +144,11 @@ def test_a_listing_cuts_into_the_same_partitions_as_any_sequence_of_documents():
 def test_a_listing_is_sorted_by_name_and_keeps_each_size_with_its_name():
     import random
 
-    from daskinfer import sources
+    from daskinfer import listing as listings
 
     names = [f"{d}/{i:05d}.txt" for d in ("b", "a", "é", "B") for i in range(500)]
     random.Random(7).shuffle(names)
     size_of = {name: len(name) * 1000 + i for i, name in enumerate(names)}
-    listing = sources.Listing("s3://bucket/", names, [size_of[n] for n in names])
+    listing = listings.Listing("s3://bucket/", names, [size_of[n] for n in names])
     assert [d.uri for d in listing] == ["s3://bucket/" + n for n in sorted(names)]
     assert all(d.size == size_of[d.uri[len("s3://bucket/"):]] for d in listing)

@@ -59,10 +59,13 @@ def test_folder_that_is_not_a_model(test_docs, tmp_path):
     assert_no_results(tmp_path)
 
 
-def test_unknown_key_names_the_valid_keys(model, test_docs, tmp_path):
+def test_unknown_key_suggests_the_nearest_valid_key(model, test_docs, tmp_path):
     run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", "inference.batchsize=8", cwd=tmp_path)
-    assert_user_error(run, "unknown key 'inference.batchsize'", "inference.batch_size", "cluster.address")
+    assert_user_error(run, "unknown key 'inference.batchsize'; did you mean 'inference.batch_size'?")
     assert_no_results(tmp_path)
+    far = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", "cluster.zzzz=8", cwd=tmp_path)
+    assert_user_error(far, "unknown key 'cluster.zzzz'; valid keys in cluster:", "cluster.address")
+    assert "inference.batch_size" not in far.stderr
 
 
 @pytest.mark.parametrize(

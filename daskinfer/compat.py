@@ -1,0 +1,37 @@
+"""Private APIs of daskinfer's dependencies, each used here and nowhere else, with the
+reason. An upgrade may rename any of them; tests/test_compat.py fails when one of them
+would then silently do nothing."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+
+def skip_distributed_forkserver_preload() -> None:
+    """Tell distributed that the forkserver's preload is already set.
+
+    The first nanny calls distributed.utils.get_mp_context, which otherwise sets a preload
+    of its own, importing pandas and more into the driver just to name them: 70 MiB of the
+    driver's memory and 0.5 s of its CPU, for a forkserver already running with ours
+    (cluster.start_forkserver). Private: distributed.utils._forkserver_preload_set.
+    """
+    import distributed.utils
+
+    distributed.utils._forkserver_preload_set = True
+
+
+def default_worker_shape() -> Tuple[int, int]:
+    """(workers, threads per worker) that LocalCluster picks for this machine, so that an
+    adaptive cluster adds workers of the shape a fixed one would have.
+    Private: distributed.deploy.utils.nprocesses_nthreads."""
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    return nprocesses_nthreads()
+
+
+def run_exit_functions() -> None:
+    """What a normal interpreter exit runs (logging's flush, multiprocessing's clean-up),
+    for a command line that then leaves with os._exit. Private: atexit._run_exitfuncs."""
+    import atexit
+
+    atexit._run_exitfuncs()

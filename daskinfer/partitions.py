@@ -1,0 +1,119 @@
+"""Document files grouped into partitions: consecutive runs of the sorted inputs, capped by
+count and bytes. A partition is one scoring task; on its worker it reads its files and
+hands their texts to the model (texts)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence
+
+from daskinfer import evaluation, reading, storage
+from daskinfer.errors import first_line
+from daskinfer.listing import Document, Listing
+
+if TYPE_CHECKING:
+    from daskinfer.predict import Scored, Settings, Text
+
+
+def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: int = 2000) -> int:
+    """Documents per partition: as configured, else about four partitions per thread.
+
+    Several partitions per thread balance the load and let results reach the output
+    early; the cap keeps each task short and its result small.
+    """
+    if configured:
+        return configured
+    return max(1, min(cap, math.ceil(n_docs / (4 * max(1, n_threads)))))
+
+
+class Partition(Sequence[Document]):
+    """A partition's documents as three parallel columns. The scheduler unpickles every
+    task it is sent: a thousand plain strings load in a tenth of the time that a
+    thousand Document objects do."""
+
+    __slots__ = ("uris", "sizes", "errors")
+
+    def __init__(self, uris: List[str], sizes: List[int], errors: Optional[dict] = None):
+        self.uris, self.sizes, self.errors = uris, sizes, errors or {}  # errors: index -> reason
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return Document(self.uris[index], self.sizes[index], self.errors.get(index))
+
+    def __iter__(self) -> Iterator[Document]:
+        errors = self.errors
+        return (Document(uri, size, errors.get(i) if errors else None)
+                for i, (uri, size) in enumerate(zip(self.uris, self.sizes)))
+
+    def __reduce__(self):
+        return Partition, (self.uris, self.sizes, self.errors)
+
+    @classmethod
+    def of(cls, docs: Iterable[Document]) -> "Partition":
+        part = cls([], [])
+        for doc in docs:
+            part.append(doc)
+        return part
+
+    def append(self, doc: Document) -> None:
+        if doc.error:
+            self.errors[len(self.uris)] = doc.error
+        self.uris.append(doc.uri)
+        self.sizes.append(doc.size)
+
+    def texts(self, settings: Settings, out: Scored) -> List[Text]:
+        """On the worker: read and decode the files; what cannot be read goes to out's errors."""
+        from daskinfer.predict import Text
+
+        raw = reading.read_all(self, settings.storage_options, settings.max_document_bytes)
+        for uri, data in zip(self.uris, raw):
+            if isinstance(data, Exception) and storage.is_connection_error(data):
+                # The storage is down, not the document: the whole unit fails, and the run
+                # stops as incomplete (resumable) rather than filing every document as an error.
+                raise ConnectionError(f"cannot reach the storage for {uri}: {first_line(data)}")
+        ready = []
+        for position, (uri, data) in enumerate(zip(self.uris, raw)):
+            text = reading.decode(data, settings.encoding)
+            if isinstance(text, str):
+                label = evaluation.true_label(uri, settings.labels, settings.labels_from) if out.tally else None
+                ready.append(Text(uri, text, position, label))
+            else:
+                out.fail(position, uri, text)
+        return ready
+
+
+def group(docs: Iterable[Document], max_docs: int, max_bytes: int) -> Iterator[Partition]:
+    """Consecutive runs of docs, each at most max_docs files and (beyond one file) max_bytes."""
+    if isinstance(docs, Listing):
+        yield from _cut_listing(docs, max_docs, max_bytes)
+        return
+    batch = Partition([], [])
+    batch_bytes = 0
+    for doc in docs:
+        if batch.uris and (len(batch) >= max_docs or batch_bytes + doc.size > max_bytes):
+            yield batch
+            batch, batch_bytes = Partition([], []), 0
+        batch.append(doc)
+        batch_bytes += max(doc.size, 0)  # -1: unknown (a manifest's entries)
+    if batch.uris:
+        yield batch
+
+
+def _cut_listing(listing: Listing, max_docs: int, max_bytes: int) -> Iterator[Partition]:
+    """What group() makes of a whole listing, cut from its columns: no Document objects,
+    which cost the driver more than anything else per document."""
+    names, sizes, prefix, errors = listing.names, listing.sizes, listing.prefix, listing.errors
+    start = 0
+    while start < len(names):
+        stop, total = start + 1, sizes[start]
+        limit = min(len(names), start + max_docs)
+        while stop < limit and total + sizes[stop] <= max_bytes:
+            total += sizes[stop]
+            stop += 1
+        failed = {i - start: errors[names[i]] for i in range(start, stop) if names[i] in errors} if errors else None
+        yield Partition([prefix + name for name in names[start:stop]], sizes[start:stop].tolist(), failed)
+        start = stop

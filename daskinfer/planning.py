@@ -1,0 +1,91 @@
+"""From a configuration to what a run needs before any work: its source of documents,
+the settings every task gets, and the checks that fail fast, before any cluster starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from daskinfer import evaluation, listing, manifest, model, outputs, sources
+from daskinfer.predict import Settings
+from daskinfer.sources import Source
+
+
+@dataclass
+class Job:
+    cfg: DictConfig
+    source: Source
+    settings: Settings
+
+
+def storage_options(cfg: DictConfig) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg.storage.options, resolve=True)
+
+
+def model_spec(cfg: DictConfig) -> model.ModelSpec:
+    return model.ModelSpec(
+        uri=cfg.inference.model_path,
+        storage_options=storage_options(cfg),
+        intra_op_threads=cfg.cluster.tf_intra_op_threads,
+        inter_op_threads=cfg.cluster.tf_inter_op_threads,
+        cache_dir=cfg.inference.model_cache_dir,
+    )
+
+
+def settings(cfg: DictConfig) -> Settings:
+    inf = cfg.inference
+    return Settings(
+        model=model_spec(cfg),
+        encoding=inf.encoding,
+        batch_size=inf.batch_size,
+        threshold=inf.threshold,
+        labels=tuple(inf.labels),
+        all_scores=inf.all_scores,
+        labels_from=inf.labels_from,
+        max_document_bytes=inf.max_document_bytes,
+        storage_options=storage_options(cfg),
+        output_format=inf.output_format,
+    )
+
+
+def check(cfg: DictConfig) -> None:
+    """What can be checked in a moment, before any cluster starts: the inputs, the model,
+    the output path and the scheduler's address. User errors there fail fast."""
+    inf, options = cfg.inference, storage_options(cfg)
+    if inf.input_manifest:
+        manifest.check_manifest(inf.input_manifest, options)
+    else:
+        listing.check_folder(inf.input_data_dir, options)
+    model.locate(inf.model_path, options)
+    if inf.input_format == "files":
+        evaluation.check(inf.labels_from, inf.labels)
+    if inf.output_path:
+        outputs.check_output_path(inf.output_path, options, inf.resume)
+    if cfg.cluster.address:
+        from daskinfer.cluster import check_remote
+
+        check_remote(cfg.cluster)
+
+
+def prepare(cfg: DictConfig) -> Job:
+    """List the inputs (or read the tables' schemas) and settle what every task needs."""
+    return Job(cfg, sources.open_source(cfg.inference, storage_options(cfg)), settings(cfg))
+
+
+def prediction_settings(cfg: DictConfig, model_digest: Optional[str]) -> Dict[str, Any]:
+    """Everything that changes what a document's record says: two runs that differ here
+    cannot share one output (a resume refuses, naming the difference)."""
+    inf = cfg.inference
+    return {
+        "inference.model_path": model_digest or inf.model_path,
+        "inference.threshold": inf.threshold,
+        "inference.labels": list(inf.labels),
+        "inference.all_scores": inf.all_scores,
+        "inference.encoding": inf.encoding,
+        "inference.input_format": inf.input_format,
+        "inference.text_column": inf.text_column,
+        "inference.id_column": inf.id_column,
+        "inference.max_document_bytes": inf.max_document_bytes,
+    }

@@ -1,0 +1,110 @@
+"""On a worker: the bytes of a partition's documents, read together (one concurrent
+request per object store, plain system calls locally), and decoded to text. A document
+that cannot be read or decoded gives the exception that says why, never a crash."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Union
+
+from daskinfer import storage
+
+if TYPE_CHECKING:
+    from daskinfer.partitions import Partition
+
+
+def read_all(part: Partition, storage_options: Mapping[str, Any], max_bytes: int) -> List[Union[bytes, Exception]]:
+    """The bytes of each document (or the exception that stopped it), in order.
+
+    One `cat_ranges` call per filesystem in the partition (a manifest may mix local paths
+    and URIs): async stores such as s3fs fetch the objects concurrently, with no
+    per-object HEAD. A document of unknown size is read up to one byte past max_bytes.
+    """
+    uris, sizes, errors = part.uris, part.sizes, part.errors
+    out: List[Union[bytes, Exception, None]] = [
+        _not_read(errors.get(i) if errors else None, size, max_bytes) for i, size in enumerate(sizes)
+    ]
+    by_protocol: dict = {}
+    for i, uri in enumerate(uris):
+        if out[i] is None:
+            by_protocol.setdefault(storage.protocol_of(uri), []).append(i)
+    for protocol, wanted in by_protocol.items():
+        if protocol is None:  # absolute local paths, as listings and manifests write them
+            read = _read_local([uris[i] for i in wanted], [sizes[i] for i in wanted], max_bytes)
+        else:
+            fs, _ = storage.filesystem(uris[wanted[0]], storage_options)
+            ends = [None if sizes[i] >= 0 else max_bytes + 1 for i in wanted]
+            paths = [storage.path_on(uris[i]) for i in wanted]
+            read = fs.cat_ranges(paths, [0] * len(paths), ends, on_error="return")
+        for i, data in zip(wanted, read):
+            if isinstance(data, bytes) and len(data) > max_bytes:
+                data = _too_large(max_bytes)
+            out[i] = data
+    return out
+
+
+def _read_local(paths: List[str], sizes: List[int], max_bytes: int) -> List[Union[bytes, Exception]]:
+    """Local files read with plain system calls: fsspec's file objects, and even Python's
+    buffered ones, cost more per small file than the model spends per document."""
+    out: List[Union[bytes, Exception]] = []
+    for path, size in zip(paths, sizes):
+        try:
+            out.append(_read_file(path, size, max_bytes + 1))
+        except OSError as exc:
+            out.append(exc)
+    return out
+
+
+def _read_file(path: str, size: int, limit: int) -> bytes:
+    """Up to limit bytes of a file, asking first for its listed size (-1: unknown) and one
+    byte more, so a file that grew since it was listed is still read whole.
+
+    Exactly the listed size in one read is the file as listed: asking again would only
+    confirm its end, one system call more per document. Anything else (more, or a short
+    read, as network filesystems may give) reads on to the end. O_NONBLOCK: a FIFO put in
+    place since the listing must not block the worker (for regular files it changes nothing).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if size < 0 and not stat.S_ISREG(os.fstat(fd).st_mode):  # a manifest's entry, never checked
+            raise IsADirectoryError(f"not a regular file: {path}")
+        chunks, total = [], 0
+        want = size + 1 if size >= 0 else 1 << 16
+        while total < limit:
+            chunk = os.read(fd, min(want, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total == size and len(chunks) == 1:
+                break
+            want = 1 << 16
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _not_read(error: Optional[str], size: int, max_bytes: int) -> Optional[Exception]:
+    if error:
+        return ValueError(error)
+    if size > max_bytes:
+        return _too_large(max_bytes, size)
+    return None
+
+
+def _too_large(max_bytes: int, size: Optional[int] = None) -> Exception:
+    what = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
+    return ValueError(f"document is {what}, above inference.max_document_bytes={max_bytes}")
+
+
+def decode(data: Any, encoding: str) -> Any:
+    """The text, or the exception that says why there is none."""
+    if isinstance(data, Exception):
+        return data
+    if not data:
+        return ValueError("empty document")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        return ValueError(f"not valid {encoding}: {exc.reason} at byte {exc.start}")

@@ -1,0 +1,118 @@
+"""The output record, in one place: its keys, how a table row is named, how a record and
+an error entry are written (JSON lines, or columns for Parquet), and what a scoring task
+sends back to the driver."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, Dict, List, NamedTuple, Optional, Union
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # UTC, as the original script wrote it
+KEYS = ("time", "filepath", "logit_prob", "sentiment")  # every prediction has exactly these (and extras asked for)
+PARQUET_TYPES = (("time", "string"), ("filepath", "string"), ("logit_prob", "float64"), ("sentiment", "string"))
+
+
+def now() -> str:
+    return time.strftime(TIME_FORMAT, time.gmtime())
+
+
+def row_key(table_uri: str, row: int) -> str:
+    """What a record calls a table row: `<table URI>#<row number>`, rows counted from 0."""
+    return f"{table_uri}#{row}"
+
+
+def error_entry(key: str, reason: str, transient: bool = False) -> Dict[str, Any]:
+    """A line of errors.jsonl. transient: the failure may pass (a storage outage, a lost
+    worker), so a later run should try the document again."""
+    entry = {"time": now(), "filepath": key, "error": reason}
+    if transient:
+        entry["transient"] = True
+    return entry
+
+
+class PartitionResult(NamedTuple):
+    """What a task sends back to the driver: small, ready to write. results is JSONL bytes,
+    or a pyarrow Table for Parquet output (None when nothing was predicted)."""
+
+    results: Union[bytes, Any, None]
+    errors: bytes
+    n_results: int
+    n_errors: int
+    tally: Any
+    worker: str
+
+    @property
+    def documents(self) -> int:
+        return self.n_results + self.n_errors
+
+
+def encode(records: List[Dict[str, Any]], output_format: str) -> Union[bytes, Any, None]:
+    """A partition's predictions as the output wants them: JSONL bytes, or a pyarrow Table."""
+    if output_format == "parquet":
+        return parquet_table(records) if records else None
+    return jsonl(records)
+
+
+def jsonl(rows: List[Dict[str, Any]]) -> bytes:
+    text = "".join([line(r) for r in rows])
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name that is not valid UTF-8 reaches Python as a lone surrogate
+        # (surrogateescape); written as an escape (\udce9), it stays valid JSON and
+        # json.loads gives back the very name.
+        return "".join([_line_ascii(r) for r in rows]).encode("utf-8")
+
+
+def line(record: Dict[str, Any]) -> str:
+    """A record as one JSON line. A plain prediction, the bulk of every output, is formatted
+    directly: the same text as the encoder's, in a third of the time."""
+    if tuple(record) == KEYS and math.isfinite(record["logit_prob"]):
+        return (
+            f'{{"time": {_quote(record["time"])}, "filepath": {_quote(record["filepath"])}, '
+            f'"logit_prob": {record["logit_prob"]!r}, "sentiment": {_quote(record["sentiment"])}}}\n'
+        )
+    return _ENCODER.encode(record) + "\n"
+
+
+def _line_ascii(record: Dict[str, Any]) -> str:
+    text = line(record)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _ASCII_ENCODER.encode(record) + "\n"
+
+
+def parquet_table(records: List[Dict[str, Any]]):
+    """Records as columns: fixed types for the keys every record has; extras (id, scores)
+    inferred, or written as text when a column mixes types."""
+    import pyarrow
+
+    try:
+        table = pyarrow.Table.from_pylist(records)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError):
+        table = pyarrow.Table.from_pylist([{k: (v if k in KEYS else str(v)) for k, v in r.items()} for r in records])
+    for name, kind in PARQUET_TYPES:
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, table.column(name).cast(getattr(pyarrow, kind)()))
+    return table
+
+
+def parquet_schema():
+    import pyarrow
+
+    return pyarrow.schema([(name, getattr(pyarrow, kind)()) for name, kind in PARQUET_TYPES])
+
+
+# One encoder for every record (json.dumps with options builds a new one per call).
+# default=str: an id column may hold dates or decimals, which JSON has no type for.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, default=str)
+_quote = json.encoder.encode_basestring  # what that encoder does to a string
+
+
+def count_lines(data: Optional[bytes]) -> int:
+    return data.count(b"\n") if data else 0

@@ -1,0 +1,122 @@
+"""What the driver tells about a run: a progress bar while it scores, summary.json, and
+the closing log lines (the last one the output's location, or the error budget's verdict)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Dict, Optional
+
+from daskinfer import evaluation, records
+from daskinfer.errors import ErrorBudgetExceeded
+from daskinfer.sources import Unit
+
+log = logging.getLogger("daskinfer")
+
+
+@dataclass
+class Scoring:
+    """What the driver gathers besides the output files, unit by unit as they are written."""
+
+    documents: int = 0
+    skipped: int = 0
+    tally: Optional[evaluation.Tally] = None
+    by_worker: Dict[str, int] = field(default_factory=dict)  # worker address -> documents
+    model_loads: Dict[str, int] = field(default_factory=dict)
+
+    def add(self, unit: Unit, part: Optional[records.PartitionResult]) -> None:
+        self.documents += unit.documents
+        self.skipped += unit.skipped
+        if part is None:
+            return
+        self.by_worker[part.worker] = self.by_worker.get(part.worker, 0) + part.documents
+        if part.tally is not None:
+            if self.tally is None:
+                self.tally = part.tally
+            else:
+                self.tally.merge(part.tally)
+
+
+def summary(scoring: Scoring, predicted: int, errors: int, elapsed: float, output_uri: str,
+            labels_from: Optional[str], labels: tuple, manifest: Dict[str, Any]) -> Dict[str, Any]:
+    scored = scoring.documents - scoring.skipped
+    result = {
+        "documents": scoring.documents,
+        "predicted": predicted,
+        "errors": errors,
+        "skipped": scoring.skipped,
+        "elapsed_s": round(elapsed, 3),
+        "docs_per_s": round(scored / elapsed, 1) if elapsed else None,
+        "model_loads": scoring.model_loads,
+        "documents_by_worker": dict(sorted(scoring.by_worker.items())),
+        "output": output_uri,
+        **manifest,
+    }
+    if labels_from:
+        result["evaluation"] = evaluation.figures(scoring.tally or evaluation.Tally(labels))
+    return result
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """The versions that made the results, without importing any of them on the driver."""
+    found: Dict[str, Optional[str]] = {"python": platform.python_version()}
+    for package in ("daskinfer", "tensorflow", "keras", "dask", "distributed"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def closing_lines(result: Dict[str, Any], output_uri: str, errors_uri: str, error_budget: float) -> None:
+    """The closing log lines; the last is the output location, or the budget error."""
+    log.info(
+        "Scored %d documents (%d errors, %d skipped as done before) in %.1f s, %.0f docs/s",
+        result["documents"] - result["skipped"], result["errors"], result["skipped"],
+        result["elapsed_s"], result["docs_per_s"] or 0,
+    )
+    if result["errors"]:
+        log.info("Errors: %s", errors_uri)
+    if "evaluation" in result:
+        for line in evaluation.report_lines(result["evaluation"]):
+            log.info("%s", line)
+    log.info("Output result location: %s", output_uri)
+    if result["errors"] > error_budget * result["documents"]:
+        raise ErrorBudgetExceeded(
+            f"{result['errors']} of {result['documents']} documents failed, above "
+            f"inference.error_budget={error_budget:g}; see {errors_uri}"
+        )
+
+
+class Progress:
+    """A one-line progress bar on a terminal; nothing when stderr is not one. Its rate is
+    that of scoring (documents written since the first unit was submitted), so it reads
+    higher than the closing line's, which counts the whole run with its start-up."""
+
+    def __init__(self, total: Optional[int], stream=None):
+        self.total, self.stream = total, stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and done != self.total):
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        if self.total is None:  # a table's rows are counted as they are read
+            self.stream.write(f"\r{done} documents  {rate:,.0f} docs/s   ")
+        else:
+            left = (self.total - done) / rate if rate else float("inf")
+            self.stream.write(f"\r{done}/{self.total} documents  {rate:,.0f} docs/s  {left:,.0f} s left   ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,127 @@
+"""How units become tasks on the cluster: submitted in output order with decreasing
+priority, a bounded window ahead of the writer, their results handed back in order while
+the workers are watched. This is what lets one driver write one ordered file from the
+first seconds on, with flat memory, whatever order the workers finish in."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+import uuid
+from concurrent.futures import CancelledError
+from typing import Any, Iterable, Iterator, Optional, Tuple
+
+from omegaconf import DictConfig
+
+from daskinfer import predict
+from daskinfer.errors import RunFailed, first_line
+from daskinfer.sources import Unit
+
+
+def planned_threads(client: Any, cfg: DictConfig) -> int:
+    """The threads the run will have: those of the workers now, or, on an adaptive
+    cluster, of cluster.adapt.maximum workers shaped like them."""
+    nthreads = client.nthreads()
+    if not adaptive(cfg) or not cfg.adapt.maximum:
+        return sum(nthreads.values()) or 1
+    per_worker = sum(nthreads.values()) / len(nthreads) if nthreads else cfg.threads_per_worker or 1
+    return max(1, round(cfg.adapt.maximum * per_worker))
+
+
+def tasks_ahead(threads: int, cfg: DictConfig) -> int:
+    """How many units to keep submitted ahead of the one being written.
+
+    Two per thread keeps every thread busy while bounding what the driver and the
+    scheduler hold. Adaptive scaling asks for workers in proportion to the work it sees
+    queued (a worker per distributed.adaptive.target-duration, 5 s, of it), so an
+    adaptive cluster is shown more.
+    """
+    return max(32, 4 * threads) if adaptive(cfg) else 2 * threads + 2
+
+
+def adaptive(cfg: DictConfig) -> bool:
+    return cfg.adapt.minimum is not None or cfg.adapt.maximum is not None
+
+
+class Runner:
+    """Scoring tasks on client's workers, watched: a run with no worker left for wait_s
+    seconds stops with a clear message instead of waiting for ever."""
+
+    def __init__(self, client: Any, settings: predict.Settings, wait_s: float):
+        self.client, self.settings, self.wait_s = client, settings, wait_s
+        self._lost_since: Optional[float] = None
+        self._last_look = 0.0
+
+    def in_order(self, units: Iterable[Unit], window: int) -> Iterator[Tuple[Unit, Optional[Any]]]:
+        """(unit, its PartitionResult) in unit order, with at most `window` tasks submitted
+        ahead of the one being written; a unit with nothing to score gives None.
+
+        Earlier tasks get higher priority, so results reach the output from the first
+        seconds on. Units go to the workers as plain tasks (one small pickle each), not
+        as a graph. A task whose worker dies is recomputed elsewhere by dask, and still
+        written once, here.
+        """
+        from distributed.scheduler import KilledWorker
+
+        pending: collections.deque = collections.deque()
+        numbered = enumerate(units)
+        while True:
+            for index, unit in itertools.islice(numbered, window - len(pending)):
+                pending.append((unit, self._submit(index, unit)))
+            if not pending:
+                return
+            unit, future = pending.popleft()
+            if future is None:
+                yield unit, None
+                continue
+            try:
+                yield unit, self.result(future)
+            except KilledWorker as exc:
+                raise RunFailed(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
+            finally:
+                future.release()
+
+    def _submit(self, index: int, unit: Unit):
+        if unit.piece is None:
+            return None
+        return self.client.submit(
+            predict.score, unit.piece, self.settings, *unit.data,
+            priority=-index, pure=False, key=f"daskinfer-partition-{index}-{uuid.uuid4().hex}",
+        )
+
+    def result(self, future: Any) -> Any:
+        """The future's result, checking the workers every second while it is not there.
+
+        A finished result can still be lost with its worker and need computing again, so
+        this waits with a timeout rather than trusting done(). A scheduler that goes away
+        cancels every future: that is a lost connection, not a failed document.
+        """
+        while True:
+            self.check()
+            try:
+                return future.result(timeout=1)
+            except TimeoutError:
+                continue
+            except CancelledError:
+                raise ConnectionError(f"lost the dask scheduler at {self.client.scheduler.address}") from None
+
+    def check(self) -> None:
+        """Raise once no worker has been connected for wait_s seconds (a run cannot finish
+        then; a worker that comes back in time takes the lost work)."""
+        now = time.monotonic()
+        if now - self._last_look < 1.0:
+            return  # asking the scheduler once a second is plenty
+        self._last_look = now
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers")
+        except OSError as exc:
+            raise ConnectionError(f"lost the dask scheduler: {first_line(exc)}") from None
+        if workers:
+            self._lost_since = None
+            return
+        self._lost_since = self._lost_since or now
+        if now - self._lost_since > self.wait_s:
+            raise TimeoutError(
+                f"no dask worker left for {self.wait_s:g} s (cluster.wait_for_workers_s); the run is incomplete"
+            )

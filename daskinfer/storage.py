@@ -1,0 +1,91 @@
+"""Every way daskinfer touches storage goes through fsspec, through these helpers: a local
+folder, s3:// and any other fsspec URL behave the same. Storage failures become Python's
+own exceptions with one-line messages, in one place (storage_errors), as s3fs does for
+S3's error codes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+from typing import Any, Iterator, Mapping, Optional, Tuple
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+from daskinfer.errors import ConfigError, first_line
+
+
+def filesystem(url: str, storage_options: Optional[Mapping[str, Any]] = None) -> Tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem for url and the path on it (protocol stripped).
+
+    A storage option the filesystem does not take (a typo in storage.options) is a
+    configuration error, not a crash.
+    """
+    try:
+        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"storage.options do not suit {url}: {first_line(exc)}") from None
+    except ValueError as exc:  # an unknown protocol
+        raise ConfigError(f"cannot use {url}: {first_line(exc)}") from None
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def protocol_of(uri: str) -> Optional[str]:
+    """The URI's protocol, or None for a plain local path."""
+    protocol, sep, _ = uri.partition("://")
+    return protocol if sep else None
+
+
+def full_uri(fs: AbstractFileSystem, path: str) -> str:
+    """What a record calls a file: an absolute local path, or the full URI elsewhere."""
+    if is_local(fs):
+        return os.path.abspath(path)
+    return fs.unstrip_protocol(path)
+
+
+def path_on(uri: str) -> str:
+    """The path of uri on its filesystem (the protocol stripped), without building one."""
+    return fsspec.core.strip_protocol(uri)
+
+
+def parent(path: str) -> str:
+    """The folder (or prefix) a path is in, on any filesystem."""
+    return posixpath.dirname(path.rstrip("/"))
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, what: str = "") -> Iterator[None]:
+    """Storage failures as Python's own exceptions, with a one-line message naming url.
+
+    s3fs already maps most S3 errors (FileNotFoundError, PermissionError); connection
+    failures still arrive as botocore exceptions. `what` says which of the run's places
+    it is ("the output ", ...).
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except PermissionError as exc:
+        raise PermissionError(f"access denied to {what}{url}: {first_line(exc)}") from None
+    except Exception as exc:
+        if is_connection_error(exc):
+            raise ConnectionError(f"cannot reach the storage for {what}{url}: {first_line(exc)}") from None
+        raise
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for failures that say the storage could not be reached, not that a file is bad:
+    they pass when the storage comes back."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:
+        return False
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))

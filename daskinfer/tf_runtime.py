@@ -1,0 +1,90 @@
+"""TensorFlow's process set-up on a worker, each setting once: its log level before it is
+imported, its Python loggers, and its thread pools sized to the threads dask gives the
+worker (two workers on two cores must not each start a pool per core).
+
+TensorFlow's C++ runtime prints notices (CUDA drivers, CPU features) straight to file
+descriptor 2 while its libraries load, before any log level applies. Measured here: they
+come at `import tensorflow` only, not when a model loads or runs. So stderr is silenced
+for the import alone, which happens once per process, in the forkserver or a worker's
+preload, before the worker runs any task: no other thread's message is hidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator, Optional
+
+_worker_threads: Optional[int] = None  # set by worker_setup.dask_setup
+
+
+def import_tensorflow():
+    """TensorFlow, imported quietly (a user's own TF_CPP_MIN_LOG_LEVEL wins for what it
+    logs afterwards)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules:
+        with _stderr_silenced():
+            import tensorflow  # noqa: F401
+    import tensorflow as tf
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return tf
+
+
+@contextlib.contextmanager
+def hidden(*packages: str) -> Iterator[None]:
+    """Inside, `import package` fails as if it were not installed (unless already imported).
+
+    Keras imports matplotlib.pyplot and pandas when they are installed, for plotting image
+    galleries and for fitting on DataFrames, and does without them otherwise. A worker does
+    neither, and the import is on the way to the first result: 0.4 to 0.55 s of TensorFlow's
+    2.1 s here. Both import as usual afterwards (a table's tasks need pandas).
+    """
+    hide = [name for name in packages if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hide, None))
+    try:
+        yield
+    finally:
+        for name in hide:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def set_worker_threads(n: int) -> None:
+    """The dask threads of this worker process, for loads outside a task (preload)."""
+    global _worker_threads
+    _worker_threads = n
+
+
+def configure_threads(tf, intra: Optional[int], inter: Optional[int]) -> None:
+    """TensorFlow's pools = the threads dask gives this worker, unless configured."""
+    threads = _worker_threads or os.cpu_count() or 1
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        pass
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra or threads)
+        tf.config.threading.set_inter_op_parallelism_threads(inter or threads)
+    except RuntimeError:
+        pass  # TensorFlow already started in this process (e.g. a notebook): keep its pools
+

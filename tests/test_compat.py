@@ -1,0 +1,53 @@
+"""Each private API of a dependency that daskinfer relies on (daskinfer/compat.py) still
+does what it is used for: an upgrade that renames or drops one fails here, not silently."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_distributed_still_reads_its_forkserver_preload_flag():
+    """compat.skip_distributed_forkserver_preload sets a flag that distributed's
+    get_mp_context must consult before setting a preload of its own."""
+    import inspect
+
+    import distributed.utils
+
+    from daskinfer import compat
+
+    assert hasattr(distributed.utils, "_forkserver_preload_set")
+    assert "_forkserver_preload_set" in inspect.getsource(distributed.utils.get_mp_context)
+    code = (
+        "import multiprocessing.forkserver as fs, distributed.utils as du\n"
+        "from daskinfer import compat\n"
+        "compat.skip_distributed_forkserver_preload()\n"
+        "fs.set_forkserver_preload(['daskinfer.errors'])\n"
+        "du.get_mp_context()\n"
+        "print(fs._forkserver._preload_modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['daskinfer.errors']"  # distributed left our preload alone
+    assert compat.skip_distributed_forkserver_preload() is None
+
+
+def test_dask_still_names_the_local_cluster_shape():
+    import os
+
+    from daskinfer import compat
+
+    workers, threads = compat.default_worker_shape()
+    assert workers >= 1 and threads >= 1 and workers * threads <= (os.cpu_count() or 1)
+
+
+def test_exit_functions_still_run_before_the_command_line_leaves():
+    code = (
+        "import atexit, os\n"
+        "from daskinfer import compat\n"
+        "atexit.register(lambda: print('ran', flush=True))\n"
+        "compat.run_exit_functions()\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ran"
