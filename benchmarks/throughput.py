@@ -1,6 +1,6 @@
 """Throughput: daskinfer against the alternatives, same model, same documents, one run.
 
-    python benchmarks/throughput.py [--docs 40000] [--repeat 3] [--heavy] [--only a,b]
+    python benchmarks/throughput.py [--docs 40000] [--repeat 3] [--heavy] [--only a,b] [--against REV]
 
 Makes N documents by copying ../shared/data/imdb-sample under new names, trains a small
 Keras sentiment model (or, with --heavy, a 1-D CNN whose compute dominates), and times as
@@ -12,6 +12,8 @@ whole processes, median of --repeat rounds (each round runs every contender once
   (e) Ray Data, when ray is installed (pip install -e '.[benchmarks]')
   (f) the model alone on one core (predict time only, texts in memory), on --alone-sample;
       daskinfer's (a) is then compared with (cores x f)
+  (g) with --against REV: daskinfer as it was at git revision REV (a temporary worktree put
+      first on PYTHONPATH), to compare a change with what it changed, in the same rounds
 Prints docs/s for each and the ratios to (b).
 """
 
@@ -45,9 +47,9 @@ def train(model_path: Path, heavy: bool) -> None:
     subprocess.run([PY, str(HERE / "peers.py"), "train", str(model_path), "heavy" if heavy else "small"], check=True)
 
 
-def timed(cmd, cwd: Path) -> float:
+def timed(cmd, cwd: Path, env=None) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - started
 
 
@@ -60,8 +62,9 @@ def main() -> None:
     ap.add_argument("--bag-sample", type=int, default=4000)
     ap.add_argument("--alone-sample", type=int, default=10000)
     ap.add_argument("--only", default="a,b,c,d,e,f")
+    ap.add_argument("--against", default=None, help="a git revision of daskinfer to time as (g)")
     args = ap.parse_args()
-    only = set(args.only.split(","))
+    only = set(args.only.split(",")) | ({"g"} if args.against else set())
     work = Path(tempfile.mkdtemp(prefix="daskinfer-bench-"))
     try:
         docs = work / "docs"
@@ -77,6 +80,14 @@ def main() -> None:
             "d": (args.bag_sample, lambda i: [*peers, "readtext", str(model), str(docs), f"{work}/d{i}", str(args.bag_sample)]),
             "e": (args.docs, lambda i: [*peers, "ray", str(model), str(docs), f"{work}/e{i}"]),
         }
+        envs = {}
+        if args.against:
+            before = work / "before"
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(before), args.against],
+                           check=True, capture_output=True)
+            envs["g"] = {**os.environ, "PYTHONPATH": str(before)}
+            runs["g"] = (args.docs, lambda i: [PY, "-m", "daskinfer", f"inference.model_path={model}",
+                                               f"inference.input_data_dir={docs}", f"inference.output_path={work}/g{i}/out.jsonl"])
         if "e" in only and subprocess.run([PY, "-c", "import ray"], capture_output=True).returncode != 0:
             print("(e) skipped: ray is not installed (pip install -e '.[benchmarks]')")
             only.discard("e")
@@ -92,7 +103,7 @@ def main() -> None:
         times = {key: [] for key in sorted(only)}
         for i in range(args.repeat):
             for key in times:
-                times[key].append(timed(runs[key][1](i), work))
+                times[key].append(timed(runs[key][1](i), work, envs.get(key)))
         for key, taken in times.items():
             n = runs[key][0]
             rates[key] = n / statistics.median(taken)
@@ -101,11 +112,16 @@ def main() -> None:
         if "b" in rates:
             for key, rate in sorted(rates.items()):
                 print(f"({key}) / (b) = {rate / rates['b']:.2f}x")
+        if "a" in rates and "g" in rates:
+            print(f"(a) / (g) = {rates['a'] / rates['g']:.2f}x  (this tree against {args.against})")
         if "a" in rates and "f" in rates:
             cores = os.cpu_count() or 1
             print(f"(a) / ({cores} cores x f) = {rates['a'] / (cores * rates['f']):.2f}")
         print(json.dumps({"docs": args.docs, "heavy": args.heavy, "docs_per_s": rates}))
     finally:
+        if args.against:
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(work / "before")],
+                           capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from typing import List, Optional
 
-from daskinfer import compat, config
+from daskinfer import compat, config, redaction
 from daskinfer.errors import ErrorBudgetExceeded, Incomplete, Interrupted, RunFailed
 
 USER_ERRORS = (
@@ -40,12 +40,13 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Score every document in a folder or bucket with a TensorFlow text "
         "classifier on Dask, and write one JSONL file of predictions.",
-        epilog="commands:\n  demo                   build a demo model and reviews under ./daskinfer-demo and score them\n\n"
+        epilog="commands:\n  demo                   build a demo model and reviews under ./daskinfer-demo and score them\n"
+        "  plan key=value ...     a dry run: list the inputs, time the model on a sample, estimate the run\n\n"
         "configuration keys (key=default  meaning):\n" + config.help_text(),
     )
     p.add_argument("--config", metavar="FILE", help="YAML file merged over the defaults; key=value overrides win")
     p.add_argument("--version", action="version", version=f"daskinfer {_version()}")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides (or 'demo' first)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides (or 'demo' or 'plan' first)")
     return p
 
 
@@ -60,6 +61,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from daskinfer import demo
 
             demo.run(overrides[1:], args.config)
+        elif overrides[:1] == ["plan"]:
+            from daskinfer import plan
+
+            print("\n".join(plan.lines(plan.plan(config.load_config(overrides[1:], args.config)))), flush=True)
         else:
             from daskinfer import pipeline
 
@@ -69,9 +74,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Interrupted as exc:
         return fail(f"{exc}; to resume: {resume_command(argv, exc.output_uri)}", EXIT_INTERRUPTED)
     except Incomplete as exc:
-        print(f"daskinfer: partial results kept in {exc.output_uri}.partial; to resume: "
-              f"{resume_command(argv, exc.output_uri)}", file=sys.stderr, flush=True)
-        return fail(str(exc), EXIT_USER_ERROR)
+        hint = f"partial results kept; to resume: {resume_command(argv, exc.output_uri)}"
+        if exc.hint_apart:
+            print(f"daskinfer: {hint}", file=sys.stderr, flush=True)
+            return fail(str(exc), EXIT_USER_ERROR)
+        return fail(f"{exc}; {hint}", EXIT_USER_ERROR)
     except ErrorBudgetExceeded as exc:
         return fail(str(exc), EXIT_ERROR_BUDGET)
     except USER_ERRORS as exc:
@@ -89,6 +96,8 @@ def entry() -> None:
     An unexpected exception still ends the usual way, with its traceback.
     """
     code = main()
+    if code:
+        compat.kill_forkserver()  # still importing TensorFlow for a run that never started
     compat.run_exit_functions()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -97,7 +106,7 @@ def entry() -> None:
 
 def resume_command(argv: List[str], output_uri: str) -> str:
     """The same command, told to resume into the same output, with secrets left out."""
-    kept = [config.redacted_override(a) for a in argv if not a.startswith(("inference.resume=", "inference.output_path="))]
+    kept = [redaction.redacted_override(a) for a in argv if not a.startswith(("inference.resume=", "inference.output_path="))]
     return shlex.join(["daskinfer", *kept, "inference.resume=true", f"inference.output_path={output_uri}"])
 
 

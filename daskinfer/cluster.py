@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer import compat
-from daskinfer.config import redacted
+from daskinfer import compat, remote_scheduler
+from daskinfer.redaction import redacted
 from daskinfer.errors import ConfigError, first_line, root_cause
 from daskinfer.scheduling import adaptive
 
@@ -66,7 +66,7 @@ def connect(cfg: DictConfig, model_spec: Optional[ModelSpec] = None) -> Iterator
     with contextlib.ExitStack() as stack:
         with _signals_deferred():
             if cfg.address:
-                client = _remote_client(cfg)
+                client = remote_scheduler.client(cfg)
             else:
                 cluster = _managed_cluster(cfg) if cfg.manager else _local_cluster(cfg, model_spec)
                 stack.callback(_close, cluster)
@@ -97,6 +97,16 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
+
+
+def performance_report(path: Optional[str]):
+    """dask's own performance report of what runs inside (distributed.performance_report),
+    written to path; nothing when path is None."""
+    if not path:
+        return contextlib.nullcontext()
+    import distributed
+
+    return distributed.performance_report(filename=path)
 
 
 def _close(thing) -> None:
@@ -207,55 +217,6 @@ def describe(client, cfg: DictConfig) -> None:
         log.info("Adaptive scaling: %s to %s workers", cfg.adapt.minimum or 0, cfg.adapt.maximum or "any number of")
     if "dashboard" in client.scheduler_info(n_workers=0).get("services", {}):
         log.info("Dask dashboard: %s", client.dashboard_link)
-
-
-SCHEDULER_PROTOCOLS = ("tcp", "tls", "ucx", "inproc", "ws", "wss")
-
-
-def check_address(address: str) -> None:
-    """A scheduler address as dask writes it: tcp://HOST:PORT (or tls://, ...; HOST:PORT
-    means tcp). A web address or a bare word is a configuration error, said at once."""
-    protocol, sep, location = address.rpartition("://")
-    host, colon, port = location.rpartition(":")
-    if (sep and protocol not in SCHEDULER_PROTOCOLS) or not (colon and host and port.isdigit()):
-        raise ConfigError(
-            f"cluster.address must be a dask scheduler address such as tcp://HOST:8786, got {address}"
-            + (" (the dashboard's http:// address is not the scheduler's)" if protocol.startswith("http") else "")
-        )
-
-
-def check_remote(cfg: DictConfig) -> None:
-    """What can be said of cluster.address before connecting: its form, and TLS settings."""
-    check_address(cfg.address)
-    if cfg.address.startswith("tls://") and not security(cfg).tls_ca_file:
-        raise ConfigError(
-            f"the scheduler at {cfg.address} speaks TLS and no certificates are configured: set "
-            "cluster.tls.ca_file/client_cert/client_key or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
-            "..._CLIENT__CERT and ..._CLIENT__KEY"
-        )
-
-
-def _remote_client(cfg: DictConfig):
-    import dask
-    import distributed
-
-    check_remote(cfg)
-    sec = security(cfg)
-    timeout = dask.config.get("distributed.comm.timeouts.connect")
-    try:
-        return distributed.Client(cfg.address, security=sec, timeout=timeout)
-    except Exception as exc:  # refused, timed out, or something that is no dask scheduler answered
-        reason = first_line(exc) if isinstance(exc, OSError) else f"no dask scheduler answered ({type(exc).__name__}: {first_line(exc)})"
-        raise ConnectionError(f"cannot reach the dask scheduler at {cfg.address}: {reason}") from None
-
-
-def security(cfg: DictConfig):
-    """TLS settings: cluster.tls.* when given, else dask's own configuration
-    (dask config files, DASK_DISTRIBUTED__COMM__TLS__* variables), which Security() reads."""
-    from distributed import Security
-
-    tls = {f"tls_{key}": value for key, value in cfg.tls.items() if value}
-    return Security(require_encryption=True, **tls) if tls else Security()
 
 
 def _wait_for_workers(client, cfg: DictConfig) -> None:

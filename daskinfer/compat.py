@@ -4,6 +4,8 @@ would then silently do nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Tuple
 
 
@@ -35,3 +37,20 @@ def run_exit_functions() -> None:
     import atexit
 
     atexit._run_exitfuncs()
+
+
+def kill_forkserver() -> None:
+    """End the LocalCluster's forkserver at once, if this process started one.
+
+    A run that fails before its cluster starts (no matching files, an output in use) would
+    otherwise leave the forkserver importing TensorFlow for seconds more, holding the
+    terminal's, or a calling script's, stdout and stderr open. multiprocessing has no public
+    way to stop it. Private: multiprocessing.forkserver._forkserver._forkserver_pid.
+    """
+    import signal
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,8 +1,8 @@
 """Configuration: typed schema, defaults from conf/inference.yaml, overrides, checks.
 
-The dataclasses below give every key its type; the YAML file gives every key its
-default and its one-line meaning (the comment after it), so `--help` and the
-defaults can never disagree.
+config_schema's dataclasses give every key its type; the YAML file gives every key its
+default and its one-line meaning (the comment after it), so `--help` and the defaults can
+never disagree.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import codecs
 import difflib
 import glob
+import importlib.util
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     InterpolationToMissingValueError,
@@ -25,80 +25,9 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
+from daskinfer.config_schema import INPUT_FORMATS, OUTPUT_FORMATS, PATH_LABELS, Config
 from daskinfer.errors import ConfigError
-
-
-@dataclass
-class InferenceConfig:
-    model_path: str = MISSING
-    input_data_dir: Optional[str] = MISSING
-    input_format: str = MISSING
-    input_glob: Optional[str] = MISSING
-    input_manifest: Optional[str] = MISSING
-    text_column: str = MISSING
-    id_column: Optional[str] = MISSING
-    recursive: bool = MISSING
-    encoding: str = MISSING
-    output_path: Optional[str] = MISSING
-    output_format: str = MISSING
-    batch_size: int = MISSING
-    threshold: float = MISSING
-    labels: List[str] = MISSING
-    all_scores: bool = MISSING
-    labels_from: Optional[str] = MISSING
-    partition_size: Optional[int] = MISSING
-    partition_bytes: int = MISSING
-    max_document_bytes: int = MISSING
-    model_cache_dir: Optional[str] = MISSING
-    error_budget: float = MISSING
-    resume: bool = MISSING
-
-
-@dataclass
-class TLSConfig:
-    ca_file: Optional[str] = MISSING
-    client_cert: Optional[str] = MISSING
-    client_key: Optional[str] = MISSING
-
-
-@dataclass
-class AdaptConfig:
-    minimum: Optional[int] = MISSING
-    maximum: Optional[int] = MISSING
-
-
-@dataclass
-class ClusterConfig:
-    address: Optional[str] = MISSING
-    n_workers: Optional[int] = MISSING
-    threads_per_worker: Optional[int] = MISSING
-    dashboard_address: Optional[str] = MISSING
-    start_method: str = MISSING
-    wait_for_workers_s: float = MISSING
-    tf_intra_op_threads: Optional[int] = MISSING
-    tf_inter_op_threads: Optional[int] = MISSING
-    manager: Optional[str] = MISSING
-    manager_kwargs: Dict[str, Any] = field(default_factory=dict)
-    adapt: AdaptConfig = field(default_factory=AdaptConfig)
-    tls: TLSConfig = field(default_factory=TLSConfig)
-
-
-@dataclass
-class StorageConfig:
-    options: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Config:
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-
-
-SECRET_WORDS = ("key", "secret", "token", "password")
-PATH_LABELS = ("aclimdb", "parent_dir")  # labels_from values that read a label from a document's path
-INPUT_FORMATS = ("files", "jsonl", "csv", "parquet")
-OUTPUT_FORMATS = ("jsonl", "parquet")
+from daskinfer.redaction import redacted, redacted_override, to_yaml  # noqa: F401  (what callers use)
 
 
 def defaults_path() -> Path:
@@ -209,7 +138,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"inference.encoding: unknown encoding '{inf.encoding}'") from None
     if inf.partition_size is not None and inf.partition_size <= 0:
         raise ConfigError(f"inference.partition_size must be > 0 or null, got {inf.partition_size}")
-    for key in ("partition_bytes", "max_document_bytes"):
+    for key in ("partition_bytes", "max_document_bytes", "max_batch_chars"):
         if inf[key] <= 0:
             raise ConfigError(f"inference.{key} must be > 0, got {inf[key]}")
     _check_choice("inference.input_format", inf.input_format, INPUT_FORMATS)
@@ -230,7 +159,16 @@ def check(cfg: DictConfig) -> None:
             "inference.resume=true needs inference.output_path, the output of the run to continue"
             + (f"; the latest interrupted run here is inference.output_path={latest}" if latest else "")
         )
+    _check_mlflow(inf.mlflow)
     _check_cluster(cfg.cluster)
+
+
+def _check_mlflow(wanted: DictConfig) -> None:
+    if wanted.log_results and not wanted.log:
+        raise ConfigError("inference.mlflow.log_results=true needs inference.mlflow.log=true")
+    if wanted.log and importlib.util.find_spec("mlflow") is None:  # found now, not after the run
+        raise ConfigError("inference.mlflow.log=true needs MLflow, which is not installed here: "
+                          "pip install 'daskinfer[mlflow]'")
 
 
 def _latest_partial() -> Optional[str]:
@@ -291,41 +229,6 @@ def help_text() -> str:
     width = max(len(f"{k}={v}") for k, v, _ in rows)
     lines = [f"  {f'{k}={v}':<{width}}  {m}" for k, v, m in rows]
     return "\n".join(lines)
-
-
-def redacted(value: Any) -> Any:
-    """A plain copy of a config (or any mapping) with secret-looking values replaced."""
-    if isinstance(value, DictConfig):
-        value = OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, dict):
-        return {
-            k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) and v is not None else redacted(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redacted(v) for v in value]
-    return value
-
-
-def redacted_override(item: str) -> str:
-    """A key=value override as it may be echoed (a resume command): secrets as ***."""
-    key, sep, value = item.partition("=")
-    if not sep:
-        return item
-    if any(word in key.rsplit(".", 1)[-1].lower() for word in SECRET_WORDS):
-        return f"{key}=***"
-    if key in ("storage.options", "storage", "cluster.manager_kwargs", "cluster") or "{" in value:
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            return f"{key}=***" if any(w in value.lower() for w in SECRET_WORDS) else item
-        if isinstance(parsed, (dict, list)):
-            return f"{key}={yaml.safe_dump(redacted(parsed), default_flow_style=True, width=10**6).strip()}"
-    return item
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(redacted(cfg)))
 
 
 def _unknown_key_message(exc: ConfigKeyError) -> str:

@@ -19,9 +19,10 @@ class Incomplete(RunFailed):
     """The run stopped before the end (a lost scheduler, a storage outage, a full disk),
     with what was written kept for inference.resume."""
 
-    def __init__(self, reason: str, output_uri: str):
+    def __init__(self, reason: str, output_uri: str, hint_apart: bool = False):
         super().__init__(reason)
         self.output_uri = output_uri
+        self.hint_apart = hint_apart  # the resume command on a line of its own, before the reason
 
 
 class Interrupted(Incomplete):

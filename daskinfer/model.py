@@ -1,112 +1,49 @@
-"""The model: find its format (on the driver, without TensorFlow), load it once per
-worker process (lazily, on first use), and call it on a batch of raw strings.
-
-Supported, each detected from what is on disk:
-  savedmodel  a TensorFlow SavedModel folder (legacy tf.keras `model.save(dir)`,
-              Keras 3 `model.export(dir)`, or any SavedModel with a string signature)
-  keras       a Keras 3 `.keras` file
-  mlflow      an MLflow model folder (holds `MLmodel`); resolved to the model inside
-"""
+"""The model on a worker: loaded once per process (lazily, on first use, from the local
+copy model_files makes), and called on a batch of raw strings. Where a model is and what
+format it has is model_files' job, done on the driver without TensorFlow."""
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import json
-import os
-import posixpath
-import shutil
-import tempfile
+import re
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
-import yaml
 
-from daskinfer import storage, tf_runtime
-from daskinfer.errors import RunFailed, first_line
+from daskinfer import model_files, tf_runtime
+from daskinfer.errors import ConfigError, RunFailed, first_line
 
 
 class ModelLoadError(RunFailed):
     """The model exists but could not be loaded; retrying will not help."""
 
 
+class NotATextModel(ModelLoadError, ConfigError):
+    """The model loads, but takes something other than raw text (token ids, several
+    inputs): daskinfer feeds it strings. A configuration matter: exit status 2."""
+
+
+TOKEN_IDS_ADVICE = (
+    "daskinfer feeds raw strings: save a model that takes text and tokenizes it inside "
+    "(a Keras TextVectorization layer, or a keras_hub classifier with its preprocessor), see README"
+)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where the model is and how to run it: small, picklable, sent to every task."""
+    """Where the model is and how to run it: small, picklable, sent to every task.
+
+    For an MLflow URI, uri must be the pinned one (model_files.describe(...)["resolved"]["uri"]):
+    an alias given here would be resolved again by each worker."""
 
     uri: str
     storage_options: Dict[str, Any] = field(default_factory=dict)
     intra_op_threads: Optional[int] = None
     inter_op_threads: Optional[int] = None
     cache_dir: Optional[str] = None
-
-
-# ---------------------------------------------------------------- driver side: no TensorFlow
-
-
-def locate(uri: str, storage_options: Mapping[str, Any]) -> Tuple[str, str]:
-    """(format, uri of the loadable model) for a model path, following MLflow folders.
-
-    Raises FileNotFoundError when nothing loadable is there.
-    """
-    fs, path = storage.filesystem(uri, storage_options)
-    with storage.storage_errors(uri, "the model "):
-        return _locate(fs, path, uri, storage_options)
-
-
-def _locate(fs, path: str, uri: str, storage_options: Mapping[str, Any]) -> Tuple[str, str]:
-    if not fs.exists(path):
-        raise FileNotFoundError(f"model not found: {uri}")
-    if not fs.isdir(path):
-        if path.endswith((".keras", ".h5")):
-            return "keras", uri
-        raise FileNotFoundError(f"not a model: {uri} is a file but not a .keras file")
-    names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
-    if "MLmodel" in names:
-        inner = _mlflow_model_path(fs, path)
-        return _locate(fs, inner, storage.full_uri(fs, inner), storage_options)
-    if "saved_model.pb" in names:
-        return "savedmodel", uri
-    inner = _model_inside(fs, path, names, uri)
-    if inner:
-        return _locate(fs, inner, storage.full_uri(fs, inner), storage_options)
-    raise FileNotFoundError(
-        f"not a model: {uri} holds no saved_model.pb, MLmodel or .keras file"
-    )
-
-
-def _model_inside(fs, path: str, names: set, uri: str) -> Optional[str]:
-    """The model a folder holds one level down: its only .keras file, or, in an MLflow run's
-    folder, artifacts/model."""
-    keras_files = sorted(n for n in names if n.endswith(".keras"))
-    if len(keras_files) == 1:
-        return posixpath.join(path, keras_files[0])
-    if len(keras_files) > 1:
-        raise FileNotFoundError(f"{uri} holds several .keras files ({', '.join(keras_files)}): name one")
-    if "artifacts" in names and fs.isdir(posixpath.join(path, "artifacts", "model")):
-        return posixpath.join(path, "artifacts", "model")
-    return None
-
-
-def _mlflow_model_path(fs, path: str) -> str:
-    """The model inside an MLflow model folder, from its MLmodel file."""
-    with fs.open(posixpath.join(path, "MLmodel"), "rb") as f:
-        flavors = (yaml.safe_load(f) or {}).get("flavors", {})
-    for name in ("tensorflow", "keras"):
-        flavor = flavors.get(name) or {}
-        if flavor.get("saved_model_dir"):
-            return posixpath.join(path, flavor["saved_model_dir"])
-        if flavor.get("data"):
-            data = posixpath.join(path, flavor["data"])
-            for candidate in ("model", "model.keras", "model.h5"):
-                if fs.exists(posixpath.join(data, candidate)):
-                    return posixpath.join(data, candidate)
-            return data
-    raise FileNotFoundError(
-        f"not a TensorFlow model: MLmodel in {path} has flavors {sorted(flavors)}, "
-        "expected tensorflow or keras"
-    )
 
 
 # ---------------------------------------------------------------- worker side
@@ -137,8 +74,10 @@ def load_count(uri: str) -> int:
 
 
 def _load(spec: ModelSpec) -> Predictor:
-    fmt, uri = locate(spec.uri, spec.storage_options)
-    local = _local_copy(uri, spec.storage_options, spec.cache_dir)
+    # An MLflow URI is fetched into this machine's cache by locate (no download when the
+    # driver or another worker here already did); local_copy then has nothing left to do.
+    fmt, uri = model_files.locate(spec.uri, spec.storage_options, spec.cache_dir)
+    local = model_files.local_copy(uri, spec.storage_options, spec.cache_dir)
     tf = tf_runtime.import_tensorflow()
     tf_runtime.configure_threads(tf, spec.intra_op_threads, spec.inter_op_threads)
     try:
@@ -147,42 +86,10 @@ def _load(spec: ModelSpec) -> Predictor:
         warm_up = predict(["warm-up: traces the graph and starts the runtime before the first task"])
         predict.output_shape = tuple(getattr(warm_up, "shape", (1,))[1:])  # per document
         return predict
+    except ModelLoadError as exc:
+        raise type(exc)(f"could not load model {spec.uri}: {exc}") from None
     except Exception as exc:  # any failure here means the model file itself is unusable
         raise ModelLoadError(f"could not load model {spec.uri}: {first_line(exc)}") from None
-
-
-def _local_copy(uri: str, storage_options: Mapping[str, Any], cache_dir: Optional[str]) -> str:
-    """A local path to the model: itself when local, else a cached download.
-
-    The cache is keyed by URI and the objects' ETags and sizes, so a changed model is
-    fetched again. A download lands under a temporary name and is renamed into place,
-    so a worker never sees another worker's half-written copy.
-    """
-    fs, path = storage.filesystem(uri, storage_options)
-    if storage.is_local(fs):
-        return path
-    files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
-    fingerprint = json.dumps(
-        [uri] + [(name, info.get("ETag"), info.get("size")) for name, info in sorted(files.items())]
-    )
-    root = os.path.expanduser(cache_dir or os.path.join("~", ".cache", "daskinfer", "models"))
-    target = os.path.join(root, hashlib.sha256(fingerprint.encode()).hexdigest()[:32])
-    local = os.path.join(target, posixpath.basename(path.rstrip("/")))
-    if os.path.exists(local):
-        return local
-    os.makedirs(root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".download-", dir=root)
-    try:
-        base = posixpath.dirname(path.rstrip("/"))
-        remote = sorted(files)
-        fs.get(remote, [os.path.join(staging, posixpath.relpath(r, base)) for r in remote])
-        try:
-            os.rename(staging, target)
-        except OSError:  # another worker on this machine finished first: use its copy
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return local
 
 
 def preload(spec: ModelSpec) -> None:
@@ -201,11 +108,10 @@ def _savedmodel_predictor(tf, path: str) -> Predictor:
         raise ValueError("the SavedModel has no serving signature")
     fn = signatures.get("serving_default") or next(iter(signatures.values()))
     _, inputs = fn.structured_input_signature
-    if len(inputs) != 1:
-        raise ValueError(f"expected one string input, the signature has {sorted(inputs)}")
+    kinds = ", ".join(f"{name}: {spec.dtype.name}" for name, spec in sorted(inputs.items()))
+    if len(inputs) != 1 or next(iter(inputs.values())).dtype != tf.string:
+        raise NotATextModel(f"its serving signature takes {kinds}, not one string input; {TOKEN_IDS_ADVICE}")
     (name, spec), = inputs.items()
-    if spec.dtype != tf.string:
-        raise ValueError(f"expected a string input, the signature's '{name}' is {spec.dtype.name}")
     column = spec.shape.rank == 2
     output = sorted(fn.structured_outputs)[0]
 
@@ -219,18 +125,48 @@ def _savedmodel_predictor(tf, path: str) -> Predictor:
 def _keras_predictor(tf, path: str) -> Predictor:
     import keras
 
+    _import_packages_of(path)
     model = keras.saving.load_model(path, compile=False)
-    shape = model.inputs[0].shape
-    column = len(shape) == 2
+    preprocessor = getattr(model, "preprocessor", None)  # a keras_hub task: text in, through it
+    if preprocessor is not None:
+        column, forward = False, lambda x: model(preprocessor(x), training=False)
+    elif len(model.inputs) == 1 and model.inputs[0].dtype == "string":
+        column, forward = len(model.inputs[0].shape) == 2, lambda x: model(x, training=False)
+    else:
+        kinds = ", ".join(f"{i.name}: {i.dtype}" for i in model.inputs)
+        raise NotATextModel(f"it takes {kinds}, not one string input; {TOKEN_IDS_ADVICE}")
     spec = tf.TensorSpec((None, 1) if column else (None,), tf.string)
-    # The traced graph itself: calling the tf.function would match its signature again on
-    # every batch (~0.1 ms each).
-    call = tf.function(lambda x: model(x, training=False), input_signature=[spec]).get_concrete_function()
+    # One traced graph for every batch, whatever its documents' lengths (the batch is a
+    # vector of strings; tokenizing and padding happen inside): no retracing per shape,
+    # and calling the tf.function would match its signature again on every batch (~0.1 ms).
+    function = tf.function(forward, input_signature=[spec])
+    call = function.get_concrete_function()
 
     def predict(texts: list):
         return call(_string_batch(tf, texts, column)).numpy()
 
+    predict.traces = function.experimental_get_tracing_count  # 1, whatever the batches (tested)
     return predict
+
+
+def _import_packages_of(path: str) -> None:
+    """Import the packages whose layers a .keras file names (keras_hub, a user's own), so that
+    Keras finds their classes; a package this worker lacks is named in one line."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("config.json").decode("utf-8")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return  # not a .keras archive: Keras' own loader says what is wrong
+    packages = {module.split(".", 1)[0] for module in re.findall(r'"module":\s*"([\w.]+)"', config)}
+    for package in sorted(packages - {"keras", "builtins", "tensorflow", "numpy"}):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise ModelLoadError(
+                f"the model needs the Python package '{package}', which this worker lacks: install it on every "
+                f"worker (e.g. pip install {package.replace('_', '-')})") from None
 
 
 def _string_batch(tf, texts: list, column: bool):
@@ -238,24 +174,3 @@ def _string_batch(tf, texts: list, column: bool):
     costs less than one more TensorFlow op per batch."""
     array = np.array(texts, dtype=object)
     return tf.constant(array.reshape(-1, 1) if column else array, dtype=tf.string)
-
-
-def digest(uri: str, storage_options: Mapping[str, Any]) -> Dict[str, str]:
-    """The model's format and a sha256 of its files (their names under the model and their
-    bytes; on object stores their sizes and ETags, so nothing is downloaded to the driver)."""
-    fmt, loadable = locate(uri, storage_options)
-    fs, path = storage.filesystem(loadable, storage_options)
-    local = storage.is_local(fs)
-    with storage.storage_errors(uri, "the model "):
-        files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
-        sha = hashlib.sha256()
-        for name, info in sorted(files.items()):
-            sha.update(posixpath.relpath(name, path).encode("utf-8", "surrogateescape") + b"\0")
-            if local:
-                with open(name, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        sha.update(block)
-            else:
-                sha.update(f"{info.get('size')}\t{info.get('ETag')}".encode())
-            sha.update(b"\0")
-    return {"format": fmt, "sha256": sha.hexdigest()}

@@ -1,10 +1,9 @@
 """Where a run's files go, and claiming them before any work starts.
 
-A results file has three sidecars: errors, summary and the resolved config. They take the
-plain names (errors.jsonl, summary.json, config.yaml) in the results' folder unless
-another run's files have them; then they are named after the results file
-(`b.errors.jsonl`, `b.summary.json`, `b.config.yaml` beside `b.jsonl`). Two runs never
-share a sidecar.
+A results file has four sidecars: errors, summary, the resolved config and the run report.
+They take the plain names (errors.jsonl, summary.json, config.yaml, report.html) in the
+results' folder unless another run's files have them; then they are named after the results
+file (`b.errors.jsonl`, `b.summary.json`, ... beside `b.jsonl`). Two runs never share one.
 
 Locally an output is claimed atomically: `<output>.lock` appears already locked
 (flock) by its run, holding who runs and with which settings; a second run on the same
@@ -29,7 +28,7 @@ from daskinfer import storage
 from daskinfer.errors import ConfigError
 
 RESULTS_NAME = "batch-infer-res.jsonl"
-SIDECARS = {"errors": "errors.jsonl", "summary": "summary.json", "config": "config.yaml"}
+SIDECARS = {"errors": "errors.jsonl", "summary": "summary.json", "config": "config.yaml", "report": "report.html"}
 
 
 def default_output_path(output_format: str = "jsonl", now: Optional[float] = None) -> Tuple[str, str]:
@@ -151,7 +150,7 @@ def claim(uri: str, storage_options: Mapping[str, Any], resume: bool, made: Opti
         sidecars = previous.get("sidecars") or (resume and _sidecars_of_finished(uri)) or _free_sidecars(
             uri, _taken_locally)
         held = Claim(uri, sidecars, lock_path, fd, previous, made)
-        held.record(holder())  # the sidecars' names at once: another run in this folder sees them taken
+        held.record({**previous, **holder()})  # the sidecars' names at once: another run here sees them taken
         return held
     except BaseException:
         if not resume:

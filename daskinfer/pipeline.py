@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from omegaconf import DictConfig
 
-from daskinfer import cluster, config, model, outputs, planning, predict, reporting, scheduling, sink
+from daskinfer import cluster, config, model, outputs, planning, predict, reporting, run_report, scheduling, sink
 from daskinfer.errors import ConfigError, Incomplete, Interrupted, first_line
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
     import dask.bag as db
 
     planning.check(cfg)
-    job = planning.prepare(cfg)
+    job = planning.prepare(cfg, planning.pinned_uri(planning.resolve_model(cfg), cfg.inference.model_path))
     score = dask.delayed(predict.score_records, pure=False)
     return db.from_delayed([score(piece, job.settings, *data) for piece, data in job.source.pieces(n_threads)])
 
@@ -59,32 +59,37 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     planning.check(cfg)
     if client is None:
         cluster.start_forkserver(cfg.cluster)  # TensorFlow's import overlaps what follows
+    run_report.warm_up()
     inf, options = cfg.inference, planning.storage_options(cfg)
-    job = planning.prepare(cfg)
-    model_info = model.digest(inf.model_path, options)
+    model_info = planning.resolve_model(cfg)  # an MLflow alias is resolved here, once
+    pinned = planning.pinned_uri(model_info, inf.model_path)
+    job = planning.prepare(cfg, pinned)
     prediction = planning.prediction_settings(cfg, model_info["sha256"])
     uri, made = (inf.output_path, None) if inf.output_path else outputs.default_output_path(inf.output_format)
     out = _open_output(uri, made, cfg, prediction)
     try:
         with contextlib.nullcontext(client) if client is not None else cluster.connect(
-                cfg.cluster, planning.model_spec(cfg)) as live:
+                cfg.cluster, planning.model_spec(cfg, pinned)) as live:
             cluster.describe(live, cfg.cluster)
             log.info("Scoring %s from %s", job.source.describe(), inf.input_manifest or inf.input_data_dir)
-            scoring = _score(job, live, out)
+            with cluster.performance_report(cfg.cluster.performance_report):
+                scoring = _score(job, live, out)
     except KeyboardInterrupt:
         if out.abandon():
             raise Interrupted(out.uri) from None
         raise
     except (ConnectionError, TimeoutError, OSError) as exc:
         if out.abandon():
-            raise Incomplete(str(exc), out.uri) from None
+            # "no dask worker left ..." keeps its line as it has always been; the command
+            # to resume goes on the line before it.
+            raise Incomplete(str(exc), out.uri, hint_apart=isinstance(exc, TimeoutError)) from None
         raise
     except BaseException:
         out.abandon()
         raise
     out.settle(job.source, job.source.in_key_order)
     manifest = {
-        "model": {"uri": inf.model_path, **model_info},
+        "model": model_info,
         "inputs": job.source.digest(),
         "settings": {"threshold": inf.threshold, "labels": list(inf.labels), "batch_size": inf.batch_size,
                      "all_scores": inf.all_scores, "encoding": inf.encoding},
@@ -92,14 +97,35 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     }
     summary = reporting.summary(scoring, out.results.count, out.errors.count, time.monotonic() - started,
                                 out.uri, inf.labels_from, tuple(inf.labels), manifest)
+    reference_uri = inf.reference
+    reference = run_report.reference_stats(reference_uri, options) if reference_uri else None
+    if reference is not None:
+        summary["drift"] = run_report.drift(scoring.stats, reference, reference_uri)
+    report = run_report.render(summary, scoring.stats, scoring.timeline, reference)
     try:
-        out.commit(summary, config.to_yaml(cfg))
+        out.commit(summary, config.to_yaml(cfg), report)
     except OSError as exc:  # a full disk: the partial files are whole, and resumable
         if out.abandon():
             raise Incomplete(f"cannot write the output {out.uri}: {exc.strerror or first_line(exc)}", out.uri) from None
         raise
+    _log_to_mlflow(cfg, summary, out)
     reporting.closing_lines(summary, out.uri, out.claim.sidecars["errors"], inf.error_budget)
     return RunResult(out.uri, summary)
+
+
+def _log_to_mlflow(cfg: DictConfig, summary: Dict[str, Any], out: sink.OrderedSink) -> None:
+    """With inference.mlflow.log, the run beside the model's training run in MLflow. A failure
+    is a warning: the results are written already."""
+    if not cfg.inference.mlflow.log:
+        return
+    from daskinfer import mlflow_models
+
+    try:
+        logged = mlflow_models.log_run(cfg, summary, out.claim.sidecars, out.uri)
+        if logged:
+            log.info("Logged to MLflow: run %s", logged)
+    except mlflow_models.LogFailed as exc:
+        log.warning("%s", exc)
 
 
 def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dict[str, Any]) -> sink.OrderedSink:

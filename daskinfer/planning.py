@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer import evaluation, listing, manifest, model, outputs, sources
+from daskinfer import evaluation, listing, manifest, model, model_files, outputs, sources
 from daskinfer.predict import Settings
 from daskinfer.sources import Source
 
@@ -24,9 +24,11 @@ def storage_options(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg.storage.options, resolve=True)
 
 
-def model_spec(cfg: DictConfig) -> model.ModelSpec:
+def model_spec(cfg: DictConfig, uri: Optional[str] = None) -> model.ModelSpec:
+    """How workers find and run the model. uri: the model_path as resolved on the driver (an
+    MLflow alias pinned to its version), so that every worker scores with the same model."""
     return model.ModelSpec(
-        uri=cfg.inference.model_path,
+        uri=uri or cfg.inference.model_path,
         storage_options=storage_options(cfg),
         intra_op_threads=cfg.cluster.tf_intra_op_threads,
         inter_op_threads=cfg.cluster.tf_inter_op_threads,
@@ -34,10 +36,10 @@ def model_spec(cfg: DictConfig) -> model.ModelSpec:
     )
 
 
-def settings(cfg: DictConfig) -> Settings:
+def settings(cfg: DictConfig, model_uri: Optional[str] = None) -> Settings:
     inf = cfg.inference
     return Settings(
-        model=model_spec(cfg),
+        model=model_spec(cfg, model_uri),
         encoding=inf.encoding,
         batch_size=inf.batch_size,
         threshold=inf.threshold,
@@ -47,6 +49,8 @@ def settings(cfg: DictConfig) -> Settings:
         max_document_bytes=inf.max_document_bytes,
         storage_options=storage_options(cfg),
         output_format=inf.output_format,
+        length_batching=inf.length_batching,
+        max_batch_chars=inf.max_batch_chars,
     )
 
 
@@ -58,20 +62,30 @@ def check(cfg: DictConfig) -> None:
         manifest.check_manifest(inf.input_manifest, options)
     else:
         listing.check_folder(inf.input_data_dir, options)
-    model.locate(inf.model_path, options)
+    model_files.locate(inf.model_path, options, inf.model_cache_dir)
     if inf.input_format == "files":
         evaluation.check(inf.labels_from, inf.labels)
     if inf.output_path:
         outputs.check_output_path(inf.output_path, options, inf.resume)
     if cfg.cluster.address:
-        from daskinfer.cluster import check_remote
+        from daskinfer.remote_scheduler import check_remote
 
         check_remote(cfg.cluster)
 
 
-def prepare(cfg: DictConfig) -> Job:
+def prepare(cfg: DictConfig, model_uri: Optional[str] = None) -> Job:
     """List the inputs (or read the tables' schemas) and settle what every task needs."""
-    return Job(cfg, sources.open_source(cfg.inference, storage_options(cfg)), settings(cfg))
+    return Job(cfg, sources.open_source(cfg.inference, storage_options(cfg)), settings(cfg, model_uri))
+
+
+def resolve_model(cfg: DictConfig) -> Dict[str, Any]:
+    """What summary.json's `model` says (model_files.describe), resolved once on the driver;
+    its resolved["uri"] is the URI workers load (an MLflow alias pinned to a version)."""
+    return model_files.describe(cfg.inference.model_path, storage_options(cfg), cfg.inference.model_cache_dir)
+
+
+def pinned_uri(described: Dict[str, Any], given: str) -> str:
+    return (described.get("resolved") or {}).get("uri") or given
 
 
 def prediction_settings(cfg: DictConfig, model_digest: Optional[str]) -> Dict[str, Any]:

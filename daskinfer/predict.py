@@ -6,7 +6,7 @@ confusion counts). A bad document becomes an error entry; the rest goes on."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,6 +28,8 @@ class Settings:
     max_document_bytes: int = 10 * 2**20
     storage_options: Dict[str, Any] = field(default_factory=dict)
     output_format: str = "jsonl"
+    length_batching: bool = True
+    max_batch_chars: int = 2**18
 
 
 @dataclass
@@ -44,12 +46,17 @@ class Text:
 
 @dataclass
 class Scored:
-    """A task's outcome: records of predicted documents and of failed ones, in input
-    order, and the confusion counts when evaluating."""
+    """A task's outcome: records of predicted documents and of failed ones, each with its
+    position in the task, and the confusion counts when evaluating."""
 
-    records: List[Dict[str, Any]] = field(default_factory=list)
+    predicted: List[Tuple[int, Dict[str, Any]]] = field(default_factory=list)  # (position, record)
     errors: List[Tuple[int, Dict[str, Any]]] = field(default_factory=list)  # (position, entry)
     tally: Optional[evaluation.Tally] = None
+
+    @property
+    def records(self) -> List[Dict[str, Any]]:
+        """The records in input order, however the batches were formed."""
+        return [record for _, record in sorted(self.predicted, key=lambda p: p[0])]
 
     def fail(self, position: int, key: str, exc: BaseException, prefix: str = "") -> None:
         reason = f"{type(exc).__name__}: {first_line(exc)}"
@@ -61,9 +68,10 @@ def score(piece: Any, settings: Settings, *data: Any) -> records.PartitionResult
     scored, as the result the driver writes."""
     out = score_piece(piece, settings, *data)
     errors = [entry for _, entry in sorted(out.errors, key=lambda e: e[0])]
+    predicted = out.records
     return records.PartitionResult(
-        records.encode(out.records, settings.output_format), records.jsonl(errors),
-        len(out.records), len(errors), out.tally, _worker_address(),
+        records.encode(predicted, settings.output_format), records.jsonl(errors),
+        len(predicted), len(errors), out.tally, _worker_address(), records.stats(predicted, errors),
     )
 
 
@@ -79,13 +87,37 @@ def score_piece(piece: Any, settings: Settings, *data: Any) -> Scored:
 
 
 def score_texts(ready: Sequence[Text], settings: Settings, out: Scored) -> None:
-    """Score texts in batches of settings.batch_size into out."""
+    """Score texts in batches into out."""
     if not ready:
         return
     predict = model.predictor(settings.model)
     check_labels(predict.output_shape, settings.labels)
-    for start in range(0, len(ready), settings.batch_size):
-        _score_batch(predict, ready[start:start + settings.batch_size], settings, out)
+    for batch in batches(ready, settings.batch_size, settings.max_batch_chars if settings.length_batching else None):
+        _score_batch(predict, batch, settings, out)
+
+
+def batches(ready: Sequence[Text], batch_size: int, max_chars: Optional[int]) -> Iterator[Sequence[Text]]:
+    """The model's batches: at most batch_size documents each; with max_chars, documents of
+    similar length together, each batch's padded size (documents x the longest one's length,
+    in characters as a proxy for tokens) within max_chars.
+
+    A model that pads a batch to its longest document (a TextVectorization without a fixed
+    length, a transformer's tokenizer) then pays for short documents at their own length,
+    and a batch of very long ones holds few of them, so its memory stays bounded. Models of
+    a fixed length lose nothing but the sort. Records go back in input order (Scored.records).
+    """
+    if max_chars is None:
+        for start in range(0, len(ready), batch_size):
+            yield ready[start:start + batch_size]
+        return
+    batch: List[Text] = []
+    for text in sorted(ready, key=lambda t: len(t.text)):
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * len(text.text) > max_chars):
+            yield batch
+            batch = []
+        batch.append(text)
+    if batch:
+        yield batch
 
 
 def check_labels(output_shape: Tuple[int, ...], labels: Sequence[str]) -> None:
@@ -147,7 +179,7 @@ def _score_batch(predict, batch: Sequence[Text], settings: Settings, out: Scored
         record.update(item.extra)
         if settings.all_scores:
             record["scores"] = dict(zip(labels, map(float, scores[i])))
-        out.records.append(record)
+        out.predicted.append((item.position, record))
         if out.tally is not None:
             out.tally.add(item.label, sentiment)
 

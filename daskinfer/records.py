@@ -42,10 +42,24 @@ class PartitionResult(NamedTuple):
     n_errors: int
     tally: Any
     worker: str
+    stats: Optional[Dict[str, Any]] = None  # for the run report: score histogram, labels, errors by kind
 
     @property
     def documents(self) -> int:
         return self.n_results + self.n_errors
+
+
+def stats(predicted: List[Dict[str, Any]], errors: List[Dict[str, Any]], bins: int = 20) -> Dict[str, Any]:
+    """What the run report needs of a partition, counted where the records are made: a
+    histogram of logit_prob over [0, 1] (outside it: the edge bins), labels, errors by kind."""
+    hist, labels, kinds = [0] * bins, {}, {}
+    for record in predicted:
+        hist[min(bins - 1, max(0, int(record["logit_prob"] * bins)))] += 1
+        labels[record["sentiment"]] = labels.get(record["sentiment"], 0) + 1
+    for entry in errors:
+        kind = entry["error"].split(":", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return {"hist": hist, "labels": labels, "errors": kinds}
 
 
 def encode(records: List[Dict[str, Any]], output_format: str) -> Union[bytes, Any, None]:

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from daskinfer import evaluation, records
 from daskinfer.errors import ErrorBudgetExceeded
@@ -27,18 +27,31 @@ class Scoring:
     tally: Optional[evaluation.Tally] = None
     by_worker: Dict[str, int] = field(default_factory=dict)  # worker address -> documents
     model_loads: Dict[str, int] = field(default_factory=dict)
+    stats: Dict[str, Any] = field(default_factory=lambda: records.stats([], []))  # summed over partitions
+    timeline: List[Tuple[float, int]] = field(default_factory=list)  # (seconds, documents written)
+    started: float = field(default_factory=time.monotonic)
 
     def add(self, unit: Unit, part: Optional[records.PartitionResult]) -> None:
         self.documents += unit.documents
         self.skipped += unit.skipped
         if part is None:
             return
+        self.timeline.append((round(time.monotonic() - self.started, 3), self.documents - self.skipped))
+        if part.stats:
+            _add_stats(self.stats, part.stats)
         self.by_worker[part.worker] = self.by_worker.get(part.worker, 0) + part.documents
         if part.tally is not None:
             if self.tally is None:
                 self.tally = part.tally
             else:
                 self.tally.merge(part.tally)
+
+
+def _add_stats(total: Dict[str, Any], part: Dict[str, Any]) -> None:
+    total["hist"] = [a + b for a, b in zip(total["hist"], part["hist"])]
+    for key in ("labels", "errors"):
+        for name, n in part[key].items():
+            total[key][name] = total[key].get(name, 0) + n
 
 
 def summary(scoring: Scoring, predicted: int, errors: int, elapsed: float, output_uri: str,

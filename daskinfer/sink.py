@@ -52,10 +52,12 @@ class OrderedSink:
                 if isinstance(stream, _LocalStream):
                     stream.settle(current, in_sorted_order)
 
-    def commit(self, summary: Dict[str, Any], config_yaml: str) -> None:
+    def commit(self, summary: Dict[str, Any], config_yaml: str, report_html: Optional[str] = None) -> None:
         """Publish: the sidecars (written whole, then renamed), the results last."""
         sidecars = self.claim.sidecars
         self._put(sidecars["config"], config_yaml.encode("utf-8"))
+        if report_html is not None and "report" in sidecars:
+            self._put(sidecars["report"], report_html.encode("utf-8"))
         self._put(sidecars["summary"], (json.dumps(summary, indent=2) + "\n").encode())
         self.errors.publish()
         self.results.publish()

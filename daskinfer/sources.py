@@ -9,13 +9,15 @@ summary and the progress bar never ask which kind of source they have.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from typing import Any, Container, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from daskinfer import records, tables
 from daskinfer.errors import RunFailed, root_cause
 from daskinfer.listing import Listing, list_documents
 from daskinfer.manifest import Manifest
-from daskinfer.partitions import group, partition_size
+from daskinfer.partitions import Partition, group, partition_size
 
 
 def open_source(inf: Any, storage_options: dict) -> "Source":
@@ -79,6 +81,29 @@ class FileSource:
         """Whether the output's order is the sorted order of its filepaths (a listing's)."""
         return isinstance(self.docs, Listing)
 
+    def profile(self, max_bytes: int) -> dict:
+        """For a dry run: count, bytes, sizes by powers of four, and what would be error
+        entries, and why (a manifest's entries are not sized: count only)."""
+        if not isinstance(self.docs, Listing):
+            return {"documents": len(self.docs), "bytes": None, "sizes": {}, "skipped": {}}
+        sizes: dict = {}
+        skipped: dict = {}
+        for name, size in self.docs.digest_rows():
+            why = self.docs.errors.get(name) or ("above inference.max_document_bytes" if size > max_bytes else None)
+            if why:
+                skipped[why] = skipped.get(why, 0) + 1
+            low = 0 if size < 1024 else 1024 * 4 ** int(math.log(size / 1024, 4))
+            sizes[low] = sizes.get(low, 0) + 1
+        return {"documents": len(self.docs), "bytes": self.docs.total_bytes,
+                "sizes": {_size_range(low): n for low, n in sorted(sizes.items())}, "skipped": skipped}
+
+    def sample(self, n: int) -> Optional[Partition]:
+        """Up to n documents spread evenly over a listing (a manifest: its first ones)."""
+        if isinstance(self.docs, Listing):
+            step = max(1, len(self.docs) // n)
+            return Partition.of(self.docs[i] for i in range(0, len(self.docs), step))
+        return Partition.of(itertools.islice(iter(self.docs), n))
+
     def digest(self) -> Optional[dict]:
         """count, bytes and a sha256 of the sorted names with their sizes: the same inputs
         give the same digest on any machine. None for a manifest (its entries are not sized)."""
@@ -141,6 +166,12 @@ class TableSource:
 
     in_key_order = False  # rows are numbered, and "t#10" sorts before "t#9"
 
+    def profile(self, max_bytes: int) -> dict:
+        return {"documents": None, "bytes": None, "sizes": {}, "skipped": {}}
+
+    def sample(self, n: int) -> None:
+        return None  # a table's rows are known only once read
+
     def digest(self) -> Optional[dict]:
         return None
 
@@ -155,6 +186,17 @@ class TableSource:
 
 
 Source = Union[FileSource, TableSource]
+
+
+def _size_range(low: int) -> str:
+    def human(n: float) -> str:
+        for unit in ("KiB", "MiB", "GiB"):
+            n /= 1024
+            if n < 1024:
+                return f"{n:g} {unit}"
+        return f"{n / 1024:g} TiB"
+
+    return "< 1 KiB" if low == 0 else f"{human(low)} - {human(low * 4)}"
 
 
 def _read_ahead(client: Any, frames: List[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:

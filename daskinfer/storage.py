@@ -72,6 +72,11 @@ def storage_errors(url: str, what: str = "") -> Iterator[None]:
         raise
     except PermissionError as exc:
         raise PermissionError(f"access denied to {what}{url}: {first_line(exc)}") from None
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        # a storage option the filesystem's client does not take (a typo in storage.options)
+        raise ConfigError(f"storage.options do not suit {url}: {first_line(exc)}") from None
     except Exception as exc:
         if is_connection_error(exc):
             raise ConnectionError(f"cannot reach the storage for {what}{url}: {first_line(exc)}") from None

@@ -55,7 +55,7 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
         raise
     except Exception as exc:  # not a table of this format: pyarrow's, pandas' or dask's own errors
         root = root_cause(exc)
-        raise RunFailed(f"cannot read {uri} as {fmt}: {type(root).__name__}: {first_line(root)}") from None
+        raise RunFailed(f"cannot read {uri} as {fmt}: {explain(root, uri, fmt, storage_options)}") from None
     missing = [c for c in columns.names() if c not in table.columns]
     if missing:
         raise ConfigError(

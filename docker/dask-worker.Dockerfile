@@ -18,7 +18,8 @@ COPY --chown=2222:2222 pyproject.toml README.md ./
 COPY --chown=2222:2222 daskinfer ./daskinfer
 COPY --chown=2222:2222 conf ./conf
 COPY docker/dask.yaml /etc/dask/daskinfer.yaml
-RUN pip install --no-cache-dir . && chown -R 2222:2222 /home/aisg
+# With the MLflow client (daskinfer[mlflow]): workers fetch runs:/ and models:/ models themselves.
+RUN pip install --no-cache-dir "./[mlflow]" && chown -R 2222:2222 /home/aisg
 
 USER 2222:2222
 EXPOSE 8786 8787

@@ -16,7 +16,8 @@ COPY --chown=2222:2222 pyproject.toml README.md ./
 COPY --chown=2222:2222 daskinfer ./daskinfer
 COPY --chown=2222:2222 conf ./conf
 COPY --chown=2222:2222 docker/entrypoint.sh /usr/local/bin/daskinfer-entrypoint
-RUN pip install --no-cache-dir . \
+# With the MLflow client (daskinfer[mlflow]): PRED_MODEL_UUID resolves through MLFLOW_TRACKING_URI.
+RUN pip install --no-cache-dir "./[mlflow]" \
     && mkdir -p /home/aisg/from-ecs /home/aisg/daskinfer/outputs /home/aisg/daskinfer/data \
     && chown -R 2222:2222 /home/aisg
 

@@ -130,3 +130,26 @@ def save_rating_classifier(root: Path, texts: Sequence[str], classes: Sequence[i
 
 
 Predict = Callable[[Sequence[str]], np.ndarray]
+
+
+def train_attention(texts: Sequence[str], labels: Sequence[int], train_words: int = 120):
+    """A small attention classifier whose cost grows with the length of what it reads: a
+    TextVectorization without a fixed length (each batch padded to its longest document),
+    masked embeddings, one self-attention block, masked pooling, a sigmoid. Trained on the
+    first train_words words of each text, so that training stays quick."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    short = [" ".join(t.split()[:train_words]) for t in clean_for_vocabulary(texts)]
+    vectorize = keras.layers.TextVectorization(max_tokens=8000)
+    vectorize.adapt(tf.constant(short))
+    inputs = keras.Input(shape=(1,), dtype="string")
+    x = keras.layers.Embedding(8001, 32, mask_zero=True)(vectorize(inputs))
+    x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)(x, x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(0.005), "binary_crossentropy")
+    model.fit(tf.constant(short)[:, None], tf.constant(labels), epochs=4, batch_size=32, verbose=0)
+    return model

@@ -51,3 +51,20 @@ def test_exit_functions_still_run_before_the_command_line_leaves():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ran"
+
+
+def test_the_forkserver_can_still_be_found_and_ended():
+    """compat.kill_forkserver finds the forkserver multiprocessing started, by its private pid."""
+    code = (
+        "import os, time\n"
+        "from multiprocessing import forkserver\n"
+        "from daskinfer import compat\n"
+        "forkserver.ensure_running()\n"
+        "pid = forkserver._forkserver._forkserver_pid\n"
+        "assert pid and os.kill(pid, 0) is None\n"
+        "compat.kill_forkserver()\n"
+        "time.sleep(0.5)\n"
+        "print(os.waitpid(pid, os.WNOHANG)[0] == pid)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True", done.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import REPO, assert_predictions, local_docs, read_jsonl
+from mlflow_server import mlflow_server, registered  # noqa: F401 (fixtures)
 from nbclient import NotebookClient
 
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
@@ -53,7 +54,7 @@ def test_batch_image_runs_as_uid_2222():
 
 
 def entrypoint(env: dict, *args: str, cwd: Path):
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "AWS_", "PRED_", "MODEL"))}
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "AWS_", "PRED_", "MODEL", "MLFLOW_"))}
     full["PATH"] = f"{Path(sys.executable).parent}:{full['PATH']}"
     full.update(env)
     return subprocess.run(["bash", str(REPO / "docker" / "entrypoint.sh"), *args], env=full, cwd=cwd,
@@ -77,6 +78,20 @@ def test_entrypoint_fetches_the_mlflow_model_once(s3_server, models, test_docs, 
     assert second.returncode == 0, second.stderr
     assert len(read_jsonl(tmp_path / "2" / "res.jsonl")) == 1600
     assert s3_server.secret not in first.stderr + second.stderr
+
+
+def test_entrypoint_resolves_the_run_through_mlflow_when_a_tracking_server_is_set(
+        mlflow_server, registered, test_docs, reference_scores, tmp_path):
+    """With MLFLOW_TRACKING_URI, PRED_MODEL_UUID is runs:/<uuid>/model: no bucket to name."""
+    env = {**mlflow_server.env, "PRED_MODEL_UUID": registered.legacy_run, "MODELS_DIR": str(tmp_path / "from-ecs"),
+           "INPUT_DATA_DIR": str(test_docs), "HOME": str(tmp_path / "home")}
+    done = entrypoint(env, f"inference.output_path={tmp_path}/res.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_predictions(read_jsonl(tmp_path / "res.jsonl"), local_docs(test_docs), reference_scores["mlflow"])
+    # kept in the models volume, across starts of the container
+    assert len(list((tmp_path / "from-ecs" / "mlflow-cache").glob("mlflow-*/model/MLmodel"))) == 1
+    assert not (tmp_path / "from-ecs" / registered.legacy_run).exists()  # not the S3 layout's copy
+    assert mlflow_server.password not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("missing, needle", [

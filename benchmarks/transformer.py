@@ -1,0 +1,213 @@
+"""A transformer classifier whose cost grows with document length: what length-aware
+batching is worth, whole processes, interleaved rounds.
+
+    python benchmarks/transformer.py [--docs 10000] [--repeat 2] [--only a,b,c,d,e] [--memory]
+
+Trains (briefly, on ../shared/data/imdb-sample/train) a transformer encoder classifier: a
+TextVectorization without a fixed length (each batch padded to its longest document),
+masked embeddings, two encoder blocks (self-attention and a feed-forward layer, residuals,
+layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sample:
+  (a) daskinfer, default settings (length-aware batching on)
+  (b) daskinfer with inference.length_batching=false (batches of 256 in input order)
+  (c) the single process users write: read all, predict in batches of 256 in input order
+  (d) Ray Data (map_batches on an actor pool, arrival order), when ray is installed
+  (e) the model alone on one core, texts in memory, batches formed by length as daskinfer
+      does: daskinfer's (a) is compared with cores x (e) (parallel efficiency)
+With --memory: the worker's peak RSS scoring the 1% longest reviews concatenated tenfold,
+at the default max_batch_chars and at a quarter of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from throughput import IMDB, make_docs, timed  # noqa: E402
+
+PY = sys.executable
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def train(model_path: str) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(11)
+    texts, labels = [], []
+    for label, sub in ((1, "pos"), (0, "neg")):
+        for path in sorted(glob.glob(os.path.join(IMDB, "train", sub, "*.txt"))):
+            texts.append(open(path, encoding="utf-8").read())
+            labels.append(label)
+    breakers = {c: " " for c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+    short = [" ".join(t.translate(breakers).split()[:100]) for t in texts]  # quick training
+    vectorize = keras.layers.TextVectorization(max_tokens=20000)
+    vectorize.adapt(tf.constant(short))
+    inputs = keras.Input(shape=(1,), dtype="string")
+    x = keras.layers.Embedding(20001, 64, mask_zero=True)(vectorize(inputs))
+    for _ in range(2):
+        attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=32)(x, x)
+        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, attended]))
+        fed = keras.layers.Dense(64)(keras.layers.Dense(128, activation="relu")(x))
+        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, fed]))
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(0.002), "binary_crossentropy")
+    model.fit(tf.constant(short)[:, None], tf.constant(labels), epochs=2, batch_size=32, verbose=0)
+    model.save(model_path)
+
+
+def _read(docs: str):
+    paths = sorted(glob.glob(os.path.join(docs, "*.txt")))
+    return paths, [open(p, encoding="utf-8").read() for p in paths]
+
+
+def single(model_path: str, docs: str, out: str) -> None:
+    """The script users write: batches of 256 in input order."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_path, compile=False)
+    paths, texts = _read(docs)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.gmtime())
+    with open(out, "w", encoding="utf-8") as f:
+        for start in range(0, len(texts), 256):
+            scores = model(tf.constant(texts[start:start + 256])[:, None], training=False).numpy()[:, 0]
+            for path, score in zip(paths[start:start + 256], scores):
+                f.write(json.dumps({"time": stamp, "filepath": path, "logit_prob": float(score),
+                                    "sentiment": "positive" if score > 0.5 else "negative"}) + "\n")
+
+
+def alone(model_path: str, docs: str, n: str) -> None:
+    """docs/s of the model alone on one core, on batches formed as daskinfer forms them."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from daskinfer import model as models
+    from daskinfer.predict import Text, batches
+
+    _, texts = _read(docs)
+    texts = texts[: int(n)]
+    predict = models.predictor(models.ModelSpec(model_path, intra_op_threads=1, inter_op_threads=1))
+    formed = list(batches([Text(str(i), t, i) for i, t in enumerate(texts)], 256, 2**18))
+    started = time.perf_counter()
+    for batch in formed:
+        predict([t.text for t in batch])
+    print(len(texts) / (time.perf_counter() - started))
+
+
+def long_docs(docs: str, out: str) -> None:
+    """The 1% longest reviews, each concatenated tenfold."""
+    paths, texts = _read(docs)
+    longest = sorted(set(texts), key=len)[-max(1, len(set(texts)) // 100):]
+    os.makedirs(out, exist_ok=True)
+    for i, text in enumerate(longest):
+        with open(os.path.join(out, f"{i:05d}_1.txt"), "w", encoding="utf-8") as f:
+            f.write(" ".join([text] * 10))
+
+
+def peak_worker_rss(cmd, cwd: Path) -> float:
+    """MiB: the largest RSS any child process of the command reached (sampled every 50 ms)."""
+    import psutil
+
+    job = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = [0]
+
+    def sample() -> None:
+        parent = psutil.Process(job.pid)
+        while job.poll() is None:
+            try:
+                for child in parent.children(recursive=True):
+                    peak[0] = max(peak[0], child.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    job.wait()
+    watcher.join()
+    return peak[0] / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--only", default="a,b,c,d,e")
+    ap.add_argument("--alone-sample", type=int, default=2000)
+    ap.add_argument("--memory", action="store_true")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    work = Path(tempfile.mkdtemp(prefix="daskinfer-transformer-"))
+    try:
+        measure(args, only, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args, only, work: Path) -> None:
+    docs, model = work / "docs", str(work / "transformer.keras")
+    make_docs(docs, args.docs)
+    subprocess.run([PY, __file__, "train", model], check=True)
+    me = [PY, __file__]
+    daskinfer = [PY, "-m", "daskinfer", f"inference.model_path={model}", f"inference.input_data_dir={docs}"]
+    runs = {
+        "a": lambda i: [*daskinfer, f"inference.output_path={work}/a{i}/out.jsonl"],
+        "b": lambda i: [*daskinfer, f"inference.output_path={work}/b{i}/out.jsonl", "inference.length_batching=false"],
+        "c": lambda i: [*me, "single", model, str(docs), f"{work}/c{i}.jsonl"],
+        "d": lambda i: [PY, str(HERE / "peers.py"), "ray", model, str(docs), f"{work}/d{i}"],
+    }
+    if "d" in only and subprocess.run([PY, "-c", "import ray"], capture_output=True).returncode != 0:
+        print("(d) skipped: ray is not installed (pip install -e '.[benchmarks]')")
+        only.discard("d")
+    rates = {}
+    if "e" in only:
+        only.discard("e")
+        done = subprocess.run([*me, "alone", model, str(docs), str(args.alone_sample)], check=True,
+                              capture_output=True, text=True)
+        rates["e"] = float(done.stdout.strip().splitlines()[-1])
+        print(f"(e) model alone, one core, length-sorted batches: {rates['e']:8.1f} docs/s", flush=True)
+    times = {key: [] for key in sorted(only & set(runs))}
+    for i in range(args.repeat):  # each round runs every contender once: drift weighs on all alike
+        for key in times:
+            times[key].append(timed(runs[key](i), work))
+            print(f"  round {i} ({key}) {times[key][-1]:.1f} s", flush=True)
+    for key, taken in times.items():
+        rates[key] = args.docs / statistics.median(taken)
+        print(f"({key}) {args.docs} docs  median {statistics.median(taken):8.1f} s  {rates[key]:8.1f} docs/s  "
+              f"({' '.join(f'{t:.1f}' for t in taken)})", flush=True)
+    for other in ("b", "c", "d"):
+        if "a" in rates and other in rates:
+            print(f"(a) / ({other}) = {rates['a'] / rates[other]:.2f}x")
+    if "a" in rates and "e" in rates:
+        print(f"(a) / ({os.cpu_count()} cores x e) = {rates['a'] / ((os.cpu_count() or 1) * rates['e']):.2f}")
+    if args.memory:
+        long = work / "long"
+        subprocess.run([*me, "long", str(docs), str(long)], check=True)
+        for chars in (2**18, 2**16):
+            peak = peak_worker_rss([PY, "-m", "daskinfer", f"inference.model_path={model}",
+                                    f"inference.input_data_dir={long}", f"inference.output_path={work}/m{chars}/o.jsonl",
+                                    f"inference.max_batch_chars={chars}"], work)
+            print(f"worker peak RSS on the 1% longest x10: {peak:.0f} MiB at max_batch_chars={chars}", flush=True)
+    print(json.dumps({"docs": args.docs, "docs_per_s": rates}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("train", "single", "alone", "long"):
+        {"train": train, "single": single, "alone": alone, "long": long_docs}[sys.argv[1]](*sys.argv[2:])
+    else:
+        main()

@@ -1,0 +1,46 @@
+"""Secrets never echoed: a configuration, a mapping or a key=value override as it may be
+written to config.yaml, a log line or a resume command, with secret-looking values as ***."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+SECRET_WORDS = ("key", "secret", "token", "password")
+
+
+def redacted(value: Any) -> Any:
+    """A plain copy of a config (or any mapping) with secret-looking values replaced."""
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) and v is not None else redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
+def redacted_override(item: str) -> str:
+    """A key=value override as it may be echoed (a resume command): secrets as ***."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        return item
+    if any(word in key.rsplit(".", 1)[-1].lower() for word in SECRET_WORDS):
+        return f"{key}=***"
+    if key in ("storage.options", "storage", "cluster.manager_kwargs", "cluster") or "{" in value:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return f"{key}=***" if any(w in value.lower() for w in SECRET_WORDS) else item
+        if isinstance(parsed, (dict, list)):
+            return f"{key}={yaml.safe_dump(redacted(parsed), default_flow_style=True, width=10**6).strip()}"
+    return item
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(redacted(cfg)))

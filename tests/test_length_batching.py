@@ -1,0 +1,181 @@
+"""Length-aware batching: documents of similar length scored together, records still in
+input order and equal to the model called on each document alone; transformer models users
+bring (keras-hub), and models daskinfer cannot feed, refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import IMDB, rating_label, read_jsonl, read_labeled, run_cli
+from test_errors import assert_user_error
+
+
+@pytest.fixture(scope="module")
+def attention(tmp_path_factory):
+    """(model path, 400 test reviews folder, {path: score of the model on that review alone})."""
+    import models as builder
+    import tensorflow as tf
+
+    texts, labels = read_labeled(IMDB / "train")
+    model = builder.train_attention(texts, labels)
+    root = tmp_path_factory.mktemp("attention")
+    model.save(root / "attention.keras")
+    docs = root / "docs"
+    docs.mkdir()
+    sources = sorted((IMDB / "test").glob("*/*.txt"))[::4]
+    for source in sources:
+        shutil.copyfile(source, docs / source.name)
+    alone = {str(docs / s.name): float(model(tf.constant([[s.read_text("utf-8")]]))[0, 0]) for s in sources}
+    return root / "attention.keras", docs, alone
+
+
+@pytest.mark.parametrize("batching", ["true", "false"])
+def test_records_equal_the_model_on_each_document_alone(attention, tmp_path, batching):
+    model, docs, alone = attention
+    out = tmp_path / "res.jsonl"
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={docs}", f"inference.output_path={out}",
+                  f"inference.length_batching={batching}", "inference.batch_size=64", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    records = read_jsonl(out)
+    assert [r["filepath"] for r in records] == sorted(alone)
+    for r in records:
+        assert abs(r["logit_prob"] - alone[r["filepath"]]) <= 1e-5, r["filepath"]
+    accuracy = np.mean([(r["sentiment"] == "positive") == rating_label(r["filepath"]) for r in records])
+    assert accuracy >= 0.7, accuracy
+
+
+def test_batches_hold_similar_lengths_within_the_budget():
+    from daskinfer.predict import Text, batches
+
+    rng = random.Random(5)
+    texts = [Text(f"d{i}", "x" * rng.choice([3, 40, 400, 4000, 50_000]), i) for i in range(3000)]
+    formed = list(batches(texts, batch_size=256, max_chars=100_000))
+    assert sorted(t.position for b in formed for t in b) == list(range(3000))  # each once
+    for batch in formed:
+        longest = max(len(t.text) for t in batch)
+        assert len(batch) <= 256
+        assert len(batch) * longest <= 100_000 or len(batch) == 1  # one document longer than the budget goes alone
+    lengths = [len(t.text) for b in formed for t in b]
+    assert lengths == sorted(lengths)
+    assert [len(b) for b in formed if len(b[0].text) == 3][0] == 256  # short ones travel in full batches
+    in_order = list(batches(texts, batch_size=256, max_chars=None))
+    assert [t.position for b in in_order for t in b] == list(range(3000)) and len(in_order) == 12
+
+
+def test_one_traced_graph_whatever_the_lengths(attention):
+    """A model called with many padded lengths does not retrace per shape."""
+    from daskinfer import model as models
+
+    path, _, _ = attention
+    predict = models.predictor(models.ModelSpec(str(path)))
+    for words in (1, 7, 60, 333, 1200):
+        predict([" ".join(["good"] * words)] * 3)
+    assert predict.traces() == 1
+
+
+def test_keras_hub_classifier_scored_end_to_end(tmp_path):
+    """A keras_hub text classifier with its preprocessor (raw strings in), trained briefly
+    from scratch (a tiny BERT, a WordPiece vocabulary of its own), saved as .keras."""
+    pytest.importorskip("keras_hub")
+    texts, labels = read_labeled(IMDB / "train")
+    picked = random.Random(3).sample(range(len(texts)), 300)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    scoring = sorted((IMDB / "test").glob("*/*.txt"))[::16]
+    for source in scoring:
+        shutil.copyfile(source, docs / source.name)
+    code = textwrap.dedent("""
+        import json, os, sys
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        import keras, keras_hub, tensorflow as tf
+        keras.utils.set_random_seed(4)
+        texts, labels = json.load(open(sys.argv[1]))
+        vocab = keras_hub.tokenizers.compute_word_piece_vocabulary(tf.data.Dataset.from_tensor_slices(texts), 2000,
+                                                                   reserved_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+        tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=vocab, lowercase=True)
+        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=128)
+        backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=32,
+                                                 intermediate_dim=64, max_sequence_length=128)
+        classifier = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor,
+                                                         activation="softmax")
+        classifier.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
+        classifier.fit(x=texts, y=labels, batch_size=32, epochs=2, verbose=0)
+        classifier.save(sys.argv[2])
+        scoring = [open(p, encoding="utf-8").read() for p in sys.argv[4:]]
+        json.dump(classifier.predict(scoring, batch_size=16, verbose=0).tolist(), open(sys.argv[3], "w"))
+    """)
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([[texts[i] for i in picked], [labels[i] for i in picked]]))
+    model, expected = tmp_path / "bert.keras", tmp_path / "expected.json"
+    paths = sorted(str(docs / s.name) for s in scoring)
+    built = subprocess.run([sys.executable, "-c", code, str(data), str(model), str(expected), *paths],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    scores = dict(zip(paths, json.loads(expected.read_text())))
+    out = tmp_path / "res.jsonl"
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={docs}", f"inference.output_path={out}",
+                  "inference.all_scores=true", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    records = read_jsonl(out)
+    assert [r["filepath"] for r in records] == paths
+    for r in records:
+        negative, positive = scores[r["filepath"]]
+        assert abs(r["scores"]["positive"] - positive) <= 1e-5 and abs(r["scores"]["negative"] - negative) <= 1e-5
+        assert r["sentiment"] == ("positive" if positive > 0.5 else "negative")
+
+
+def test_a_model_that_takes_token_ids_is_refused_in_one_line(test_docs, tmp_path):
+    import tensorflow as tf
+
+    class TokenIds(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="input_ids")])
+        def serve(self, input_ids):
+            return {"score": tf.sigmoid(tf.reduce_mean(tf.cast(input_ids, tf.float32), axis=1))}
+
+    module = TokenIds()
+    tf.saved_model.save(module, str(tmp_path / "ids-model"), signatures={"serving_default": module.serve})
+    run = run_cli(f"inference.model_path={tmp_path / 'ids-model'}", f"inference.input_data_dir={test_docs}",
+                  f"inference.output_path={tmp_path / 'res.jsonl'}", cwd=tmp_path)
+    assert_user_error(run, "input_ids: int32, not one string input", "tokenizes it inside", code=2, single_line=False)
+    assert not (tmp_path / "res.jsonl").exists()
+
+
+def test_a_model_needing_a_package_the_workers_lack_names_it(test_docs, tmp_path):
+    """A .keras model with a custom layer from a package of its own, loaded where that package
+    is not installed: one line naming the package."""
+    package = tmp_path / "pkg" / "reviewlayers"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(textwrap.dedent("""
+        import keras
+
+        @keras.saving.register_keras_serializable(package="reviewlayers")
+        class Lower(keras.layers.Layer):
+            def call(self, x):
+                import tensorflow as tf
+                return tf.strings.lower(x)
+    """))
+    code = textwrap.dedent("""
+        import os, sys
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        import keras, reviewlayers
+        vectorize = keras.layers.TextVectorization(max_tokens=50, output_sequence_length=8, vocabulary=["good", "bad"])
+        inputs = keras.Input(shape=(1,), dtype="string")
+        x = keras.layers.Embedding(52, 4)(vectorize(reviewlayers.Lower()(inputs)))
+        outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling1D()(x))
+        keras.Model(inputs, outputs).save(sys.argv[1])
+    """)
+    model = tmp_path / "custom.keras"
+    built = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")})
+    assert built.returncode == 0, built.stderr[-3000:]
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}",
+                  f"inference.output_path={tmp_path / 'res.jsonl'}", cwd=tmp_path)
+    assert_user_error(run, "needs the Python package 'reviewlayers'", code=1, single_line=False)

@@ -1,0 +1,735 @@
+"""What users do wrong, or what goes wrong around them: two runs on one output, odd files,
+models that return NaN, resumes after something changed, services that die mid-run, a full
+disk, secrets on the command line, bad configuration, Ctrl-C.
+
+Black-box: the real command line in child processes, on real files, models, a real
+LocalCluster, real `dask scheduler` / `dask worker` processes and moto's S3 server.
+Every user error is one line on stderr starting `daskinfer: error: `, a non-zero exit,
+and no traceback. Each child runs in a process group of its own, killed whole at the end,
+so that a run that hangs (on a FIFO, a fake scheduler...) fails its test and leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pytest
+from conftest import IMDB, Run, free_port, read_jsonl
+from dask_processes import start_cluster
+from misuse_fakes import MotoServer, banner_server, http_server, length_score, nonfinite_model, slow_model
+from test_errors import assert_user_error
+
+# A run of the slow model on a few hundred documents lasts seconds, one small partition
+# after another: long enough to interrupt, with results on disk from its first second.
+SLOW = ("inference.batch_size=4", "inference.partition_size=20")
+ONE_WORKER = ("cluster.n_workers=1", "cluster.threads_per_worker=1", "cluster.dashboard_address=null")
+ERROR_PREFIX = "daskinfer: error: "
+REVIEWS = sorted((IMDB / "test" / "pos").glob("*.txt")) + sorted((IMDB / "test" / "neg").glob("*.txt"))
+
+
+# ---------------------------------------------------------------- running the command line
+
+
+@dataclass
+class Timed(Run):
+    elapsed: float = 0.0
+
+
+def child_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment a user's shell gives, as run_cli makes it: no DASK_* of the test's."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    full.update(env or {})
+    return full
+
+
+def start(args: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+    """`python -m daskinfer ARGS` in a process group of its own (its LocalCluster with it)."""
+    job = subprocess.Popen(
+        [sys.executable, "-m", "daskinfer", *args], cwd=cwd, env=child_env(env), start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    job.started = time.monotonic()
+    return job
+
+
+def finish(job: subprocess.Popen, timeout: float) -> Timed:
+    """Wait for job; past timeout, kill its whole process group and fail. Anything left of
+    the group (workers of a LocalCluster) is killed either way."""
+    try:
+        stdout, stderr = job.communicate(timeout=max(1.0, timeout - (time.monotonic() - job.started)))
+    except subprocess.TimeoutExpired:
+        _kill_group(job)
+        stdout, stderr = job.communicate()
+        pytest.fail(f"still running after {timeout:g} s; its stderr:\n{stderr[-3000:]}")
+    finally:
+        _kill_group(job)
+    return Timed(job.returncode, stdout, stderr, time.monotonic() - job.started)
+
+
+def _kill_group(job: subprocess.Popen) -> None:
+    try:
+        os.killpg(job.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def cli(*args: str, cwd: Path, env: Optional[Dict[str, str]] = None, timeout: float = 180) -> Timed:
+    return finish(start(args, cwd, env), timeout)
+
+
+def wait_for_lines(path: Path, job: subprocess.Popen, lines: int = 20, timeout: float = 120) -> None:
+    """Until path holds `lines` complete lines; fails if the job ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= lines:
+            return
+        if job.poll() is not None:
+            _, stderr = job.communicate()
+            _kill_group(job)
+            pytest.fail(f"the run ended (exit {job.returncode}) before {path} had {lines} lines:\n{stderr[-3000:]}")
+        time.sleep(0.05)
+    _kill_group(job)
+    pytest.fail(f"{path} did not get {lines} lines within {timeout:g} s")
+
+
+def assert_no_traceback(run: Run) -> None:
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "Traceback" not in run.stdout, run.stdout
+
+
+def last_line(run: Run) -> str:
+    assert run.stderr_lines, (run.returncode, run.stderr)
+    return run.stderr_lines[-1]
+
+
+def resume_args(line: str) -> List[str]:
+    """The arguments of the `to resume: daskinfer ...` command printed at the end of line."""
+    assert "to resume: " in line, line
+    command = shlex.split(line.split("to resume: ", 1)[1])
+    assert command[0] == "daskinfer", command
+    return command[1:]
+
+
+# ---------------------------------------------------------------- documents and models
+
+
+def copy_reviews(folder: Path, count: int, offset: int = 0) -> List[str]:
+    """count real reviews (aclImdb names) copied into folder; their absolute paths, sorted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in REVIEWS[offset:offset + count]:
+        shutil.copyfile(source, folder / source.name)
+    return sorted(str(folder / source.name) for source in REVIEWS[offset:offset + count])
+
+
+def filepaths(path) -> List[str]:
+    return [r["filepath"] for r in read_jsonl(path)]
+
+
+def complete_lines(path: Path) -> List[dict]:
+    data = path.read_bytes()
+    return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
+
+
+def summary_beside(results: Path) -> Path:
+    """The run's summary: summary.json beside the results, or <stem>.summary.json when that
+    name was taken by another run in the folder."""
+    for name in ("summary.json", f"{results.stem}.summary.json"):
+        if (results.parent / name).is_file():
+            return results.parent / name
+    raise AssertionError(f"no summary beside {results}: {sorted(p.name for p in results.parent.iterdir())}")
+
+
+def errors_beside(results: Path) -> List[dict]:
+    """Every error entry the run wrote beside results (final or .partial files), if any."""
+    entries = []
+    for path in sorted(results.parent.iterdir()):
+        if "errors" in path.name and path.name.endswith((".jsonl", ".jsonl.partial")):
+            entries += complete_lines(path)
+    return entries
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory) -> str:
+    return str(slow_model(tmp_path_factory.mktemp("slow-model") / "model"))
+
+
+@pytest.fixture
+def keras_model(models) -> str:
+    return str(models["keras"][0])
+
+
+def interrupted_run(slow_model_path: str, root: Path, n_docs: int = 400, extra: Sequence[str] = ()):
+    """A run of the slow model stopped by SIGTERM once its results have some lines:
+    (documents, output path, the run's arguments)."""
+    docs = copy_reviews(root / "docs", n_docs)
+    out = root / "out" / "res.jsonl"
+    args = [f"inference.model_path={slow_model_path}", f"inference.input_data_dir={root / 'docs'}",
+            f"inference.output_path={out}", *SLOW, *ONE_WORKER, *extra]
+    job = start(args, root)
+    wait_for_lines(Path(f"{out}.partial"), job)
+    job.send_signal(signal.SIGTERM)
+    run = finish(job, 60)
+    assert run.returncode == 130, run.stderr
+    assert not out.exists() and Path(f"{out}.partial").exists()
+    return docs, out, args
+
+
+# ---------------------------------------------------------------- 1. two runs, one output
+
+
+def test_two_runs_on_one_output_path_the_second_refuses_with_the_holders_pid(keras_model, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 200)
+    for attempt in range(3):  # a race: give it several chances to show
+        out = tmp_path / f"attempt-{attempt}" / "res.jsonl"
+        args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+                f"inference.output_path={out}", *ONE_WORKER]
+        jobs = [start(args, tmp_path), start(args, tmp_path)]
+        runs = [finish(job, 180) for job in jobs]
+        assert sorted(r.returncode for r in runs) == [0, 1], [(r.returncode, r.stderr) for r in runs]
+        winner = 0 if runs[0].returncode == 0 else 1
+        refused = runs[1 - winner]
+        assert_user_error(refused, "in use by another run", str(jobs[winner].pid), single_line=False)
+        assert filepaths(out) == docs  # every document once, sorted
+        assert json.loads(summary_beside(out).read_text())["predicted"] == len(docs)
+
+
+def test_two_runs_with_the_default_output_in_one_folder_get_a_folder_each(keras_model, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 100)
+    args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", *ONE_WORKER]
+    for attempt in range(3):  # started together, they want the same <date>/<time> folder (a race)
+        cwd = tmp_path / f"attempt-{attempt}"
+        cwd.mkdir()
+        jobs = [start(args, cwd), start(args, cwd)]
+        runs = [finish(job, 180) for job in jobs]
+        assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+        locations = [last_line(r).split("Output result location: ", 1)[1] for r in runs]
+        assert locations[0] != locations[1]
+        for location in locations:
+            assert re.fullmatch(
+                re.escape(str(cwd)) + r"/outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d(-\d+)?/batch-infer-res\.jsonl", location
+            ), location
+            assert filepaths(location) == docs
+            summary = json.loads((Path(location).parent / "summary.json").read_text())
+            assert summary["predicted"] == summary["documents"] == len(docs)
+
+
+# ---------------------------------------------------------------- 2. sidecars
+
+
+def test_a_second_results_file_in_a_folder_gets_sidecars_of_its_own(keras_model, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 40)
+    folder = tmp_path / "results"
+    common = (f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", *ONE_WORKER)
+    first = cli(*common, f"inference.output_path={folder / 'a.jsonl'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    sidecars = ("errors.jsonl", "summary.json", "config.yaml", "report.html")
+    before = {name: (folder / name).read_bytes() for name in sidecars}
+    assert json.loads(before["summary.json"])["predicted"] == len(docs)
+
+    second = cli(*common, f"inference.output_path={folder / 'b.jsonl'}", "inference.threshold=0.7", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert {name: (folder / name).read_bytes() for name in sidecars} == before  # run A's, untouched
+    assert filepaths(folder / "b.jsonl") == docs
+    assert json.loads((folder / "b.summary.json").read_text())["predicted"] == len(docs)
+    assert (folder / "b.errors.jsonl").read_text() == ""
+    assert "threshold: 0.7" in (folder / "b.config.yaml").read_text()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["a.jsonl", *sidecars, "b.jsonl", "b.errors.jsonl", "b.summary.json", "b.config.yaml", "b.report.html"]
+    )
+
+
+# ---------------------------------------------------------------- 3. NaN and inf
+
+
+def _refuse(constant: str):
+    raise ValueError(f"not strict JSON: {constant}")
+
+
+def test_a_score_that_is_not_finite_is_an_error_entry_and_the_results_stay_strict_json(tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 40)
+    (tmp_path / "docs" / "5000_1.txt").write_text("a review the model answers NANMARK to")
+    (tmp_path / "docs" / "5001_10.txt").write_text("a review the model answers INFMARK to")
+    model = nonfinite_model(tmp_path / "model")
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", "inference.error_budget=0.5", *ONE_WORKER, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = out.read_text("utf-8").splitlines()
+    records = [json.loads(line, parse_constant=_refuse) for line in lines]  # no NaN, no Infinity
+    assert [r["filepath"] for r in records] == docs
+    for r in records:
+        assert math.isfinite(r["logit_prob"])
+        assert abs(r["logit_prob"] - length_score(len(Path(r["filepath"]).read_bytes()))) < 1e-5
+    errors = {Path(e["filepath"]).name: e["error"] for e in read_jsonl(out.parent / "errors.jsonl")}
+    assert set(errors) == {"5000_1.txt", "5001_10.txt"}
+    assert all("non-finite" in error for error in errors.values()), errors
+    summary = json.loads(summary_beside(out).read_text())
+    assert (summary["documents"], summary["predicted"], summary["errors"]) == (42, 40, 2)
+
+
+# ---------------------------------------------------------------- 4. a resume that is not the same run
+
+
+def test_a_resume_with_another_threshold_or_model_is_refused(slow, keras_model, tmp_path):
+    docs, out, args = interrupted_run(slow, tmp_path)
+    partial = Path(f"{out}.partial")
+    kept = partial.read_bytes()
+
+    threshold = cli(*args, "inference.resume=true", "inference.threshold=0.7", cwd=tmp_path)
+    assert_user_error(threshold, "inference.threshold", single_line=False)
+    assert partial.read_bytes() == kept and not out.exists()
+
+    other_model = [a for a in args if not a.startswith("inference.model_path=")] + [f"inference.model_path={keras_model}"]
+    model = cli(*other_model, "inference.resume=true", cwd=tmp_path)
+    assert_user_error(model, single_line=False)
+    assert "model" in last_line(model).replace(keras_model, "").replace(slow, ""), last_line(model)
+    assert partial.read_bytes() == kept and not out.exists()
+
+    resumed = cli(*args, "inference.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert filepaths(out) == docs
+
+
+# ---------------------------------------------------------------- 5. inputs changed before the resume
+
+
+def test_a_resume_after_the_inputs_changed_writes_exactly_the_current_inputs_sorted(slow, tmp_path):
+    docs, out, args = interrupted_run(slow, tmp_path)
+    done = [r["filepath"] for r in complete_lines(Path(f"{out}.partial"))]
+    assert len(done) >= 20
+    removed = done[::2][:10]  # already scored, then deleted
+    for path in removed:
+        os.unlink(path)
+    added = []
+    for i, source in enumerate(REVIEWS[1000:1005]):  # new, and sorted before what was done
+        added.append(str(tmp_path / "docs" / f"0000{i}_new_{source.name}"))
+        shutil.copyfile(source, added[-1])
+    current = sorted(set(docs) - set(removed) | set(added))
+
+    resumed = cli(*args, "inference.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert filepaths(out) == current  # each current input once, none of the removed, in sorted order
+    summary = json.loads(summary_beside(out).read_text())
+    assert summary["documents"] == summary["predicted"] + summary["errors"] == len(current), summary
+
+
+# ---------------------------------------------------------------- 6-8. odd files
+
+
+def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_json(models, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 20)
+    name = os.fsencode(str(tmp_path / "docs")) + b"/caf\xe9.txt"
+    text = REVIEWS[500].read_text("utf-8")
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, text.encode("utf-8"))
+    os.close(fd)
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", *ONE_WORKER, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    raw = out.read_bytes()
+    raw.decode("utf-8")  # strict: no lone surrogate written raw
+    records = [json.loads(line) for line in raw.splitlines()]
+    odd = os.fsdecode(name)  # '.../caf\udce9.txt', written by json as \udce9
+    assert sorted(r["filepath"] for r in records) == sorted(docs + [odd])
+    record = next(r for r in records if r["filepath"] == odd)
+    assert abs(record["logit_prob"] - float(models["keras"][1]([text])[0])) <= 1e-5
+
+
+def test_a_fifo_among_the_documents_is_an_error_entry_not_a_hang(keras_model, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 20)
+    os.mkfifo(tmp_path / "docs" / "x.txt")
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", "inference.error_budget=0.5", *ONE_WORKER, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert filepaths(out) == docs
+    errors = read_jsonl(out.parent / "errors.jsonl")
+    assert [Path(e["filepath"]).name for e in errors] == ["x.txt"]
+    assert "not a regular file" in errors[0]["error"], errors
+
+
+def test_a_link_to_itself_is_an_error_entry(keras_model, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 20)
+    os.symlink("self.txt", tmp_path / "docs" / "self.txt")
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", "inference.error_budget=0.5", *ONE_WORKER, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert_no_traceback(run)
+    assert filepaths(out) == docs
+    assert [Path(e["filepath"]).name for e in read_jsonl(out.parent / "errors.jsonl")] == ["self.txt"]
+
+
+def test_a_recursive_listing_goes_round_a_link_loop_once(keras_model, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 20) + copy_reviews(tmp_path / "docs" / "sub", 5, offset=100)
+    os.symlink("..", tmp_path / "docs" / "sub" / "loop")
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", "inference.recursive=true", "inference.error_budget=0.5",
+              *ONE_WORKER, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert_no_traceback(run)
+    assert filepaths(out) == sorted(docs)  # each real document once, none again through sub/loop/
+    assert not [e for e in read_jsonl(out.parent / "errors.jsonl") if "/loop/" in e["filepath"]]
+
+
+# ---------------------------------------------------------------- 9. output paths that name folders
+
+
+@pytest.mark.parametrize("case", ["trailing slash", "existing folder"])
+def test_an_output_path_that_is_a_folder_is_a_configuration_error(case, keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 40)
+    if case == "trailing slash":
+        output = f"{tmp_path}/out/"
+    else:
+        (tmp_path / "existing").mkdir()
+        output = str(tmp_path / "existing")
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={output}", cwd=tmp_path, timeout=60)
+    assert run.elapsed < 60
+    assert_user_error(run, "inference.output_path", code=2)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+    assert not (tmp_path / "outputs").exists()
+
+
+# ---------------------------------------------------------------- 10. a cluster.address that is no scheduler
+
+
+@pytest.mark.parametrize("case", ["http server", "ssh banner", "http url", "not a url"])
+def test_a_scheduler_address_that_is_no_scheduler_is_one_line_within_a_minute(case, keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 20)
+    with http_server() as http_port, banner_server() as ssh_port:
+        address = {
+            "http server": f"tcp://127.0.0.1:{http_port}",
+            "ssh banner": f"tcp://127.0.0.1:{ssh_port}",
+            "http url": f"http://127.0.0.1:{http_port}",
+            "not a url": "notaurl",
+        }[case]
+        run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+                  f"cluster.address={address}", cwd=tmp_path, timeout=60,
+                  env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"})
+    assert run.returncode in (1, 2), (run.returncode, run.stderr)
+    assert_user_error(run, address)
+    assert not (tmp_path / "outputs").exists()
+
+
+# ---------------------------------------------------------------- 11. the scheduler dies mid-run
+
+
+def test_a_scheduler_killed_mid_run_ends_with_how_to_resume_and_the_resume_completes(slow, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 400)
+    out = tmp_path / "out" / "res.jsonl"
+    env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}
+    (tmp_path / "cluster-1").mkdir()
+    first = start_cluster(tmp_path / "cluster-1", n_workers=1)
+    try:
+        job = start([f"inference.model_path={slow}", f"inference.input_data_dir={tmp_path / 'docs'}",
+                     f"inference.output_path={out}", f"cluster.address={first.address}", *SLOW], tmp_path, env)
+        wait_for_lines(Path(f"{out}.partial"), job)
+        first.scheduler.send_signal(signal.SIGKILL)  # kill -9 the scheduler
+        run = finish(job, 120)
+    finally:
+        first.close()
+    assert run.returncode not in (0, None), run.stderr
+    assert_no_traceback(run)
+    line = last_line(run)
+    assert line.startswith(ERROR_PREFIX) and "to resume:" in line, run.stderr
+    assert not out.exists()
+
+    (tmp_path / "cluster-2").mkdir()
+    second = start_cluster(tmp_path / "cluster-2", n_workers=1)
+    try:
+        args = [a if not a.startswith("cluster.address=") else f"cluster.address={second.address}"
+                for a in resume_args(line)]
+        assert f"cluster.address={second.address}" in args
+        resumed = cli(*args, cwd=tmp_path, env=env)
+    finally:
+        second.close()
+    assert resumed.returncode == 0, resumed.stderr
+    assert filepaths(out) == docs
+
+
+# ---------------------------------------------------------------- 12. the S3 endpoint dies mid-run
+
+
+def test_an_s3_endpoint_stopped_mid_run_is_not_hundreds_of_error_entries_and_resumes(slow, tmp_path):
+    paths = [Path(p) for p in copy_reviews(tmp_path / "docs", 400)]
+    moto = MotoServer(free_port(), tmp_path / "moto.log").start()
+    try:
+        uris = sorted(moto.upload(paths, "reviews", "batch"))
+        out = tmp_path / "out" / "res.jsonl"
+        args = [f"inference.model_path={slow}", "inference.input_data_dir=s3://reviews/batch/",
+                f"inference.output_path={out}", *SLOW, *ONE_WORKER]
+        job = start(args, tmp_path, moto.env)
+        wait_for_lines(Path(f"{out}.partial"), job)
+        moto.kill()
+        run = finish(job, 120)
+        assert run.returncode != 0, run.stderr
+        assert_no_traceback(run)
+        errors = errors_beside(out)
+        assert all(e.get("transient") is True for e in errors), (
+            f"{len(errors)} error entries for documents that merely could not be reached: {errors[:2]}")
+        if not errors:
+            assert "to resume:" in last_line(run), run.stderr
+
+        moto.start()  # the same port, and the same objects uploaded again
+        moto.upload(paths, "reviews", "batch")
+        resumed = cli(*args, "inference.resume=true", cwd=tmp_path, env=moto.env)
+    finally:
+        moto.kill()
+    assert resumed.returncode == 0, resumed.stderr
+    assert filepaths(out) == uris
+
+
+# ---------------------------------------------------------------- 13. disk full
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 KiB tmpfs (root only): room for the first partitions' results, not for all."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_ends_the_run_with_one_line_and_how_to_resume(keras_model, small_disk, tmp_path):
+    copy_reviews(tmp_path / "docs", 400)  # about 130 bytes of results each: 52 KB
+    out = small_disk / "res.jsonl"
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", "inference.partition_size=50", *ONE_WORKER, cwd=tmp_path, timeout=120)
+    if out.exists():  # published: its summary with it
+        json.loads(summary_beside(out).read_text())
+    assert run.returncode != 0, run.stderr
+    assert_no_traceback(run)
+    line = last_line(run)
+    assert line.startswith(ERROR_PREFIX), run.stderr
+    assert "no space" in line.lower() and "to resume:" in line, line
+    assert len([ln for ln in run.stderr_lines if ln.startswith(ERROR_PREFIX)]) == 1, run.stderr
+
+
+# ---------------------------------------------------------------- 14. secrets
+
+
+@pytest.mark.parametrize("options", [
+    ["storage.options.secret=SUPERSECRET123"],
+    ["storage.options={key: SUPERSECRETKEY9, secret: SUPERSECRET123, endpoint_url: 'http://127.0.0.1:9'}"],
+])
+def test_secrets_never_reach_the_terminal_or_the_output_folder(options, slow, tmp_path):
+    copy_reviews(tmp_path / "docs", 400)
+    out = tmp_path / "out" / "res.jsonl"
+    job = start([f"inference.model_path={slow}", f"inference.input_data_dir={tmp_path / 'docs'}",
+                 f"inference.output_path={out}", *SLOW, *ONE_WORKER, *options], tmp_path)
+    partial = Path(f"{out}.partial")
+    deadline = time.monotonic() + 120
+    while job.poll() is None and time.monotonic() < deadline:  # the options may also make it fail: fine
+        if partial.exists() and partial.read_bytes().count(b"\n") >= 20:
+            job.send_signal(signal.SIGTERM)  # the interrupted line prints a command to resume
+            break
+        time.sleep(0.05)
+    run = finish(job, 180)
+    assert run.returncode != 0 and run.stderr_lines, run.stderr  # interrupted (or refused)
+    for secret in ("SUPERSECRET123", "SUPERSECRETKEY9"):
+        assert secret not in run.stderr and secret not in run.stdout, run.stderr
+        leaked = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert leaked == []
+
+
+# ---------------------------------------------------------------- 15. bad configuration
+
+
+CONFIG_FILES = {
+    "broken yaml": b"inference:\n  batch_size: [1, 2\n  threshold: : :\n",
+    "binary file": bytes(range(256)) * 4,
+    "top-level list": b"- inference.batch_size=8\n- cluster.n_workers=2\n",
+}
+
+
+@pytest.mark.parametrize("case", [*CONFIG_FILES, "a folder"])
+def test_a_config_file_that_is_no_mapping_is_one_line(case, keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 20)
+    if case == "a folder":
+        config = tmp_path / "conf.d"
+        config.mkdir()
+    else:
+        config = tmp_path / "job.yaml"
+        config.write_bytes(CONFIG_FILES[case])
+    run = cli("--config", str(config), f"inference.model_path={keras_model}",
+              f"inference.input_data_dir={tmp_path / 'docs'}", cwd=tmp_path, timeout=60)
+    assert_user_error(run, str(config), code=2)
+
+
+def test_a_misspelt_storage_option_is_a_configuration_error(keras_model, tmp_path):
+    run = cli(f"inference.model_path={keras_model}", "inference.input_data_dir=s3://reviews/batch/",
+              "storage.options.endpont_url=http://127.0.0.1:9", cwd=tmp_path, timeout=60,
+              env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"})
+    assert_user_error(run, "endpont_url", code=2)
+
+
+@pytest.mark.parametrize("override", [
+    "cluster.threads_per_worker=0",
+    "cluster.threads_per_worker=-1",
+    "cluster.tf_intra_op_threads=-5",
+    "cluster.n_workers=0",
+    "cluster.n_workers=-2",
+])
+def test_a_cluster_shape_that_cannot_run_is_refused_at_once(override, keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 20)
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", override,
+              cwd=tmp_path, timeout=90)
+    assert run.elapsed < 20, (run.elapsed, run.stderr)
+    assert_user_error(run, override.split("=")[0], code=2)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_labels_written_as_a_comma_list_say_how_to_write_a_list(keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 20)
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              "inference.labels=neg,pos", cwd=tmp_path, timeout=60)
+    assert_user_error(run, "inference.labels", "[", code=2)
+
+
+def test_a_misspelt_key_suggests_the_right_one_in_a_short_line(keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 20)
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              "inference.bach_size=3", cwd=tmp_path, timeout=60)
+    assert_user_error(run, "inference.bach_size", "inference.batch_size", code=2)
+    assert len(last_line(run)) < 200, last_line(run)
+
+
+# ---------------------------------------------------------------- 16. Ctrl-C and an early SIGTERM
+
+
+def test_ctrl_c_in_a_terminal_stops_cleanly_with_how_to_resume(slow, tmp_path):
+    copy_reviews(tmp_path / "docs", 400)
+    out = tmp_path / "out" / "res.jsonl"
+    job = start([f"inference.model_path={slow}", f"inference.input_data_dir={tmp_path / 'docs'}",
+                 f"inference.output_path={out}", *SLOW, "cluster.n_workers=2", "cluster.threads_per_worker=1",
+                 "cluster.dashboard_address=null"], tmp_path)
+    wait_for_lines(Path(f"{out}.partial"), job)
+    os.killpg(job.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    run = finish(job, 60)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert not [ln for ln in run.stderr_lines if "KeyboardInterrupt" in ln], run.stderr
+    assert run.returncode == 130, run.stderr
+    line = last_line(run)
+    assert line.startswith(ERROR_PREFIX) and "to resume:" in line, run.stderr
+
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(ln for ln in status.splitlines() if ln.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def test_sigterm_during_start_up_stops_cleanly(slow, tmp_path):
+    copy_reviews(tmp_path / "docs", 400)
+    for delay in (1.5, 2.0, 2.5):  # somewhere in the cluster's start-up, on any machine
+        out = tmp_path / f"after-{delay}" / "res.jsonl"
+        job = start([f"inference.model_path={slow}", f"inference.input_data_dir={tmp_path / 'docs'}",
+                     f"inference.output_path={out}", *SLOW], tmp_path)
+        # (On a slow machine, not before daskinfer is listening for SIGTERM at all: until
+        # then, the default action ends any program.)
+        while time.monotonic() - job.started < delay or not _catches_sigterm(job.pid):
+            assert job.poll() is None and time.monotonic() - job.started < 30, job.communicate()
+            time.sleep(0.02)
+        job.send_signal(signal.SIGTERM)
+        run = finish(job, 60)
+        assert "Traceback" not in run.stderr, (delay, run.stderr)
+        assert "AssertionError" not in run.stderr, (delay, run.stderr)
+        assert run.returncode == 130 or "interrupted" in last_line(run), (delay, run.returncode, run.stderr)
+        assert run.returncode != 0, run.stderr
+        assert last_line(run).startswith(ERROR_PREFIX), (delay, run.stderr)
+
+
+# ---------------------------------------------------------------- 17. fail fast
+
+
+def test_no_matching_files_fails_before_a_cluster_starts(keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 20)
+    common = (f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}")
+    # How long this machine, as loaded as it is now, takes to start daskinfer and refuse a
+    # configuration: no cluster either way.
+    baseline = cli(*common, "inference.batch_size=0", cwd=tmp_path, timeout=60)
+    assert baseline.returncode == 2, baseline.stderr
+    run = cli(*common, "inference.input_glob=*.md", cwd=tmp_path, timeout=60)
+    assert_user_error(run, "no files matching '*.md'")
+    # Starting a LocalCluster (its workers import TensorFlow) takes seconds: about 4.4 s here
+    # where the refusal above takes 0.3 s. Nothing to score is known before any of that.
+    assert run.elapsed < min(8.0, max(3.0, 5 * baseline.elapsed)), (run.elapsed, baseline.elapsed)
+
+
+def test_resume_without_an_output_path_is_a_configuration_error(keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 20)
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              "inference.resume=true", cwd=tmp_path, timeout=60)
+    assert_user_error(run, "inference.output_path", code=2)
+    assert not (tmp_path / "outputs").exists()
+
+
+# ---------------------------------------------------------------- 18. small things users try
+
+
+def test_version(tmp_path):
+    run = cli("--version", cwd=tmp_path, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"\d+\.\d+", run.stdout + run.stderr), (run.stdout, run.stderr)
+
+
+def test_a_folder_holding_a_keras_file_is_a_model(models, reference_scores, tmp_path):
+    docs = copy_reviews(tmp_path / "docs", 40)
+    folder = tmp_path / "model-dir"
+    folder.mkdir()
+    shutil.copyfile(models["keras"][0], folder / "model.keras")
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={folder}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", *ONE_WORKER, cwd=tmp_path)
+    if run.returncode != 0:  # refusing is fine, if the line says which file it found
+        assert_user_error(run, str(folder / "model.keras"), single_line=False)
+        return
+    reference = {Path(p).name: s for p, s in reference_scores["keras"].items()}
+    records = read_jsonl(out)
+    assert [r["filepath"] for r in records] == docs
+    assert all(abs(r["logit_prob"] - reference[Path(r["filepath"]).name]) <= 1e-5 for r in records)
+
+
+def test_a_malformed_jsonl_table_line_is_named(keras_model, tmp_path):
+    table = tmp_path / "table" / "reviews.jsonl"
+    table.parent.mkdir()
+    rows = [json.dumps({"text": source.read_text("utf-8")}) for source in REVIEWS[:5]]
+    rows[2] = '{"text": "a review cut short'
+    table.write_text("\n".join(rows) + "\n")
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={table}",
+              "inference.input_format=jsonl", f"inference.output_path={tmp_path / 'res.jsonl'}", *ONE_WORKER,
+              cwd=tmp_path, timeout=120)
+    assert_user_error(run, "line 3", single_line=False)
+
+
+def test_results_under_a_regular_file_fail_naming_the_output(keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 20)
+    (tmp_path / "file.txt").write_text("a regular file")
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={tmp_path / 'file.txt' / 'res.jsonl'}", cwd=tmp_path, timeout=120)
+    assert_user_error(run, single_line=False)
+    assert "output" in last_line(run).replace(str(tmp_path), ""), last_line(run)
