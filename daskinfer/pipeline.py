@@ -60,7 +60,7 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     if client is None:
         cluster.start_forkserver(cfg.cluster)  # TensorFlow's import overlaps what follows
     run_report.warm_up()
-    inf, options = cfg.inference, planning.storage_options(cfg)
+    inf = cfg.inference
     model_info = planning.resolve_model(cfg)  # an MLflow alias is resolved here, once
     pinned = planning.pinned_uri(model_info, inf.model_path)
     job = planning.prepare(cfg, pinned)
@@ -74,11 +74,12 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
             log.info("Scoring %s from %s", job.source.describe(), inf.input_manifest or inf.input_data_dir)
             with cluster.performance_report(cfg.cluster.performance_report):
                 scoring = _score(job, live, out)
-    except KeyboardInterrupt:
+        summary = _publish(cfg, job, out, scoring, model_info, started)
+    except KeyboardInterrupt:  # also while publishing: until the commit, the partial files stand
         if out.abandon():
             raise Interrupted(out.uri) from None
         raise
-    except (ConnectionError, TimeoutError, OSError) as exc:
+    except (ConnectionError, TimeoutError, OSError) as exc:  # a lost service, a full disk
         if out.abandon():
             # "no dask worker left ..." keeps its line as it has always been; the command
             # to resume goes on the line before it.
@@ -87,6 +88,15 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     except BaseException:
         out.abandon()
         raise
+    _log_to_mlflow(cfg, summary, out)
+    reporting.closing_lines(summary, out.uri, out.claim.sidecars["errors"], inf.error_budget)
+    return RunResult(out.uri, summary)
+
+
+def _publish(cfg: DictConfig, job: planning.Job, out: sink.OrderedSink, scoring: reporting.Scoring,
+             model_info: Dict[str, Any], started: float) -> Dict[str, Any]:
+    """The summary, the report and the commit: sidecars first, the results last."""
+    inf = cfg.inference
     out.settle(job.source, job.source.in_key_order)
     manifest = {
         "model": model_info,
@@ -97,20 +107,11 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     }
     summary = reporting.summary(scoring, out.results.count, out.errors.count, time.monotonic() - started,
                                 out.uri, inf.labels_from, tuple(inf.labels), manifest)
-    reference_uri = inf.reference
-    reference = run_report.reference_stats(reference_uri, options) if reference_uri else None
+    reference = run_report.reference_stats(inf.reference, planning.storage_options(cfg)) if inf.reference else None
     if reference is not None:
-        summary["drift"] = run_report.drift(scoring.stats, reference, reference_uri)
-    report = run_report.render(summary, scoring.stats, scoring.timeline, reference)
-    try:
-        out.commit(summary, config.to_yaml(cfg), report)
-    except OSError as exc:  # a full disk: the partial files are whole, and resumable
-        if out.abandon():
-            raise Incomplete(f"cannot write the output {out.uri}: {exc.strerror or first_line(exc)}", out.uri) from None
-        raise
-    _log_to_mlflow(cfg, summary, out)
-    reporting.closing_lines(summary, out.uri, out.claim.sidecars["errors"], inf.error_budget)
-    return RunResult(out.uri, summary)
+        summary["drift"] = run_report.drift(scoring.stats, reference, inf.reference)
+    out.commit(summary, config.to_yaml(cfg), run_report.render(summary, scoring.stats, scoring.timeline, reference))
+    return summary
 
 
 def _log_to_mlflow(cfg: DictConfig, summary: Dict[str, Any], out: sink.OrderedSink) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer import evaluation, listing, manifest, model, model_files, outputs, sources
+from daskinfer import evaluation, listing, manifest, model, model_files, outputs, sources, storage
 from daskinfer.predict import Settings
 from daskinfer.sources import Source
 
@@ -67,6 +67,11 @@ def check(cfg: DictConfig) -> None:
         evaluation.check(inf.labels_from, inf.labels)
     if inf.output_path:
         outputs.check_output_path(inf.output_path, options, inf.resume)
+    if inf.reference:
+        reference_fs, reference_path = storage.filesystem(inf.reference, options)
+        with storage.storage_errors(inf.reference, "the reference "):
+            if not reference_fs.isfile(reference_path):
+                raise FileNotFoundError(f"inference.reference not found: {inf.reference}")
     if cfg.cluster.address:
         from daskinfer.remote_scheduler import check_remote
 
