@@ -127,6 +127,3 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, default=str)
 _quote = json.encoder.encode_basestring  # what that encoder does to a string
 
-
-def count_lines(data: Optional[bytes]) -> int:
-    return data.count(b"\n") if data else 0
