@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Tuple
+from typing import Iterator, Tuple
 
 
 def skip_distributed_forkserver_preload() -> None:
@@ -54,3 +54,37 @@ def kill_forkserver() -> None:
     if pid:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+
+
+def pages_listable(fs) -> bool:
+    """Whether fs can list a prefix page by page (list_pages): s3fs can."""
+    return callable(getattr(fs, "_iterdir", None)) and callable(getattr(fs, "split_path", None))
+
+
+def list_pages(fs, base: str, recursive: bool, page: int = 1000) -> Iterator[dict]:
+    """The objects under base (a "bucket/prefix/" path), as s3fs info dicts, in the store's
+    order, fetched a page at a time as they are consumed.
+
+    fsspec's public find() and ls() return only once the whole prefix is listed, which for
+    ten million keys is ten thousand sequential requests before the first result. s3fs
+    pages through list_objects_v2 in its async generator, with its own retries, credentials
+    and endpoint handling. Private: s3fs.S3FileSystem._iterdir.
+    """
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(base)
+    listing = fs._iterdir(bucket, delimiter="" if recursive else "/", prefix=key.rstrip("/") + "/" if key else "")
+    while True:
+        items = sync(fs.loop, _take, listing, page)
+        if not items:
+            return
+        yield from items
+
+
+async def _take(listing, n: int) -> list:
+    items = []
+    async for item in listing:
+        items.append(item)
+        if len(items) >= n:
+            break
+    return items

@@ -159,6 +159,9 @@ def check(cfg: DictConfig) -> None:
             "inference.resume=true needs inference.output_path, the output of the run to continue"
             + (f"; the latest interrupted run here is inference.output_path={latest}" if latest else "")
         )
+    for key in ("incremental_rescore", "retry_errors"):
+        if inf[key] and not inf.incremental_from:
+            raise ConfigError(f"inference.{key}=true needs inference.incremental_from, the previous run's results")
     _check_mlflow(inf.mlflow)
     _check_cluster(cfg.cluster)
 

@@ -48,6 +48,9 @@ class InferenceConfig:
     error_budget: float = MISSING
     resume: bool = MISSING
     reference: Optional[str] = MISSING
+    incremental_from: Optional[str] = MISSING
+    incremental_rescore: bool = MISSING
+    retry_errors: bool = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 

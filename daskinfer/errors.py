@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class ConfigError(ValueError):
     """A configuration the user must fix; its message is one line."""
@@ -46,6 +48,24 @@ def first_line(exc: BaseException) -> str:
         if detail:
             return f"{lines[0]} {detail}"
     return lines[0]
+
+
+def may_pass(exc: BaseException) -> bool:
+    """Whether a document's failure may pass on a later try: a timeout, throttling, a reset
+    connection, a busy or exhausted resource; not a bad file or a model that cannot read it.
+    errors.jsonl marks such entries "transient"."""
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _PASSING_ERRNOS:
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    return any(mark in text for mark in _PASSING_MARKS)
+
+
+_PASSING_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EINTR}
+_PASSING_MARKS = ("SlowDown", "Throttl", "RequestTimeout", "ServiceUnavailable", "TooManyRequests",
+                  "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError", "EndpointConnectionError",
+                  "ReadTimeout", "ConnectTimeout")
 
 
 def root_cause(exc: BaseException) -> BaseException:

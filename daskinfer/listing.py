@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import errno
 import fnmatch
+import hashlib
 import os
 import posixpath
 import stat
@@ -17,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, 
 import numpy as np
 from fsspec.spec import AbstractFileSystem
 
-from daskinfer import storage
+from daskinfer import compat, storage
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Document:
     uri: str
     size: int
     error: Optional[str] = None
+    version: int = 0  # what changes when the file does (see version_of); 0: not known
 
 
 class Listing(Sequence[Document]):
@@ -35,7 +37,8 @@ class Listing(Sequence[Document]):
     name after it, and the sizes in an array. A million documents take tens of MiB on
     the driver, where a million Document objects (or fsspec info dicts) take gigabytes."""
 
-    def __init__(self, prefix: str, names: List[str], sizes: Sequence[int], errors: Optional[Dict[str, str]] = None):
+    def __init__(self, prefix: str, names: List[str], sizes: Sequence[int], errors: Optional[Dict[str, str]] = None,
+                 versions: Optional[Sequence[int]] = None):
         # numpy sorts the names as Python objects but keeps the order as machine integers:
         # for a million names half the time and 23 MiB less than sorted(range(n), key=...),
         # which makes an int object per document.
@@ -43,6 +46,7 @@ class Listing(Sequence[Document]):
         self.prefix = prefix
         self.names = [names[i] for i in order]
         self.sizes = array("q", np.asarray(sizes, dtype=np.int64)[order].tobytes())
+        self.versions = np.asarray(versions if versions is not None else np.zeros(len(names)), dtype=np.int64)[order]
         self.errors = errors or {}  # name -> why it is not read (rare: a dict, not a column)
 
     def __len__(self) -> int:
@@ -52,12 +56,12 @@ class Listing(Sequence[Document]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         name = self.names[index]
-        return Document(self.prefix + name, self.sizes[index], self.errors.get(name))
+        return Document(self.prefix + name, self.sizes[index], self.errors.get(name), int(self.versions[index]))
 
     def __iter__(self) -> Iterator[Document]:
         prefix, errors = self.prefix, self.errors
-        return (Document(prefix + name, size, errors.get(name) if errors else None)
-                for name, size in zip(self.names, self.sizes))
+        return (Document(prefix + name, size, errors.get(name) if errors else None, version)
+                for name, size, version in zip(self.names, self.sizes, self.versions.tolist()))
 
     def __contains__(self, uri: object) -> bool:
         """Whether uri is one of the documents: a binary search of the sorted names."""
@@ -91,30 +95,48 @@ def list_documents(
     fs, root = storage.filesystem(url, storage_options)
     with storage.storage_errors(url):
         if fs.isfile(root):
-            folder = storage.parent(root)
-            return Listing(storage.full_uri(fs, folder).rstrip("/") + "/", [root[len(folder):].lstrip("/")], [fs.size(root)])
+            folder, info = storage.parent(root), fs.info(root)
+            return Listing(storage.full_uri(fs, folder).rstrip("/") + "/", [root[len(folder):].lstrip("/")],
+                           [int(info.get("size") or 0)], versions=[version_of(info)])
         errors: Dict[str, str] = {}
         if not _folder_exists(fs, root, url):
-            entries: Iterator[Tuple[str, int]] = iter(())
+            entries: Iterator[Tuple[str, int, int]] = iter(())
         elif storage.is_local(fs):
             entries = _scan_local(root, recursive, errors)
         else:
             entries = _find_remote(fs, root, recursive)
         prefix = storage.full_uri(fs, root).rstrip("/") + "/"
-        names, sizes = [], array("q")
-        for relative, size in entries:
+        names, sizes, versions = [], array("q"), array("q")
+        for relative, size, version in entries:
             if relative in errors or fnmatch.fnmatchcase(posixpath.basename(relative), glob):
                 names.append(relative)
                 sizes.append(size)
+                versions.append(version)
     if not names:
         where = f"{url} or its subfolders" if recursive else url
         raise FileNotFoundError(f"no files matching '{glob}' in {where}")
-    return Listing(prefix, names, sizes, errors)
+    return Listing(prefix, names, sizes, errors, versions)
+
+
+def version_of(info: Mapping[str, Any]) -> int:
+    """What changes when a file does, as a number: the modification time in nanoseconds
+    for local files; for object stores a hash of the ETag (S3, and what GCS calls md5Hash)
+    or, failing that, of the modification time. An incremental run compares it, with the
+    size, to what the previous run recorded."""
+    for key in ("ETag", "etag", "md5Hash", "LastModified", "last_modified", "updated", "mtime", "created"):
+        value = info.get(key)
+        if value is not None:
+            if isinstance(value, float) and key == "mtime":
+                return int(value * 1e9)
+            digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
+            return int.from_bytes(digest, "little", signed=True) or 1
+    return 0
 
 
 def _scan_local(root: str, recursive: bool, errors: Dict[str, str], relative: str = "",
-                seen: Optional[Set[Tuple[int, int]]] = None) -> Iterator[Tuple[str, int]]:
-    """(path under root, size) of every non-folder entry, lazily (os.scandir).
+                seen: Optional[Set[Tuple[int, int]]] = None) -> Iterator[Tuple[str, int, int]]:
+    """(path under root, size, modification time in ns) of every non-folder entry, lazily
+    (os.scandir).
 
     Only regular files (and links to them) are documents: anything else, a FIFO that
     would block its reader for ever or a link to itself, is listed with the reason in
@@ -130,20 +152,20 @@ def _scan_local(root: str, recursive: bool, errors: Dict[str, str], relative: st
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     errors[name] = "a symbolic link loop, not a file"
-                yield name, 0  # a dangling link: listed, and reported when read
+                yield name, 0, 0  # a dangling link: listed, and reported when read
                 continue
             if stat.S_ISDIR(info.st_mode):
                 if recursive:
                     if _identity(info) in seen:
                         errors[name] = "a link to a folder already listed (a folder link loop): walked once"
-                        yield name, 0
+                        yield name, 0, 0
                         continue
                     seen.add(_identity(info))
                     yield from _scan_local(root, recursive, errors, name + "/", seen)
                 continue
             if not stat.S_ISREG(info.st_mode):
                 errors[name] = f"not a regular file ({_kind(info.st_mode)})"
-            yield name, info.st_size
+            yield name, info.st_size, info.st_mtime_ns
 
 
 def _identity(info: os.stat_result) -> Tuple[int, int]:
@@ -158,11 +180,21 @@ def _kind(mode: int) -> str:
     return "a special file"
 
 
-def _find_remote(fs: AbstractFileSystem, root: str, recursive: bool) -> Iterator[Tuple[str, int]]:
+def _find_remote(fs: AbstractFileSystem, root: str, recursive: bool) -> Iterator[Tuple[str, int, int]]:
     base = root.rstrip("/") + "/"
     for path, info in fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True).items():
         if info.get("type") != "directory" and path.startswith(base):
-            yield path[len(base):], int(info.get("size") or 0)
+            yield path[len(base):], int(info.get("size") or 0), version_of(info)
+
+
+def has_objects(fs: AbstractFileSystem, root: str) -> bool:
+    """Whether a bucket prefix holds any object (False for a missing bucket too): one
+    request, where s3fs's isdir() lists the whole prefix (ten thousand requests for ten
+    million keys)."""
+    try:
+        return next(compat.list_pages(fs, root.rstrip("/") + "/", recursive=True, page=1), None) is not None
+    except FileNotFoundError:
+        return False
 
 
 def check_folder(url: str, storage_options: Optional[Mapping[str, Any]] = None) -> None:
@@ -176,7 +208,7 @@ def check_folder(url: str, storage_options: Optional[Mapping[str, Any]] = None) 
 def _folder_exists(fs: AbstractFileSystem, root: str, url: str) -> bool:
     """True for a folder; raises for one that is not there. On object stores a prefix
     with no objects is no folder at all (False), and only a missing bucket is an error."""
-    if fs.isdir(root):
+    if has_objects(fs, root) if compat.pages_listable(fs) else fs.isdir(root):
         return True
     if storage.is_local(fs):
         raise FileNotFoundError(f"input folder not found: {url}")

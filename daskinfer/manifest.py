@@ -14,6 +14,8 @@ from daskinfer import storage
 from daskinfer.errors import RunFailed
 from daskinfer.listing import Document
 
+REPEATED = "listed more than once in the manifest"
+
 
 class Manifest:
     """The inputs a manifest lists, in its order.
@@ -40,7 +42,7 @@ class Manifest:
                 yield Document(entry, -1)
             elif entry not in repeated:
                 repeated.add(entry)
-                yield Document(entry, -1, f"listed more than once in the manifest (again at line {number}); scored once")
+                yield Document(entry, -1, f"{REPEATED} (again at line {number}); scored once")
 
     def _entries(self) -> Iterator[Tuple[int, str]]:
         fs, path = storage.filesystem(self.uri, self.storage_options)

@@ -1,7 +1,8 @@
 """Where a run's files go, and claiming them before any work starts.
 
-A results file has four sidecars: errors, summary, the resolved config and the run report.
-They take the plain names (errors.jsonl, summary.json, config.yaml, report.html) in the
+A results file has five sidecars: errors, summary, the resolved config, the run report and
+the ledger of its inputs. They take the plain names (errors.jsonl, summary.json, config.yaml,
+report.html, ledger.parquet) in the
 results' folder unless another run's files have them; then they are named after the results
 file (`b.errors.jsonl`, `b.summary.json`, ... beside `b.jsonl`). Two runs never share one.
 
@@ -28,7 +29,8 @@ from daskinfer import storage
 from daskinfer.errors import ConfigError
 
 RESULTS_NAME = "batch-infer-res.jsonl"
-SIDECARS = {"errors": "errors.jsonl", "summary": "summary.json", "config": "config.yaml", "report": "report.html"}
+SIDECARS = {"errors": "errors.jsonl", "summary": "summary.json", "config": "config.yaml", "report": "report.html",
+            "ledger": "ledger.parquet"}
 
 
 def default_output_path(output_format: str = "jsonl", now: Optional[float] = None) -> Tuple[str, str]:

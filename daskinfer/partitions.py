@@ -5,7 +5,7 @@ hands their texts to the model (texts)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 from daskinfer import evaluation, reading, storage
 from daskinfer.errors import first_line
@@ -86,17 +86,24 @@ class Partition(Sequence[Document]):
         return ready
 
 
-def group(docs: Iterable[Document], max_docs: int, max_bytes: int) -> Iterator[Partition]:
-    """Consecutive runs of docs, each at most max_docs files and (beyond one file) max_bytes."""
-    if isinstance(docs, Listing):
+def group(docs: Iterable[Optional[Document]], max_docs: Union[int, Callable[[], int]], max_bytes: int
+          ) -> Iterator[Optional[Partition]]:
+    """Consecutive runs of docs, each at most max_docs files and (beyond one file) max_bytes.
+    max_docs may be a function, asked at each cut (a listing still growing); a None among
+    docs (nothing listed yet) is passed on as a None among the partitions."""
+    if isinstance(docs, Listing) and not callable(max_docs):
         yield from _cut_listing(docs, max_docs, max_bytes)
         return
+    limit = max_docs if callable(max_docs) else lambda: max_docs
     batch = Partition([], [])
-    batch_bytes = 0
+    batch_bytes, size = 0, limit()
     for doc in docs:
-        if batch.uris and (len(batch) >= max_docs or batch_bytes + doc.size > max_bytes):
+        if doc is None:  # a growing listing has nothing more for now: say so, keep the batch
+            yield None
+            continue
+        if batch.uris and (len(batch) >= size or batch_bytes + doc.size > max_bytes):
             yield batch
-            batch, batch_bytes = Partition([], []), 0
+            batch, batch_bytes, size = Partition([], []), 0, limit()
         batch.append(doc)
         batch_bytes += max(doc.size, 0)  # -1: unknown (a manifest's entries)
     if batch.uris:

@@ -10,11 +10,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from daskinfer import cluster, config, model, outputs, planning, predict, reporting, run_report, scheduling, sink
+from daskinfer import (carrying, cluster, config, ledger, model, outputs, planning, predict, reporting, run_report,
+                       scheduling, sink)
 from daskinfer.errors import ConfigError, Incomplete, Interrupted, first_line
 
 if TYPE_CHECKING:
@@ -63,14 +64,14 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     inf = cfg.inference
     model_info = planning.resolve_model(cfg)  # an MLflow alias is resolved here, once
     pinned = planning.pinned_uri(model_info, inf.model_path)
-    job = planning.prepare(cfg, pinned)
+    job = planning.prepare(cfg, pinned, model_info["sha256"])
     prediction = planning.prediction_settings(cfg, model_info["sha256"])
     uri, made = (inf.output_path, None) if inf.output_path else outputs.default_output_path(inf.output_format)
-    out = _open_output(uri, made, cfg, prediction)
+    out = _open_output(uri, made, cfg, prediction, job.source.tables)
     try:
-        with contextlib.nullcontext(client) if client is not None else cluster.connect(
-                cfg.cluster, planning.model_spec(cfg, pinned)) as live:
-            cluster.describe(live, cfg.cluster)
+        with _cluster(cfg, job, client, pinned) as live:
+            if live is not None:
+                cluster.describe(live, cfg.cluster)
             log.info("Scoring %s from %s", job.source.describe(), inf.input_manifest or inf.input_data_dir)
             with cluster.performance_report(cfg.cluster.performance_report):
                 scoring = _score(job, live, out)
@@ -93,6 +94,17 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     return RunResult(out.uri, summary)
 
 
+def _cluster(cfg: DictConfig, job: planning.Job, client: Any, model_uri: str):
+    """The cluster to score on: client's, or one started for this run; none at all for an
+    incremental run that has nothing new to score."""
+    if client is not None:
+        return contextlib.nullcontext(client)
+    if job.increment is not None and not job.increment.plan.to_score:
+        log.info("Nothing new or changed since %s: no cluster needed", cfg.inference.incremental_from)
+        return contextlib.nullcontext(None)
+    return cluster.connect(cfg.cluster, planning.model_spec(cfg, model_uri))
+
+
 def _publish(cfg: DictConfig, job: planning.Job, out: sink.OrderedSink, scoring: reporting.Scoring,
              model_info: Dict[str, Any], started: float) -> Dict[str, Any]:
     """The summary, the report and the commit: sidecars first, the results last."""
@@ -101,16 +113,18 @@ def _publish(cfg: DictConfig, job: planning.Job, out: sink.OrderedSink, scoring:
     manifest = {
         "model": model_info,
         "inputs": job.source.digest(),
-        "settings": {"threshold": inf.threshold, "labels": list(inf.labels), "batch_size": inf.batch_size,
-                     "all_scores": inf.all_scores, "encoding": inf.encoding},
+        "settings": planning.recorded_settings(cfg),
         "versions": reporting.versions(),
     }
+    increment = job.increment and {"from": inf.incremental_from, "removed": job.increment.plan.removed,
+                                   "retried": job.increment.plan.retried}
     summary = reporting.summary(scoring, out.results.count, out.errors.count, time.monotonic() - started,
-                                out.uri, inf.labels_from, tuple(inf.labels), manifest)
+                                out.uri, inf.labels_from, tuple(inf.labels), manifest, increment)
     reference = run_report.reference_stats(inf.reference, planning.storage_options(cfg)) if inf.reference else None
     if reference is not None:
         summary["drift"] = run_report.drift(scoring.stats, reference, inf.reference)
-    out.commit(summary, config.to_yaml(cfg), run_report.render(summary, scoring.stats, scoring.timeline, reference))
+    out.commit(summary, config.to_yaml(cfg), run_report.render(summary, scoring.stats, scoring.timeline, reference),
+               ledger.encode(job.source.documents(), out.notes))
     return summary
 
 
@@ -129,7 +143,8 @@ def _log_to_mlflow(cfg: DictConfig, summary: Dict[str, Any], out: sink.OrderedSi
         log.warning("%s", exc)
 
 
-def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dict[str, Any]) -> sink.OrderedSink:
+def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dict[str, Any],
+                 tables: bool) -> sink.OrderedSink:
     """The output claimed for this run; a resume checks it continues the same predictions."""
     inf, options = cfg.inference, planning.storage_options(cfg)
     held = outputs.claim(uri, options, inf.resume, made)
@@ -143,7 +158,7 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
                     f"({_differences(changed, before, prediction)}); resume with the same ones, "
                     "or choose another inference.output_path")
         held.record({**held.previous, **outputs.holder(), "prediction": prediction})
-        out = sink.OrderedSink(held, options, resume=inf.resume, output_format=inf.output_format)
+        out = sink.OrderedSink(held, options, resume=inf.resume, output_format=inf.output_format, tables=tables)
     except BaseException:
         held.release(keep=inf.resume)
         raise
@@ -159,28 +174,42 @@ def _differences(keys, before: Dict[str, Any], now: Dict[str, Any]) -> str:
 
 
 def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.Scoring:
-    """Score what is not done yet on client's workers, writing each unit as its turn comes."""
+    """Score what is not done yet on client's workers, writing each unit as its turn comes;
+    an incremental run's carried documents are copied from the previous output in theirs."""
     scoring = reporting.Scoring()
     runner = scheduling.Runner(client, job.settings, job.cfg.cluster.wait_for_workers_s)
-    n_threads = scheduling.planned_threads(client, job.cfg.cluster)
-    units = job.source.units(runner, out.done, n_threads)
+    n_threads = scheduling.planned_threads(client, job.cfg.cluster) if client is not None else 1
+    increment, settings = job.increment, job.settings
+    carrier = increment and carrying.Carrier(increment.previous, settings.storage_options, job.source.tables,
+                                             settings.labels, settings.labels_from, settings.output_format)
+    units = job.source.units(runner, out.done, n_threads, increment.plan.carry if increment else None)
     progress = reporting.Progress(job.source.count)
     try:
         for unit, part in runner.in_order(units, scheduling.tasks_ahead(n_threads, job.cfg.cluster)):
+            if unit.carried is not None:
+                part = carrier.take(unit.carried, out.done)
             if part is not None:
-                _write(out, part)
+                _write(out, part, _tables_with_results(unit, part) if job.source.tables else ())
             scoring.add(unit, part)
             progress.update(scoring.documents)
     finally:
         progress.close()
-    if out.written:
+        if carrier:
+            carrier.close()
+    if out.written and client is not None:
         scoring.model_loads = client.run(model.load_count, job.settings.model.uri)
     return scoring
 
 
-def _write(out: sink.OrderedSink, part: Any) -> None:
+def _tables_with_results(unit: Any, part: Any) -> List[str]:
+    if unit.carried is not None:
+        return [uri for uri, flags in unit.carried if flags & ledger.IN_RESULTS]
+    return [unit.piece.uri] if part.n_results else []
+
+
+def _write(out: sink.OrderedSink, part: Any, tables_with_results: Sequence[str]) -> None:
     try:
-        out.write(part)
+        out.write(part, tables_with_results)
     except OSError as exc:  # a full disk, a lost mount: the output, not a document, failed
         raise OSError(exc.errno, f"cannot write the output {out.uri}: {exc.strerror or first_line(exc)}") from None
 

@@ -24,8 +24,10 @@ def plan(cfg: DictConfig) -> Dict[str, Any]:
     started = time.monotonic()
     planning.check(cfg)
     cluster.start_forkserver(cfg.cluster)
-    job = planning.prepare(cfg, planning.pinned_uri(planning.resolve_model(cfg), cfg.inference.model_path))
+    model_info = planning.resolve_model(cfg)
+    job = planning.prepare(cfg, planning.pinned_uri(model_info, cfg.inference.model_path), model_info["sha256"])
     inputs = job.source.profile(cfg.inference.max_document_bytes)
+    increment = job.increment and job.increment.plan
     with cluster.connect(cfg.cluster, planning.model_spec(cfg)) as client:
         ready = time.monotonic() - started
         nthreads = client.nthreads()
@@ -35,7 +37,11 @@ def plan(cfg: DictConfig) -> Dict[str, Any]:
         probe = client.submit(_probe, sample, job.settings, workers=[worker], pure=False).result() if sample else None
     result = {"inputs": inputs, "start_s": round(ready, 2), "threads": threads,
               "threads_per_worker": max(nthreads.values()) if nthreads else None, "probe": probe}
-    result["estimates"] = _estimates(inputs["documents"], ready, probe, threads, result["threads_per_worker"])
+    if increment:
+        result["incremental"] = {"carried": increment.carried, "to_score": increment.to_score,
+                                 "removed": increment.removed, "retried": increment.retried}
+    to_score = increment.to_score if increment else inputs["documents"]
+    result["estimates"] = _estimates(to_score, ready, probe, threads, result["threads_per_worker"])
     return result
 
 
@@ -85,6 +91,10 @@ def lines(result: Dict[str, Any]) -> List[str]:
     out = [f"inputs: {inputs['documents']} documents" + (f", {inputs['bytes']:,} bytes" if inputs["bytes"] else "")]
     out += [f"  {bucket:>18}: {n}" for bucket, n in inputs["sizes"].items()]
     out += [f"would be errors: {n} ({why})" for why, n in inputs["skipped"].items()]
+    if "incremental" in result:
+        changes = result["incremental"]
+        out.append(f"incremental: {changes['to_score']} to score (new or changed), {changes['carried']} carried "
+                   f"unchanged, {changes['removed']} removed since the previous run")
     probe = result["probe"]
     if probe:
         out.append(f"model: loaded in {probe['model_load_s']:.2f} s on a worker, which then holds "

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer import evaluation, listing, manifest, model, model_files, outputs, sources, storage
+from daskinfer import evaluation, incremental, ledger, listing, manifest, model, model_files, outputs, sources, storage
 from daskinfer.predict import Settings
 from daskinfer.sources import Source
 
@@ -18,6 +18,13 @@ class Job:
     cfg: DictConfig
     source: Source
     settings: Settings
+    increment: Optional["Increment"] = None  # an incremental run's previous run and plan
+
+
+@dataclass
+class Increment:
+    previous: incremental.Previous
+    plan: incremental.Plan
 
 
 def storage_options(cfg: DictConfig) -> Dict[str, Any]:
@@ -72,15 +79,43 @@ def check(cfg: DictConfig) -> None:
         with storage.storage_errors(inf.reference, "the reference "):
             if not reference_fs.isfile(reference_path):
                 raise FileNotFoundError(f"inference.reference not found: {inf.reference}")
+    if inf.incremental_from:
+        incremental.locate(inf.incremental_from, options)
     if cfg.cluster.address:
         from daskinfer.remote_scheduler import check_remote
 
         check_remote(cfg.cluster)
 
 
-def prepare(cfg: DictConfig, model_uri: Optional[str] = None) -> Job:
-    """List the inputs (or read the tables' schemas) and settle what every task needs."""
-    return Job(cfg, sources.open_source(cfg.inference, storage_options(cfg)), settings(cfg, model_uri))
+def prepare(cfg: DictConfig, model_uri: Optional[str] = None, model_sha256: Optional[str] = None) -> Job:
+    """List the inputs (or read the tables' schemas) and settle what every task needs; in an
+    incremental run, which documents keep their previous records."""
+    source = sources.open_source(cfg.inference, storage_options(cfg))
+    return Job(cfg, source, settings(cfg, model_uri), increment(cfg, source, model_sha256))
+
+
+def increment(cfg: DictConfig, source: Source, model_sha256: Optional[str]) -> Optional[Increment]:
+    """With inference.incremental_from: the previous run, checked to have made the same
+    predictions (unless inference.incremental_rescore), and what to carry from it."""
+    inf, options = cfg.inference, storage_options(cfg)
+    if not inf.incremental_from:
+        return None
+    previous = incremental.locate(inf.incremental_from, options)
+    if not inf.incremental_rescore:
+        incremental.check_same_predictions(previous, model_sha256, recorded_settings(cfg), inf.incremental_from)
+    retry = incremental.failed_documents(previous, options, source.tables) if inf.retry_errors else None
+    plan = incremental.plan(source.documents(), lambda: ledger.read(previous.ledger, options), retry, source.sorted)
+    if inf.incremental_rescore:
+        plan = incremental.Plan(plan.carry * 0, removed=plan.removed)
+    return Increment(previous, plan)
+
+
+def recorded_settings(cfg: DictConfig) -> Dict[str, Any]:
+    """The settings summary.json records (incremental.COMPARED among them)."""
+    inf = cfg.inference
+    return {"threshold": inf.threshold, "labels": list(inf.labels), "batch_size": inf.batch_size,
+            "all_scores": inf.all_scores, "encoding": inf.encoding, "input_format": inf.input_format,
+            "text_column": inf.text_column, "id_column": inf.id_column, "max_document_bytes": inf.max_document_bytes}
 
 
 def resolve_model(cfg: DictConfig) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from daskinfer import evaluation, model, records
-from daskinfer.errors import ConfigError, first_line
+from daskinfer.errors import ConfigError, first_line, may_pass
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class Scored:
 
     def fail(self, position: int, key: str, exc: BaseException, prefix: str = "") -> None:
         reason = f"{type(exc).__name__}: {first_line(exc)}"
-        self.errors.append((position, records.error_entry(key, f"{prefix}: {reason}" if prefix else reason)))
+        entry = records.error_entry(key, f"{prefix}: {reason}" if prefix else reason, transient=may_pass(exc))
+        self.errors.append((position, entry))
 
 
 def score(piece: Any, settings: Settings, *data: Any) -> records.PartitionResult:
@@ -92,6 +93,7 @@ def score_texts(ready: Sequence[Text], settings: Settings, out: Scored) -> None:
         return
     predict = model.predictor(settings.model)
     check_labels(predict.output_shape, settings.labels)
+    _given[settings.model.uri] = _given.get(settings.model.uri, 0) + len(ready)
     for batch in batches(ready, settings.batch_size, settings.max_batch_chars if settings.length_batching else None):
         _score_batch(predict, batch, settings, out)
 
@@ -182,6 +184,15 @@ def _score_batch(predict, batch: Sequence[Text], settings: Settings, out: Scored
         out.predicted.append((item.position, record))
         if out.tally is not None:
             out.tally.add(item.label, sentiment)
+
+
+_given: Dict[str, int] = {}  # model URI -> documents given to it in this process
+
+
+def documents_given(model_uri: str) -> int:
+    """How many documents this process gave the model to score (for a test to ask each
+    worker, as model.load_count does)."""
+    return _given.get(model_uri, 0)
 
 
 def _worker_address() -> str:

@@ -24,6 +24,7 @@ class Scoring:
 
     documents: int = 0
     skipped: int = 0
+    carried: int = 0  # an incremental run's documents whose lines came from the previous run
     tally: Optional[evaluation.Tally] = None
     by_worker: Dict[str, int] = field(default_factory=dict)  # worker address -> documents
     model_loads: Dict[str, int] = field(default_factory=dict)
@@ -32,14 +33,18 @@ class Scoring:
     started: float = field(default_factory=time.monotonic)
 
     def add(self, unit: Unit, part: Optional[records.PartitionResult]) -> None:
-        self.documents += unit.documents
+        carried = unit.carried is not None and part is not None
+        self.documents += part.documents if carried else unit.documents  # a carried table's rows: as read
         self.skipped += unit.skipped
         if part is None:
             return
         self.timeline.append((round(time.monotonic() - self.started, 3), self.documents - self.skipped))
         if part.stats:
             _add_stats(self.stats, part.stats)
-        self.by_worker[part.worker] = self.by_worker.get(part.worker, 0) + part.documents
+        if carried:
+            self.carried += part.documents
+        else:
+            self.by_worker[part.worker] = self.by_worker.get(part.worker, 0) + part.documents
         if part.tally is not None:
             if self.tally is None:
                 self.tally = part.tally
@@ -55,13 +60,18 @@ def _add_stats(total: Dict[str, Any], part: Dict[str, Any]) -> None:
 
 
 def summary(scoring: Scoring, predicted: int, errors: int, elapsed: float, output_uri: str,
-            labels_from: Optional[str], labels: tuple, manifest: Dict[str, Any]) -> Dict[str, Any]:
-    scored = scoring.documents - scoring.skipped
+            labels_from: Optional[str], labels: tuple, manifest: Dict[str, Any],
+            incremental: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    scored = scoring.documents - scoring.skipped - scoring.carried
     result = {
         "documents": scoring.documents,
         "predicted": predicted,
         "errors": errors,
         "skipped": scoring.skipped,
+        "scored": scored,
+        "carried": scoring.carried,
+        "removed": (incremental or {}).get("removed", 0),
+        "retried": (incremental or {}).get("retried", 0),
         "elapsed_s": round(elapsed, 3),
         "docs_per_s": round(scored / elapsed, 1) if elapsed else None,
         "model_loads": scoring.model_loads,
@@ -69,6 +79,8 @@ def summary(scoring: Scoring, predicted: int, errors: int, elapsed: float, outpu
         "output": output_uri,
         **manifest,
     }
+    if incremental:
+        result["incremental_from"] = incremental["from"]
     if labels_from:
         result["evaluation"] = evaluation.figures(scoring.tally or evaluation.Tally(labels))
     return result
@@ -89,9 +101,12 @@ def closing_lines(result: Dict[str, Any], output_uri: str, errors_uri: str, erro
     """The closing log lines; the last is the output location, or the budget error."""
     log.info(
         "Scored %d documents (%d errors, %d skipped as done before) in %.1f s, %.0f docs/s",
-        result["documents"] - result["skipped"], result["errors"], result["skipped"],
-        result["elapsed_s"], result["docs_per_s"] or 0,
+        result["scored"], result["errors"], result["skipped"], result["elapsed_s"], result["docs_per_s"] or 0,
     )
+    if "incremental_from" in result:
+        log.info("Incremental run: %d documents carried unchanged from %s, %d scored (new, changed%s), %d removed",
+                 result["carried"], result["incremental_from"], result["scored"],
+                 f", {result['retried']} errors retried" if result["retried"] else "", result["removed"])
     if result["errors"]:
         log.info("Errors: %s", errors_uri)
     if "evaluation" in result:

@@ -6,7 +6,6 @@ first seconds on, with flat memory, whatever order the workers finish in."""
 from __future__ import annotations
 
 import collections
-import itertools
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 
 from daskinfer import predict
 from daskinfer.errors import RunFailed, first_line
-from daskinfer.sources import Unit
+from daskinfer.sources import NOT_YET, Unit
 
 
 def planned_threads(client: Any, cfg: DictConfig) -> int:
@@ -44,6 +43,12 @@ def adaptive(cfg: DictConfig) -> bool:
     return cfg.adapt.minimum is not None or cfg.adapt.maximum is not None
 
 
+# Units without a task (carried by an incremental run) looked at beyond the window, so
+# that the partitions after a long run of carried documents are already being scored
+# while the driver copies those documents' lines.
+_UNSCORED_AHEAD = 64
+
+
 class Runner:
     """Scoring tasks on client's workers, watched: a run with no worker left for wait_s
     seconds stops with a clear message instead of waiting for ever."""
@@ -51,6 +56,7 @@ class Runner:
     def __init__(self, client: Any, settings: predict.Settings, wait_s: float):
         self.client, self.settings, self.wait_s = client, settings, wait_s
         self._lost_since: Optional[float] = None
+        self.submitted = 0
         self._last_look = 0.0
 
     def in_order(self, units: Iterable[Unit], window: int) -> Iterator[Tuple[Unit, Optional[Any]]]:
@@ -66,21 +72,37 @@ class Runner:
 
         pending: collections.deque = collections.deque()
         numbered = enumerate(units)
+        self.submitted = 0  # units with a task: those done before or carried hold no worker
+        exhausted = False
         while True:
-            for index, unit in itertools.islice(numbered, window - len(pending)):
-                pending.append((unit, self._submit(index, unit)))
+            while self.submitted < window and len(pending) < window + _UNSCORED_AHEAD:
+                following = next(numbered, None)
+                exhausted = following is None
+                if exhausted or following[1] is NOT_YET:
+                    break
+                future = self._submit(*following)
+                pending.append((following[1], future))
+                self.submitted += future is not None
             if not pending:
-                return
+                if exhausted:
+                    return
+                continue
             unit, future = pending.popleft()
             if future is None:
                 yield unit, None
                 continue
+            self.submitted -= 1
             try:
                 yield unit, self.result(future)
             except KilledWorker as exc:
                 raise RunFailed(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
             finally:
                 future.release()
+
+    @property
+    def busy(self) -> bool:
+        """Whether tasks are out whose results are still to be written."""
+        return self.submitted > 0
 
     def _submit(self, index: int, unit: Unit):
         if unit.piece is None:

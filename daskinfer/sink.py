@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Container, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Container, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
-from daskinfer import records, storage
+from daskinfer import ledger, records, storage
 from daskinfer.outputs import Claim
 
 
@@ -25,7 +25,7 @@ class OrderedSink:
     """
 
     def __init__(self, held: Claim, storage_options: Mapping[str, Any], resume: bool = False,
-                 output_format: str = "jsonl"):
+                 output_format: str = "jsonl", tables: bool = False):
         self.claim, self.uri = held, held.output_uri
         self.fs, self.path = storage.filesystem(held.output_uri, storage_options)
         self.local = storage.is_local(self.fs)
@@ -35,10 +35,13 @@ class OrderedSink:
             self.fs, self.path, resume)
         self.errors = stream(self.fs, errors_path, resume)
         self.done = self.results.filepaths | self.errors.filepaths
+        self.notes = ledger.Notes(tables)  # where each document's lines went, for the ledger
+        self.notes.add_keys(self.results.filepaths, self.errors.filepaths)
 
-    def write(self, part: records.PartitionResult) -> None:
+    def write(self, part: records.PartitionResult, tables_with_results: Iterable[str] = ()) -> None:
         self.results.write(part.results, part.n_results)
         self.errors.write(part.errors, part.n_errors)
+        self.notes.add(part.errors, tables_with_results)
 
     @property
     def written(self) -> int:
@@ -52,12 +55,15 @@ class OrderedSink:
                 if isinstance(stream, _LocalStream):
                     stream.settle(current, in_sorted_order)
 
-    def commit(self, summary: Dict[str, Any], config_yaml: str, report_html: Optional[str] = None) -> None:
+    def commit(self, summary: Dict[str, Any], config_yaml: str, report_html: Optional[str] = None,
+               ledger: Optional[bytes] = None) -> None:
         """Publish: the sidecars (written whole, then renamed), the results last."""
         sidecars = self.claim.sidecars
         self._put(sidecars["config"], config_yaml.encode("utf-8"))
         if report_html is not None and "report" in sidecars:
             self._put(sidecars["report"], report_html.encode("utf-8"))
+        if ledger is not None and "ledger" in sidecars:  # a run claimed by an older daskinfer has none
+            self._put(sidecars["ledger"], ledger)
         self._put(sidecars["summary"], (json.dumps(summary, indent=2) + "\n").encode())
         self.errors.publish()
         self.results.publish()

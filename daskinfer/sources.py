@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from typing import Any, Container, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Container, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from daskinfer import records, tables
+from daskinfer import object_listing, records, tables
 from daskinfer.errors import RunFailed, root_cause
-from daskinfer.listing import Listing, list_documents
+from daskinfer.listing import Document, Listing, list_documents
 from daskinfer.manifest import Manifest
+from daskinfer.object_listing import GrowingListing
 from daskinfer.partitions import Partition, group, partition_size
 
 
@@ -27,23 +28,36 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
         docs: Union[Listing, Manifest] = Manifest(inf.input_manifest, storage_options)
     else:
         glob = inf.input_glob or tables.DEFAULT_GLOBS[inf.input_format]
-        docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options)
+        # A bucket is scored as it is listed, unless the run needs the whole listing first:
+        # to compare it with a previous run's, or to skip what a resumed run did.
+        streamed = None
+        if inf.input_format == "files" and not inf.resume and not inf.incremental_from:
+            streamed = object_listing.open_listing(inf.input_data_dir, glob, inf.recursive, storage_options)
+        docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options) if streamed is None else streamed
     if inf.input_format == "files":
         return FileSource(docs, inf.partition_size, inf.partition_bytes)
     columns = tables.Columns(inf.text_column, inf.id_column, inf.labels_from)
     frames = [(doc.uri, tables.frame(doc.uri, inf.input_format, columns, storage_options, inf.partition_bytes))
               for doc in docs]
-    return TableSource(frames, columns, inf.input_format, inf.partition_size, storage_options)
+    return TableSource(docs, frames, columns, inf.input_format, inf.partition_size, storage_options)
 
 
 class Unit(NamedTuple):
-    """One step of the output: piece (None when all of it was done before a resume) with
-    the data it reads, standing for `documents` inputs of which `skipped` were done."""
+    """One step of the output: piece (None when all of it was done before a resume, or is
+    carried) with the data it reads, standing for `documents` inputs of which `skipped`
+    were done. carried: the documents ((uri, plan flags) each) whose lines an incremental
+    run copies from the previous run's output (see carrying.py) instead of scoring."""
 
     piece: Any
     data: Tuple[Any, ...]
     documents: int
     skipped: int
+    carried: Optional[List[Tuple[str, int]]] = None
+
+
+# No unit ready yet (a bucket still being listed): the runner writes what it has meanwhile.
+NOT_YET = Unit(None, (), 0, 0)
+CARRIED_PER_UNIT = 2000  # carried documents copied in one step, like a partition's
 
 
 class FileSource:
@@ -54,19 +68,51 @@ class FileSource:
 
     @property
     def count(self) -> Optional[int]:
-        return len(self.docs)
+        return None if self._streaming else len(self.docs)
 
     def describe(self) -> str:
-        return f"{len(self.docs)} documents"
+        return "the documents as they are listed" if self._streaming else f"{len(self.docs)} documents"
 
-    def units(self, runner: Any, done: Container[str], n_threads: int) -> Iterator[Unit]:
+    @property
+    def _streaming(self) -> bool:
+        return isinstance(self.docs, GrowingListing) and not self.docs.complete
+
+    tables = False  # a record's filepath is its document
+
+    def documents(self) -> Iterable[Document]:
+        return self.docs
+
+    def units(self, runner: Any, done: Container[str], n_threads: int, carry: Optional[Sequence[int]] = None
+              ) -> Iterator[Unit]:
+        """The units in output order: what was done before a resume first (it is in the
+        output already), then partitions to score and, in an incremental run, the runs of
+        carried documents between them (carry: per document, 0 or its plan flags)."""
+        if self._streaming and not done and carry is None:
+            listing = self.docs
+            size = lambda: partition_size(listing.listed, n_threads, self.configured_size)  # noqa: E731
+            for part in group(listing.stream(lambda: runner.busy), size, self.max_bytes):
+                yield NOT_YET if part is None else Unit(part, (), len(part), 0)
+            return
         skipped = sum(1 for doc in self.docs if doc.uri in done) if done else 0
         if skipped:
             yield Unit(None, (), skipped, skipped)
-        docs = (doc for doc in self.docs if doc.uri not in done) if done else self.docs
-        size = partition_size(len(self.docs) - skipped, n_threads, self.configured_size)
-        for part in group(docs, size, self.max_bytes):
-            yield Unit(part, (), len(part), 0)
+        if carry is None:
+            docs = (doc for doc in self.docs if doc.uri not in done) if done else self.docs
+            size = partition_size(len(self.docs) - skipped, n_threads, self.configured_size)
+            for part in group(docs, size, self.max_bytes):
+                yield Unit(part, (), len(part), 0)
+            return
+        flags_of = carry.tolist()
+        to_score = sum(1 for doc, flags in zip(self.docs, flags_of) if not flags and doc.uri not in done)
+        size = partition_size(to_score, n_threads, self.configured_size)
+        for carried, run in itertools.groupby(zip(self.docs, flags_of), key=lambda pair: bool(pair[1])):
+            fresh = ((doc, flags) for doc, flags in run if doc.uri not in done)
+            if carried:
+                for chunk in _chunks(((doc.uri, flags) for doc, flags in fresh), CARRIED_PER_UNIT):
+                    yield Unit(None, (), len(chunk), 0, chunk)
+            else:
+                for part in group((doc for doc, _ in fresh), size, self.max_bytes):
+                    yield Unit(part, (), len(part), 0)
 
     def pieces(self, n_threads: int) -> Iterator[Tuple[Any, Tuple[Any, ...]]]:
         """Every piece with its data, for a notebook's bag."""
@@ -75,6 +121,11 @@ class FileSource:
 
     def __contains__(self, key: object) -> bool:
         return key in self.docs if isinstance(self.docs, Listing) else True
+
+    @property
+    def sorted(self) -> bool:
+        """Whether the documents come in sorted order (a listing's; a manifest's is its own)."""
+        return isinstance(self.docs, Listing)
 
     @property
     def in_key_order(self) -> bool:
@@ -119,21 +170,35 @@ class TableSource:
     """Rows of table files, read by dask's readers on the workers: a table's row count is
     learned as its partitions are read, so the count is None until the end."""
 
-    def __init__(self, frames: List[Tuple[str, Any]], columns: tables.Columns, fmt: str,
-                 configured_size: Optional[int], storage_options: Optional[dict] = None):
-        self.frames, self.columns, self.fmt, self.configured_size = frames, columns, fmt, configured_size
-        self.storage_options = storage_options or {}
+    def __init__(self, docs: Union[Listing, Manifest], frames: List[Tuple[str, Any]], columns: tables.Columns,
+                 fmt: str, configured_size: Optional[int], storage_options: Optional[dict] = None):
+        self.docs, self.frames, self.columns, self.fmt = docs, frames, columns, fmt
+        self.configured_size, self.storage_options = configured_size, storage_options or {}
 
     count: Optional[int] = None
+    tables = True  # a record's filepath is `<table>#<row>`; a table file is the document
+
+    def documents(self) -> Iterable[Document]:
+        return self.docs
+
+    @property
+    def sorted(self) -> bool:
+        return isinstance(self.docs, Listing)
 
     def describe(self) -> str:
         return f"the rows of {len(self.frames)} {self.fmt} file(s)"
 
-    def units(self, runner: Any, done: Container[str], n_threads: int) -> Iterator[Unit]:
+    def units(self, runner: Any, done: Container[str], n_threads: int, carry: Optional[Sequence[int]] = None
+              ) -> Iterator[Unit]:
         """One unit per slice of rows. Each dask partition is read on a worker (the next one
-        read while this one is scored); its length, once known, decides the slices."""
+        read while this one is scored); its length, once known, decides the slices. In an
+        incremental run a carried table is one unit, copied from the previous output."""
+        carried = {doc.uri: flags for doc, flags in zip(self.docs, carry.tolist()) if flags} if carry is not None else {}
+        ahead = iter(uri for uri, _ in self.frames)
         client, next_row = runner.client, {}
-        for uri, part in _read_ahead(client, self.frames):
+        for uri, part in _read_ahead(client, [(uri, frame) for uri, frame in self.frames if uri not in carried]):
+            if uri not in next_row:  # the first of this table's partitions
+                yield from _carried_before(uri, ahead, carried)
             n_rows = self._length(runner, uri, part)
             first = next_row.get(uri, 0)
             next_row[uri] = first + n_rows
@@ -147,6 +212,7 @@ class TableSource:
                 piece = client.submit(tables.take_rows, part, rows.start, rows.stop, pure=False)
                 yield Unit(tables.Rows(uri, numbers.start, skip, self.columns), (piece,), len(rows), len(skip))
             part.release()
+        yield from _carried_before(None, ahead, carried)
 
     def pieces(self, n_threads: int) -> Iterator[Tuple[Any, Tuple[Any, ...]]]:
         """A piece per dask partition, for a notebook's bag; the row numbers need every
@@ -197,6 +263,22 @@ def _size_range(low: int) -> str:
         return f"{n / 1024:g} TiB"
 
     return "< 1 KiB" if low == 0 else f"{human(low)} - {human(low * 4)}"
+
+
+def _carried_before(uri: Optional[str], ahead: Iterator[str], carried: dict) -> Iterator[Unit]:
+    """A unit for each carried table that comes before uri (None: all that are left); ahead
+    walks the tables in order, and stops after uri once it is reached."""
+    for table in ahead:
+        if table in carried:
+            yield Unit(None, (), 0, 0, [(table, carried[table])])
+        if table == uri:
+            return
+
+
+def _chunks(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
+    items = iter(items)
+    while chunk := list(itertools.islice(items, n)):
+        yield chunk
 
 
 def _read_ahead(client: Any, frames: List[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:

@@ -35,7 +35,7 @@ def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs
     assert (output.parent / "config.yaml").is_file()
     assert (output.parent / "errors.jsonl").read_text() == ""
     assert sorted(p.name for p in output.parent.iterdir()) == [
-        "config.yaml", "errors.jsonl", "report.html", "results.jsonl", "summary.json"]
+        "config.yaml", "errors.jsonl", "ledger.parquet", "report.html", "results.jsonl", "summary.json"]
 
 
 def test_default_output_layout_config_file_and_env_interpolation(models, test_docs, tmp_path):

@@ -234,7 +234,7 @@ def test_a_second_results_file_in_a_folder_gets_sidecars_of_its_own(keras_model,
     common = (f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", *ONE_WORKER)
     first = cli(*common, f"inference.output_path={folder / 'a.jsonl'}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    sidecars = ("errors.jsonl", "summary.json", "config.yaml", "report.html")
+    sidecars = ("errors.jsonl", "summary.json", "config.yaml", "report.html", "ledger.parquet")
     before = {name: (folder / name).read_bytes() for name in sidecars}
     assert json.loads(before["summary.json"])["predicted"] == len(docs)
 
@@ -246,7 +246,8 @@ def test_a_second_results_file_in_a_folder_gets_sidecars_of_its_own(keras_model,
     assert (folder / "b.errors.jsonl").read_text() == ""
     assert "threshold: 0.7" in (folder / "b.config.yaml").read_text()
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["a.jsonl", *sidecars, "b.jsonl", "b.errors.jsonl", "b.summary.json", "b.config.yaml", "b.report.html"]
+        ["a.jsonl", *sidecars, "b.jsonl", "b.errors.jsonl", "b.summary.json", "b.config.yaml", "b.report.html",
+         "b.ledger.parquet"]
     )
 
 

@@ -54,9 +54,10 @@ def test_inputs_model_and_output_on_s3(s3_server, s3_data, tmp_path):
     assert summary["predicted"] == 1600 and set(summary["model_loads"].values()) == {1}
     assert read_object(s3_server, "results", "run1/errors.jsonl") == b""
     listed = s3_server.client().list_objects_v2(Bucket="results", Prefix="run1/")["Contents"]
-    everything = run.stdout + run.stderr + "".join(
-        read_object(s3_server, "results", o["Key"]).decode() for o in listed
+    everything = run.stdout + run.stderr + "".join(  # the ledger is Parquet: bytes, read as text
+        read_object(s3_server, "results", o["Key"]).decode(errors="replace") for o in listed
     )
+    assert "run1/ledger.parquet" in {o["Key"] for o in listed}
     assert s3_server.secret not in everything
     assert not any(s3_server.secret in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".pb")
 

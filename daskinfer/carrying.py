@@ -1,0 +1,98 @@
+"""Carrying an incremental run's unchanged documents: their lines from the previous run's
+results and errors, copied byte for byte as their turn in the output comes. Both previous
+files are read once, front to back, beside the output being written: the driver never
+holds them whole."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Container, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from daskinfer import evaluation, ledger, records, storage
+from daskinfer.errors import RunFailed
+from daskinfer.incremental import Previous
+
+
+class Carrier:
+    """The previous run's lines of the carried documents, in output order: both previous
+    files are read once, front to back, skipping the lines of what is scored anew."""
+
+    def __init__(self, previous: Previous, storage_options: Mapping[str, Any], tables: bool,
+                 labels: Sequence[str], labels_from: Optional[str], output_format: str):
+        self.results = _Lines(previous.results, storage_options, tables)
+        self.errors = _Lines(previous.errors, storage_options, tables)
+        self.tables, self.labels, self.labels_from = tables, tuple(labels), labels_from
+        self.output_format = output_format
+
+    def take(self, carried: Sequence[Tuple[str, int]], done: Container[str] = ()) -> records.PartitionResult:
+        """A unit of carried documents ((uri, plan flags) each) as if a worker had scored it;
+        lines already in the output (done, on a resume) are left out."""
+        predicted: List[Tuple[bytes, Dict[str, Any]]] = []
+        failed: List[Tuple[bytes, Dict[str, Any]]] = []
+        for uri, flags in carried:
+            if flags & ledger.IN_RESULTS:
+                predicted += self.results.take(uri)
+            if flags & ledger.IN_ERRORS:
+                failed += self.errors.take(uri)
+        if done:
+            predicted = [line for line in predicted if line[1]["filepath"] not in done]
+            failed = [line for line in failed if line[1]["filepath"] not in done]
+        found = [record for _, record in predicted]
+        tally = None
+        if self.labels_from and not self.tables:  # a table's labels are in its rows, not read again
+            tally = evaluation.Tally(self.labels)
+            for record in found:
+                tally.add(evaluation.true_label(record["filepath"], self.labels, self.labels_from), record["sentiment"])
+        results = records.parquet_table(found) if self.output_format == "parquet" and found else (
+            b"".join(line for line, _ in predicted))
+        return records.PartitionResult(results, b"".join(line for line, _ in failed), len(predicted), len(failed),
+                                       tally, "", records.stats(found, [entry for _, entry in failed]))
+
+    def close(self) -> None:
+        self.results.close()
+        self.errors.close()
+
+
+class _Lines:
+    """A JSONL file of the previous run, read forward a document at a time."""
+
+    def __init__(self, uri: str, storage_options: Mapping[str, Any], tables: bool):
+        self.uri, self.tables = uri, tables
+        fs, path = storage.filesystem(uri, storage_options)
+        with storage.storage_errors(uri, "the previous run's "):
+            self.file = fs.open(path, "rb") if fs.exists(path) else None
+        self.ahead: Optional[Tuple[bytes, Dict[str, Any], str]] = None
+
+    def take(self, doc: str) -> List[Tuple[bytes, Dict[str, Any]]]:
+        """The lines of doc: the next line of it (a document file has one), or the next run
+        of lines of it (a table's rows); the lines before it are of documents not carried."""
+        while True:
+            line = self._peek()
+            if line is None:
+                raise RunFailed(f"the previous results {self.uri} do not hold {doc}, which their ledger lists: "
+                                "they were changed after that run; set inference.incremental_rescore=true")
+            if line[2] == doc:
+                break
+            self.ahead = None
+        taken = []
+        while line is not None and line[2] == doc:
+            taken.append(line[:2])
+            self.ahead = None
+            if not self.tables:
+                break
+            line = self._peek()
+        return taken
+
+    def _peek(self) -> Optional[Tuple[bytes, Dict[str, Any], str]]:
+        if self.ahead is None and self.file is not None:
+            raw = self.file.readline()
+            if raw:
+                if not raw.endswith(b"\n"):
+                    raw += b"\n"
+                record = json.loads(raw)
+                self.ahead = (raw, record, ledger.doc_of(record["filepath"], self.tables))
+        return self.ahead
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
