@@ -68,3 +68,19 @@ def test_the_forkserver_can_still_be_found_and_ended():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_s3fs_still_lists_a_prefix_page_by_page():
+    """compat.list_pages drives s3fs's async generator of a listing's objects; the end-to-end
+    check that a bucket is scored while its last page is held back is
+    tests/test_listing_stream.py."""
+    import inspect
+
+    import s3fs
+
+    from daskinfer import compat
+
+    fs = s3fs.S3FileSystem(anon=True)
+    assert compat.pages_listable(fs)
+    assert inspect.isasyncgenfunction(s3fs.S3FileSystem._iterdir)
+    assert {"bucket", "delimiter", "prefix"} <= set(inspect.signature(s3fs.S3FileSystem._iterdir).parameters)
