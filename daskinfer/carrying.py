@@ -13,6 +13,28 @@ from daskinfer.errors import RunFailed
 from daskinfer.incremental import Previous
 
 
+Lines = List[Tuple[bytes, Dict[str, Any]]]
+
+
+def _by_key(scored: Optional[records.PartitionResult]) -> Dict[str, List[Tuple[bytes, Dict[str, Any], bool]]]:
+    """A worker's result as {filepath: [(line, record, whether an error entry)]}: a path a
+    manifest lists twice has its record and the repeat's error entry."""
+    found: Dict[str, List[Tuple[bytes, Dict[str, Any], bool]]] = {}
+    if scored is None:
+        return found
+    if isinstance(scored.results, bytes):
+        for line in scored.results.splitlines(keepends=True):
+            record = json.loads(line)
+            found.setdefault(record["filepath"], []).append((line, record, False))
+    elif scored.results is not None:  # Parquet output: the records as columns
+        for record in scored.results.to_pylist():
+            found.setdefault(record["filepath"], []).append((b"", record, False))
+    for line in (scored.errors or b"").splitlines(keepends=True):
+        entry = json.loads(line)
+        found.setdefault(entry["filepath"], []).append((line, entry, True))
+    return found
+
+
 class Carrier:
     """The previous run's lines of the carried documents, in output order: both previous
     files are read once, front to back, skipping the lines of what is scored anew."""
@@ -24,29 +46,41 @@ class Carrier:
         self.tables, self.labels, self.labels_from = tables, tuple(labels), labels_from
         self.output_format = output_format
 
-    def take(self, carried: Sequence[Tuple[str, int]], done: Container[str] = ()) -> records.PartitionResult:
-        """A unit of carried documents ((uri, plan flags) each) as if a worker had scored it;
-        lines already in the output (done, on a resume) are left out."""
-        predicted: List[Tuple[bytes, Dict[str, Any]]] = []
-        failed: List[Tuple[bytes, Dict[str, Any]]] = []
-        for uri, flags in carried:
-            if flags & ledger.IN_RESULTS:
-                predicted += self.results.take(uri)
-            if flags & ledger.IN_ERRORS:
-                failed += self.errors.take(uri)
+    def take(self, span: Sequence[Tuple[str, int]], scored: Optional[records.PartitionResult],
+             done: Container[str] = ()) -> records.PartitionResult:
+        """A unit's output: its documents ((uri, plan flags) each, in order) with the lines of
+        the carried ones copied and those of the scored ones (flags 0) from scored, the
+        worker's result; lines already in the output (done, on a resume) left out."""
+        fresh = _by_key(scored)
+        predicted: Lines = []
+        failed: Lines = []
+        carried: List[Dict[str, Any]] = []
+        for uri, flags in span:
+            if not flags:
+                line, record, error = fresh[uri].pop(0)
+                (failed if error else predicted).append((line, record))
+                continue
+            found = self.results.take(uri) if flags & ledger.IN_RESULTS else []
+            predicted += found
+            failed += self.errors.take(uri) if flags & ledger.IN_ERRORS else []
+            carried += [record for _, record in found]
         if done:
             predicted = [line for line in predicted if line[1]["filepath"] not in done]
             failed = [line for line in failed if line[1]["filepath"] not in done]
-        found = [record for _, record in predicted]
-        tally = None
+            carried = [record for record in carried if record["filepath"] not in done]
+        n_scored = scored.documents if scored is not None else 0
+        tally = scored.tally if scored is not None else None
         if self.labels_from and not self.tables:  # a table's labels are in its rows, not read again
-            tally = evaluation.Tally(self.labels)
-            for record in found:
+            tally = tally or evaluation.Tally(self.labels)
+            for record in carried:
                 tally.add(evaluation.true_label(record["filepath"], self.labels, self.labels_from), record["sentiment"])
-        results = records.parquet_table(found) if self.output_format == "parquet" and found else (
+        records_ = [record for _, record in predicted]
+        results = records.parquet_table(records_) if self.output_format == "parquet" and records_ else (
             b"".join(line for line, _ in predicted))
-        return records.PartitionResult(results, b"".join(line for line, _ in failed), len(predicted), len(failed),
-                                       tally, "", records.stats(found, [entry for _, entry in failed]))
+        return records.PartitionResult(
+            results, b"".join(line for line, _ in failed), len(predicted), len(failed), tally,
+            scored.worker if scored is not None else "", records.stats(records_, [entry for _, entry in failed]),
+            carried=len(predicted) + len(failed) - n_scored)
 
     def close(self) -> None:
         self.results.close()

@@ -187,7 +187,7 @@ def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.S
     try:
         for unit, part in runner.in_order(units, scheduling.tasks_ahead(n_threads, job.cfg.cluster)):
             if unit.carried is not None:
-                part = carrier.take(unit.carried, out.done)
+                part = carrier.take(unit.carried, part, out.done)
             if part is not None:
                 _write(out, part, _tables_with_results(unit, part) if job.source.tables else ())
             scoring.add(unit, part)
@@ -202,7 +202,7 @@ def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.S
 
 
 def _tables_with_results(unit: Any, part: Any) -> List[str]:
-    if unit.carried is not None:
+    if unit.carried is not None:  # a carried table (tables are carried or scored whole)
         return [uri for uri, flags in unit.carried if flags & ledger.IN_RESULTS]
     return [unit.piece.uri] if part.n_results else []
 

@@ -43,6 +43,7 @@ class PartitionResult(NamedTuple):
     tally: Any
     worker: str
     stats: Optional[Dict[str, Any]] = None  # for the run report: score histogram, labels, errors by kind
+    carried: int = 0  # of documents, those whose lines an incremental run copied from the previous one
 
     @property
     def documents(self) -> int:

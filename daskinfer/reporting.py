@@ -33,18 +33,17 @@ class Scoring:
     started: float = field(default_factory=time.monotonic)
 
     def add(self, unit: Unit, part: Optional[records.PartitionResult]) -> None:
-        carried = unit.carried is not None and part is not None
-        self.documents += part.documents if carried else unit.documents  # a carried table's rows: as read
+        incremental = unit.carried is not None and part is not None
+        self.documents += part.documents if incremental else unit.documents  # a carried table's rows: as read
         self.skipped += unit.skipped
         if part is None:
             return
         self.timeline.append((round(time.monotonic() - self.started, 3), self.documents - self.skipped))
         if part.stats:
             _add_stats(self.stats, part.stats)
-        if carried:
-            self.carried += part.documents
-        else:
-            self.by_worker[part.worker] = self.by_worker.get(part.worker, 0) + part.documents
+        self.carried += part.carried
+        if part.documents > part.carried:
+            self.by_worker[part.worker] = self.by_worker.get(part.worker, 0) + part.documents - part.carried
         if part.tally is not None:
             if self.tally is None:
                 self.tally = part.tally

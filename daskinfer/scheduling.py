@@ -46,7 +46,7 @@ def adaptive(cfg: DictConfig) -> bool:
 # Units without a task (carried by an incremental run) looked at beyond the window, so
 # that the partitions after a long run of carried documents are already being scored
 # while the driver copies those documents' lines.
-_UNSCORED_AHEAD = 64
+_UNSCORED_AHEAD = 16
 
 
 class Runner:

@@ -45,8 +45,9 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
 class Unit(NamedTuple):
     """One step of the output: piece (None when all of it was done before a resume, or is
     carried) with the data it reads, standing for `documents` inputs of which `skipped`
-    were done. carried: the documents ((uri, plan flags) each) whose lines an incremental
-    run copies from the previous run's output (see carrying.py) instead of scoring."""
+    were done. carried: in an incremental run, every document of the unit in order, (uri,
+    plan flags) each: flags 0 for those piece scores, else its lines are copied from the
+    previous run's output (see carrying.py)."""
 
     piece: Any
     data: Tuple[Any, ...]
@@ -57,7 +58,7 @@ class Unit(NamedTuple):
 
 # No unit ready yet (a bucket still being listed): the runner writes what it has meanwhile.
 NOT_YET = Unit(None, (), 0, 0)
-CARRIED_PER_UNIT = 2000  # carried documents copied in one step, like a partition's
+SPAN = 5000  # documents of an incremental run's unit, carried and scored, at most
 
 
 class FileSource:
@@ -105,14 +106,8 @@ class FileSource:
         flags_of = carry.tolist()
         to_score = sum(1 for doc, flags in zip(self.docs, flags_of) if not flags and doc.uri not in done)
         size = partition_size(to_score, n_threads, self.configured_size)
-        for carried, run in itertools.groupby(zip(self.docs, flags_of), key=lambda pair: bool(pair[1])):
-            fresh = ((doc, flags) for doc, flags in run if doc.uri not in done)
-            if carried:
-                for chunk in _chunks(((doc.uri, flags) for doc, flags in fresh), CARRIED_PER_UNIT):
-                    yield Unit(None, (), len(chunk), 0, chunk)
-            else:
-                for part in group((doc for doc, _ in fresh), size, self.max_bytes):
-                    yield Unit(part, (), len(part), 0)
+        yield from _spans(((doc, flags) for doc, flags in zip(self.docs, flags_of) if doc.uri not in done),
+                          size, self.max_bytes)
 
     def pieces(self, n_threads: int) -> Iterator[Tuple[Any, Tuple[Any, ...]]]:
         """Every piece with its data, for a notebook's bag."""
@@ -275,10 +270,25 @@ def _carried_before(uri: Optional[str], ahead: Iterator[str], carried: dict) -> 
             return
 
 
-def _chunks(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
-    items = iter(items)
-    while chunk := list(itertools.islice(items, n)):
-        yield chunk
+def _spans(docs: Iterable[Tuple[Document, int]], size: int, max_bytes: int) -> Iterator[Unit]:
+    """An incremental run's units: consecutive documents, carried or not, with the ones to
+    score in them as one partition. A few changed documents scattered among many carried
+    ones are then scored a partition at a time, not a task each."""
+    span: List[Tuple[str, int]] = []
+    part, part_bytes = Partition([], []), 0
+    for doc, flags in docs:
+        if not flags and part.uris and (len(part) >= size or part_bytes + doc.size > max_bytes):
+            yield Unit(part, (), len(span), 0, span)
+            span, part, part_bytes = [], Partition([], []), 0
+        span.append((doc.uri, flags))
+        if not flags:
+            part.append(doc)
+            part_bytes += max(doc.size, 0)
+        elif len(span) >= SPAN:
+            yield Unit(part if part.uris else None, (), len(span), 0, span)
+            span, part, part_bytes = [], Partition([], []), 0
+    if span:
+        yield Unit(part if part.uris else None, (), len(span), 0, span)
 
 
 def _read_ahead(client: Any, frames: List[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
