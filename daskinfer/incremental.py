@@ -18,6 +18,7 @@ import numpy as np
 
 from daskinfer import ledger, outputs, storage
 from daskinfer.errors import ConfigError, RunFailed
+from daskinfer.listing import Listing
 
 CARRIED = 4  # in a document's plan: its lines come from the previous run (with ledger flags)
 COMPARED = ("threshold", "labels", "all_scores", "encoding", "input_format", "text_column", "id_column",
@@ -133,10 +134,13 @@ def plan(docs: Sequence[Any], read_previous: Callable[[], Iterator[ledger.Row]],
     try:
         if not sorted_docs:
             raise _Unsorted
-        _choose(carry, _merge_join(docs, read_previous(), counts), retry, counts)
+        if isinstance(docs, Listing):
+            _merge_listing(carry, docs, read_previous(), retry, counts)
+        else:
+            _choose(carry, _merge_join(docs, map(ledger.Row._make, read_previous()), counts), retry, counts)
     except _Unsorted:  # a ledger in another order than the listing's: join it as a dict
         carry[:], counts = 0, _Counts()
-        _choose(carry, _dict_join(docs, read_previous(), counts), retry, counts)
+        _choose(carry, _dict_join(docs, map(ledger.Row._make, read_previous()), counts), retry, counts)
     return Plan(carry, int(np.count_nonzero(carry)), counts.previous - counts.matched, counts.retried)
 
 
@@ -163,6 +167,34 @@ def _choose(carry: np.ndarray, pairs: Iterator[Tuple[int, Any, ledger.Row, int]]
         if position > last:
             carry[i] = CARRIED | row.flags
             last = position
+
+
+def _merge_listing(carry: np.ndarray, listing: Listing, rows: Iterator[ledger.Row], retry: Optional[set],
+                   counts: _Counts) -> None:
+    """_choose(_merge_join(...)) for a listing, on its columns: no Document per file, which
+    would cost more than everything else here."""
+    names, prefix, errors = listing.names, listing.prefix, listing.errors
+    sizes, versions = listing.sizes, memoryview(np.ascontiguousarray(listing.versions))
+    i, n, before = 0, len(names), None
+    for path, size, version, flags in rows:
+        if before is not None and path <= before:
+            raise _Unsorted
+        before = path
+        counts.previous += 1
+        if not path.startswith(prefix):
+            continue
+        name = path[len(prefix):]
+        while i < n and names[i] < name:
+            i += 1
+        if i == n or names[i] != name:
+            continue
+        counts.matched += 1
+        if (errors and name in errors) or sizes[i] != size or (version and versions[i] and versions[i] != version):
+            continue
+        if retry is not None and path in retry:
+            counts.retried += 1
+            continue
+        carry[i] = CARRIED | flags
 
 
 def _merge_join(docs: Sequence[Any], rows: Iterator[ledger.Row], counts: _Counts):

@@ -143,13 +143,13 @@ def _table(paths: List[bytes], sizes: Sequence[int], versions: Sequence[int], fl
     return pyarrow.Table.from_arrays(columns, schema=schema())
 
 
-def read(uri: str, storage_options: Mapping[str, Any]) -> Iterator[Row]:
-    """The rows of a ledger, in order, a batch at a time."""
+def read(uri: str, storage_options: Mapping[str, Any]) -> Iterator[Tuple[str, int, int, int]]:
+    """The rows of a ledger (filepath, size, version, flags), in order, a batch at a time."""
     import pyarrow.parquet
 
     fs, path = storage.filesystem(uri, storage_options)
     with storage.storage_errors(uri, "the previous run's ledger "), fs.open(path, "rb") as f:
         for batch in pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=BATCH):
-            names = [name.decode("utf-8", "surrogateescape") for name in batch.column(0).to_pylist()]
+            names = [name.decode("utf-8", "surrogateescape") for name in batch.column(0).to_numpy(False)]
             columns = [batch.column(i).to_numpy().tolist() for i in range(1, 4)]
-            yield from (Row(*values) for values in zip(names, *columns))
+            yield from zip(names, *columns)
