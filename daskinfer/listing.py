@@ -182,7 +182,9 @@ def _kind(mode: int) -> str:
 
 def _find_remote(fs: AbstractFileSystem, root: str, recursive: bool) -> Iterator[Tuple[str, int, int]]:
     base = root.rstrip("/") + "/"
-    for path, info in fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True).items():
+    found = fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True)
+    fs.invalidate_cache(root)  # s3fs keeps every listed entry (1 KB a key) for the process's life
+    for path, info in found.items():
         if info.get("type") != "directory" and path.startswith(base):
             yield path[len(base):], int(info.get("size") or 0), version_of(info)
 
