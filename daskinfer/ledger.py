@@ -65,6 +65,13 @@ class Notes:
         return IN_ERRORS if driver_error or uri in self.errors else IN_RESULTS
 
 
+def tables_with_results(unit: Any, part: Any) -> List[str]:
+    """The tables of which a unit wrote results (tables are carried or scored whole)."""
+    if unit.carried is not None:
+        return [uri for uri, flags in unit.carried if flags & IN_RESULTS]
+    return [unit.piece.uri] if part.n_results else []
+
+
 def encode(docs: Iterable[Any], notes: Notes) -> bytes:
     """The ledger of a run's documents (a Listing, a manifest's), in output order, as
     Parquet bytes, a batch of rows at a time."""

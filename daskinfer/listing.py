@@ -218,3 +218,16 @@ def _folder_exists(fs: AbstractFileSystem, root: str, url: str) -> bool:
     if not fs.exists(bucket):
         raise FileNotFoundError(f"bucket not found: {bucket} (input {url})")
     return False
+
+
+def size_range(low: int) -> str:
+    """A size bucket [low, 4 x low) in words, for a dry run's histogram."""
+
+    def human(n: float) -> str:
+        for unit in ("KiB", "MiB", "GiB"):
+            n /= 1024
+            if n < 1024:
+                return f"{n:g} {unit}"
+        return f"{n / 1024:g} TiB"
+
+    return "< 1 KiB" if low == 0 else f"{human(low)} - {human(low * 4)}"

@@ -9,6 +9,8 @@ here imports TensorFlow; MLflow itself is imported only when one of these functi
 
 from __future__ import annotations
 
+import logging
+
 import hashlib
 import re
 import warnings
@@ -19,6 +21,7 @@ from daskinfer.errors import ConfigError
 from daskinfer.mlflow_client import LOOKUP, TRANSFER, LogFailed, import_mlflow, is_missing, one_line_errors, \
     require_tracking_uri, settings
 
+log = logging.getLogger("daskinfer")
 __all__ = ["LogFailed", "ResolvedModel", "download", "is_mlflow_uri", "log_run", "resolve"]
 
 SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
@@ -209,3 +212,13 @@ def log_run(cfg, summary: Mapping[str, Any], files: Mapping[str, str], results_u
     from daskinfer import mlflow_logging
 
     return mlflow_logging.log_run(cfg, summary, files, results_uri)
+
+
+def log_run_or_warn(cfg, summary: Mapping[str, Any], files: Mapping[str, str], results_uri: str) -> None:
+    """log_run, its failure a warning in the log."""
+    try:
+        logged = log_run(cfg, summary, files, results_uri)
+        if logged:
+            log.info("Logged to MLflow: run %s", logged)
+    except LogFailed as exc:
+        log.warning("%s", exc)

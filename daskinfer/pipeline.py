@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 from omegaconf import DictConfig
 
@@ -89,7 +89,10 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     except BaseException:
         out.abandon()
         raise
-    _log_to_mlflow(cfg, summary, out)
+    if inf.mlflow.log:
+        from daskinfer import mlflow_models
+
+        mlflow_models.log_run_or_warn(cfg, summary, out.claim.sidecars, out.uri)
     reporting.closing_lines(summary, out.uri, out.claim.sidecars["errors"], inf.error_budget)
     return RunResult(out.uri, summary)
 
@@ -126,21 +129,6 @@ def _publish(cfg: DictConfig, job: planning.Job, out: sink.OrderedSink, scoring:
     out.commit(summary, config.to_yaml(cfg), run_report.render(summary, scoring.stats, scoring.timeline, reference),
                ledger.encode(job.source.documents(), out.notes))
     return summary
-
-
-def _log_to_mlflow(cfg: DictConfig, summary: Dict[str, Any], out: sink.OrderedSink) -> None:
-    """With inference.mlflow.log, the run beside the model's training run in MLflow. A failure
-    is a warning: the results are written already."""
-    if not cfg.inference.mlflow.log:
-        return
-    from daskinfer import mlflow_models
-
-    try:
-        logged = mlflow_models.log_run(cfg, summary, out.claim.sidecars, out.uri)
-        if logged:
-            log.info("Logged to MLflow: run %s", logged)
-    except mlflow_models.LogFailed as exc:
-        log.warning("%s", exc)
 
 
 def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dict[str, Any],
@@ -189,7 +177,7 @@ def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.S
             if unit.carried is not None:
                 part = carrier.take(unit.carried, part, out.done)
             if part is not None:
-                _write(out, part, _tables_with_results(unit, part) if job.source.tables else ())
+                _write(out, part, ledger.tables_with_results(unit, part) if job.source.tables else ())
             scoring.add(unit, part)
             progress.update(scoring.documents)
     finally:
@@ -199,12 +187,6 @@ def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.S
     if out.written and client is not None:
         scoring.model_loads = client.run(model.load_count, job.settings.model.uri)
     return scoring
-
-
-def _tables_with_results(unit: Any, part: Any) -> List[str]:
-    if unit.carried is not None:  # a carried table (tables are carried or scored whole)
-        return [uri for uri, flags in unit.carried if flags & ledger.IN_RESULTS]
-    return [unit.piece.uri] if part.n_results else []
 
 
 def _write(out: sink.OrderedSink, part: Any, tables_with_results: Sequence[str]) -> None:

@@ -148,7 +148,10 @@ class _LocalStream:
 
     def abandon(self, keep: bool) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # a full disk: what the buffer held is lost; a resume scores it again
+                pass
             if not keep:
                 os.unlink(self.partial)
 

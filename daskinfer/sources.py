@@ -15,7 +15,7 @@ from typing import Any, Container, Iterable, Iterator, List, NamedTuple, Optiona
 
 from daskinfer import object_listing, records, tables
 from daskinfer.errors import RunFailed, root_cause
-from daskinfer.listing import Document, Listing, list_documents
+from daskinfer.listing import Document, Listing, list_documents, size_range
 from daskinfer.manifest import Manifest
 from daskinfer.object_listing import GrowingListing
 from daskinfer.partitions import Partition, group, partition_size
@@ -141,7 +141,7 @@ class FileSource:
             low = 0 if size < 1024 else 1024 * 4 ** int(math.log(size / 1024, 4))
             sizes[low] = sizes.get(low, 0) + 1
         return {"documents": len(self.docs), "bytes": self.docs.total_bytes,
-                "sizes": {_size_range(low): n for low, n in sorted(sizes.items())}, "skipped": skipped}
+                "sizes": {size_range(low): n for low, n in sorted(sizes.items())}, "skipped": skipped}
 
     def sample(self, n: int) -> Optional[Partition]:
         """Up to n documents spread evenly over a listing (a manifest: its first ones)."""
@@ -247,17 +247,6 @@ class TableSource:
 
 
 Source = Union[FileSource, TableSource]
-
-
-def _size_range(low: int) -> str:
-    def human(n: float) -> str:
-        for unit in ("KiB", "MiB", "GiB"):
-            n /= 1024
-            if n < 1024:
-                return f"{n:g} {unit}"
-        return f"{n / 1024:g} TiB"
-
-    return "< 1 KiB" if low == 0 else f"{human(low)} - {human(low * 4)}"
 
 
 def _carried_before(uri: Optional[str], ahead: Iterator[str], carried: dict) -> Iterator[Unit]:

@@ -40,6 +40,83 @@ def read_jsonl(path) -> List[dict]:
         return [json.loads(line) for line in f]
 
 
+# ---------------------------------------------------------------- running the suite in parallel
+
+# pytest-xdist (`-n 2 --dist loadgroup`, in pyproject.toml) runs the tests on two workers. A
+# test that needs one of these costly shared fixtures joins its group, and each group runs on
+# one worker, so that the fixture starts once (the first name a test uses wins; an explicit
+# xdist_group mark wins over all). Every other test is handed out alone, to whichever worker
+# is free.
+SHARED_FIXTURE_GROUPS = {
+    "mlflow_server": "mlflow-server",      # `mlflow server` (tens of seconds to start) and the models on it
+    "client": "local-cluster",             # the session's LocalCluster
+    "cluster": "dask-processes",           # test_distributed's `dask scheduler` / `dask worker` processes
+    "many_small_docs": "dask-processes",   # 30,000 files, and the runs that read them
+    "s3_data": "s3-data",                  # the reviews and models uploaded to moto
+    "attention": "attention",              # models trained by one module
+    "four_class": "four-class",
+}
+
+# Tests handed out alone that take longest: started first, so that none is left running
+# alone at the end while the other worker has nothing to do.
+SLOW_FIRST = (
+    "test_an_s3_endpoint_stopped_mid_run",
+    "test_keras_hub_classifier_scored_end_to_end",
+    "test_two_runs_with_the_default_output_in_one_folder",
+    "test_the_dashboard_shows_while_a_run_scores",
+    "test_notebook_runs_top_to_bottom",
+    "test_a_scheduler_killed_mid_run",
+    "test_demo_builds_a_model",
+    "test_two_runs_on_one_output_path",
+    "test_report_html_renders_offline",
+    "test_a_resume_after_the_inputs_changed",
+    "test_sigterm_during_start_up",
+    "test_first_results_are_written_before_the_listing_ends",
+    "test_an_incremental_run_killed_mid_way",
+    "test_incremental_on_s3_uses_etags",
+)
+
+
+def _group(item) -> Optional[str]:
+    marked = item.get_closest_marker("xdist_group")
+    if marked is not None:
+        return str(marked.args[0] if marked.args else marked.kwargs.get("name", "default"))
+    return next((g for name, g in SHARED_FIXTURE_GROUPS.items() if name in item.fixturenames), None)
+
+
+def pytest_collection_modifyitems(config, items):
+    def slow_alone(item) -> int:
+        return 0 if _group(item) is None and item.name.startswith(SLOW_FIRST) else 1
+
+    items.sort(key=slow_alone)  # stable: the rest keep their order
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and hasattr(config, "workerinput"):
+        groups = {item.nodeid: group for item in items if (group := _group(item))}
+        # beside this worker's base temporary folder: in the controller's, where the scheduler reads it
+        (config._tmp_path_factory.getbasetemp().parent / f"xdist-groups-{worker}.json").write_text(json.dumps(groups))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadgroup, grouping by what the workers wrote (xdist's own loadgroup reads
+    xdist_group marks through a node id that pytest 9 no longer lets it change)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class SharedFixtureScheduling(LoadGroupScheduling):
+        groups: Optional[Dict[str, str]] = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = {}
+                for path in config._tmp_path_factory.getbasetemp().glob("xdist-groups-*.json"):
+                    self.groups.update(json.loads(path.read_text()))
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)  # else xdist's: a mark's group, or the test alone
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_data_present():
     if not IMDB.is_dir():
@@ -89,8 +166,9 @@ def many_small_docs(tmp_path_factory, models):
     paths = [str(folder / f"{i:06d}_{'8' if i % len(lines) < 5331 else '2'}.txt") for i in range(len(texts))]
     for path, text in zip(paths, texts):
         Path(path).write_text(text, "utf-8")
-    scores = models["keras"][1](texts)
-    return folder, dict(zip(paths, map(float, scores)))
+    distinct = sorted(set(texts))  # the snippets come round three times: each is scored once
+    score_of = dict(zip(distinct, map(float, models["keras"][1](distinct))))
+    return folder, {path: score_of[text] for path, text in zip(paths, texts)}
 
 
 NULL_ROWS = (5, 777, 1602)  # table rows whose text is missing: errors at their row numbers
@@ -263,3 +341,8 @@ def s3_server(tmp_path_factory):
         server.terminate()
         server.wait(10)
         log.close()
+
+
+# The MLflow server's fixtures, registered once for the whole session (a test module that
+# imported them would get a server of its own).
+from mlflow_server import mlflow_server, registered  # noqa: E402,F401

@@ -2,8 +2,8 @@
 
 `mlflow server` runs in its own process on 127.0.0.1 with basic authentication on, its runs in
 SQLite under a temporary folder, its artifacts proxied to moto's S3 server (the s3_server
-fixture), as a team's server keeps them on S3-compatible storage. Test modules import the
-fixtures by name: `from mlflow_server import mlflow_server, registered  # noqa: F401`.
+fixture), as a team's server keeps them on S3-compatible storage. conftest.py registers the
+fixtures once for the session: a test module must not import them (it would start a server of its own).
 """
 
 from __future__ import annotations

@@ -121,6 +121,10 @@ def test_every_worker_lost_ends_the_run_with_a_clear_message(tmp_path, models, m
     lonely = start_cluster(tmp_path, n_workers=1, nanny=False)
     out = tmp_path / "res.jsonl"
     try:
+        # The run waits only 3 s for a worker: on a busy machine, `dask worker` (importing
+        # TensorFlow) takes longer than that to join, and the run would end before it lost one.
+        with distributed.Client(lonely.address) as client:
+            client.wait_for_workers(1, timeout=120)
         job = subprocess.Popen(
             [sys.executable, "-m", "daskinfer", f"inference.model_path={models['keras'][0]}",
              f"inference.input_data_dir={folder}", f"inference.output_path={out}",

@@ -16,7 +16,7 @@ from typing import Dict, Tuple
 
 import pytest
 from conftest import assert_predictions, free_port, local_docs, read_jsonl, run_cli
-from mlflow_server import NAME, mlflow_server, registered  # noqa: F401 (fixtures)
+from mlflow_server import NAME  # the fixtures mlflow_server and registered: conftest.py
 from test_errors import assert_user_error
 
 from daskinfer import config, mlflow_models, model_files
@@ -107,11 +107,13 @@ def test_summary_names_the_resolved_version(version_one_twice, registered, work,
 
 @pytest.fixture(scope="module")
 def alias_moved(mlflow_server, registered, work, test_docs):
-    """models:/<name>@champion scored with the alias on version 1, then on version 2."""
+    """models:/<name>@champion scored with the alias on version 1, then on version 2. The
+    first run also logs itself to MLflow (test_the_cli_logs_the_run_when_asked)."""
     uri = f"models:/{NAME}@champion"
     try:
         registered.set_champion(mlflow_server, 1)
-        first = score(mlflow_server, uri, work, "champion-1", docs=test_docs)
+        first = score(mlflow_server, uri, work, "champion-1", "inference.mlflow.log=true",
+                      "inference.mlflow.run_name=cli-logged", docs=test_docs)
         registered.set_champion(mlflow_server, 2)
         second = score(mlflow_server, uri, work, "champion-2", docs=test_docs)
         with mlflow_server.environment():
@@ -304,11 +306,9 @@ def test_log_run_failure_is_one_line_and_keeps_the_results(version_one_twice, ml
     assert mlflow_models.log_run(off, summary, _sidecars(folder), str(folder / "res.jsonl")) is None
 
 
-def test_the_cli_logs_the_run_when_asked(mlflow_server, registered, work, test_docs):
-    run = score(mlflow_server, f"models:/{NAME}@champion", work, "logged", "inference.mlflow.log=true",
-                "inference.mlflow.run_name=cli-logged", docs=test_docs)
-    assert run.returncode == 0, run.stderr
-    _, summary = outputs(work, "logged")
+def test_the_cli_logs_the_run_when_asked(alias_moved, mlflow_server, registered, work):
+    """alias_moved's first run: models:/<name>@champion (version 1) with inference.mlflow.log=true."""
+    _, summary = outputs(work, "champion-1")
     with mlflow_server.environment():
         found = mlflow_server.client().search_runs([registered.experiment_id], "attributes.run_name = 'cli-logged'")
     assert len(found) == 1

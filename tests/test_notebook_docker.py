@@ -11,7 +11,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import REPO, assert_predictions, local_docs, read_jsonl
-from mlflow_server import mlflow_server, registered  # noqa: F401 (fixtures)
 from nbclient import NotebookClient
 
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
