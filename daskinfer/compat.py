@@ -57,8 +57,9 @@ def kill_forkserver() -> None:
 
 
 def pages_listable(fs) -> bool:
-    """Whether fs can list a prefix page by page (list_pages): s3fs can."""
-    return callable(getattr(fs, "_iterdir", None)) and callable(getattr(fs, "split_path", None))
+    """Whether fs can list a prefix page by page (list_pages): s3fs can (another filesystem's
+    private methods of the same name need not mean the same)."""
+    return type(fs).__module__.split(".")[0] == "s3fs" and callable(getattr(fs, "_iterdir", None))
 
 
 def list_pages(fs, base: str, recursive: bool, page: int = 1000) -> Iterator[dict]:
