@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from importlib import metadata
 from typing import List, Optional
 
@@ -118,7 +119,15 @@ def _version() -> str:
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the run the way Ctrl-C does: resumable
+    """SIGTERM stops the run the way Ctrl-C does: resumable. Not inside an import's lock
+    callback, though: an exception there is printed as "Exception ignored" with a traceback
+    and lost, and the run goes on half-started. The signal comes again 50 ms later."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
 
 
 def fail(message: str, code: int) -> int:
