@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from throughput import make_docs as make_imdb_copies  # noqa: E402  (copies of the review sample)
 SHARED = HERE.parent.parent / "shared" / "data"
 IMDB = SHARED / "imdb-sample"
 RT = SHARED / "rt-polarity" / "utf8"
@@ -87,15 +89,6 @@ def make_small_files(folder: Path, n: int) -> float:
         os.write(fd, lines[i % len(lines)])
         os.close(fd)
     return time.perf_counter() - started
-
-
-def make_imdb_copies(folder: Path, n: int) -> None:
-    """As throughput.py: copies of the review sample under new names."""
-    sources = sorted(IMDB.glob("*/*/*.txt"))
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        src = sources[i % len(sources)]
-        shutil.copyfile(src, folder / f"{i:07d}_{src.stem.split('_')[1]}.txt")
 
 
 def train_model(work: Path) -> Path:
