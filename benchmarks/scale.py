@@ -634,8 +634,8 @@ def section_plan(work: Path, model: Path, sizes: List[int], repeat: int, report:
             estimate = float(re.search(r"this cluster:\s+([\d,.]+) docs/s, about ([\d,.]+) s", plan.stdout)
                              .group(2).replace(",", ""))
             est_rate = float(re.search(r"this cluster:\s+([\d,.]+) docs/s", plan.stdout).group(1).replace(",", ""))
-            sample = float(re.search(r"sample: \d+ documents at ([\d,]+) docs/s", plan.stdout).group(1).replace(",", ""))
-            start = float(re.search(r"started with the model in ([\d.]+) s", plan.stdout).group(1))
+            sample = float(re.search(r"sample: \d+ documents on \d+ thread\(s\) at once, ([\d,]+) docs/s a thread", plan.stdout).group(1).replace(",", ""))
+            start = float(re.search(r"started with the model ([\d.]+) s after the process", plan.stdout).group(1))
             per_doc.append(1e6 / sample)
             out = work / f"plan-run-{n}-{i}" / "res.jsonl"
             res = watch_run([PY, "-m", "daskinfer", *args, f"inference.output_path={out}"], out)

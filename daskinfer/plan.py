@@ -12,16 +12,20 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from daskinfer import cluster, model, planning, predict, scheduling
+from daskinfer import cluster, ledger, model, planning, predict, scheduling
 from daskinfer.partitions import Partition
 
-SAMPLE = 1000  # documents timed on one worker, spread over the whole listing
+SAMPLE_PER_THREAD = 2000  # a partition's worth for each thread, spread over the whole listing
+PROBE_S = 2.0  # each thread scores for about this long: a short burst gets a core to itself
+CHUNK = 100  # documents scored between looks at the clock
 WARM_UP = 32
+# What a run does after its last result that the plan cannot time on the driver: the
+# summary, report.html and the commit (measured 0.5 to 0.6 s at 40,000 documents).
+PUBLISH_S = 0.5
 
 
 def plan(cfg: DictConfig) -> Dict[str, Any]:
     """The plan as a dict (also printed by the command line, see lines())."""
-    started = time.monotonic()
     planning.check(cfg)
     cluster.start_forkserver(cfg.cluster)
     model_info = planning.resolve_model(cfg)
@@ -29,35 +33,77 @@ def plan(cfg: DictConfig) -> Dict[str, Any]:
     inputs = job.source.profile(cfg.inference.max_document_bytes)
     increment = job.increment and job.increment.plan
     with cluster.connect(cfg.cluster, planning.model_spec(cfg)) as client:
-        ready = time.monotonic() - started
+        ready = _since_process_start()  # the run's start-up: interpreter, imports, listing, cluster, model
         nthreads = client.nthreads()
         threads = scheduling.planned_threads(client, cfg.cluster)
-        sample = job.source.sample(SAMPLE)
-        worker = sorted(nthreads)[0]
-        probe = client.submit(_probe, sample, job.settings, workers=[worker], pure=False).result() if sample else None
+        sample = job.source.sample(SAMPLE_PER_THREAD * sum(nthreads.values()))
+        probe = _probe(client, nthreads, sample, job.settings) if sample else None
+        closing = time.monotonic()
+    closing = time.monotonic() - closing
     result = {"inputs": inputs, "start_s": round(ready, 2), "threads": threads,
-              "threads_per_worker": max(nthreads.values()) if nthreads else None, "probe": probe}
+              "threads_per_worker": max(nthreads.values()) if nthreads else None, "probe": probe,
+              "finish_s": round(closing + _publishing_s(job.source), 2)}
     if increment:
         result["incremental"] = {"carried": increment.carried, "to_score": increment.to_score,
                                  "removed": increment.removed, "retried": increment.retried}
     to_score = increment.to_score if increment else inputs["documents"]
-    result["estimates"] = _estimates(to_score, ready, probe, threads, result["threads_per_worker"])
+    result["estimates"] = _estimates(to_score, ready + result["finish_s"], probe, threads,
+                                     result["threads_per_worker"])
     return result
 
 
-def _probe(sample: Partition, settings: predict.Settings) -> Dict[str, Any]:
-    """On one worker: the model's load (time, memory) and the time per document of a sample,
-    read and scored as a run scores it."""
+def _since_process_start() -> float:
+    import psutil  # distributed's own dependency
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
+def _probe(client: Any, nthreads: Dict[str, int], sample: Partition, settings: predict.Settings) -> Dict[str, Any]:
+    """The model's load on every worker, then every thread scoring its own slice of the
+    sample at once, results sent back as a run sends them: the rate measured this way
+    already pays for the threads, the driver and other tenants sharing the cores."""
+    warm_up = Partition.of(sample[:WARM_UP])  # of(): each document keeps what the listing knows of it
+    loads = client.gather([client.submit(_load, warm_up, settings, workers=[w], pure=False) for w in nthreads])
+    slots = [worker for worker, n in sorted(nthreads.items()) for _ in range(n)]
+    slices = [Partition.of(sample[i::len(slots)]) for i in range(len(slots))]
+    began = time.perf_counter()
+    scored = client.gather([client.submit(_score_for, piece, settings, PROBE_S, workers=[worker], pure=False)
+                            for worker, piece in zip(slots, slices) if len(piece)])
+    span = time.perf_counter() - began
+    documents = sum(n for n, _ in scored)
+    slowest = max(loads, key=lambda load: load["model_load_s"])
+    return {"documents": documents, "threads": len(scored), "s_per_document": span * len(scored) / documents,
+            **slowest}
+
+
+def _load(warm_up: Partition, settings: predict.Settings) -> Dict[str, Any]:
+    """On one worker: the model's load (time, memory) and the graph's first calls."""
     before = _rss_mib()
     loading = time.perf_counter()
     model.predictor(settings.model)  # loaded once per process: its load, or the wait for its preload
     load_s = time.perf_counter() - loading
-    predict.score(Partition(sample.uris[:WARM_UP], sample.sizes[:WARM_UP]), settings)  # the graph's first calls
-    timing = time.perf_counter()
-    predict.score(sample, settings)
-    per_doc = (time.perf_counter() - timing) / len(sample)
-    return {"documents": len(sample), "s_per_document": per_doc, "model_load_s": round(load_s, 3),
-            "worker_rss_mib": round(_rss_mib(), 1), "rss_before_load_mib": round(before, 1)}
+    predict.score(warm_up, settings)
+    return {"model_load_s": round(load_s, 3), "worker_rss_mib": round(_rss_mib(), 1),
+            "rss_before_load_mib": round(before, 1)}
+
+
+def _score_for(piece: Partition, settings: predict.Settings, seconds: float) -> Tuple[int, List[Any]]:
+    """Score piece as a run does, a chunk at a time, until it is done or seconds have passed."""
+    began, results, done = time.perf_counter(), [], 0
+    while done < len(piece) and time.perf_counter() - began < seconds:
+        chunk = Partition.of(piece[done:done + CHUNK])
+        results.append(predict.score(chunk, settings))
+        done += len(chunk)
+    return done, results
+
+
+def _publishing_s(source: Any) -> float:
+    """What the run's publishing costs per document, timed on this listing: the inputs'
+    digest and the ledger; plus the fixed part."""
+    began = time.perf_counter()
+    if source.digest() is not None:  # a complete listing (not a manifest, not tables)
+        ledger.encode(source.documents(), ledger.Notes(source.tables))
+    return time.perf_counter() - began + PUBLISH_S
 
 
 def _rss_mib() -> float:
@@ -68,10 +114,10 @@ def _rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _estimates(documents: Optional[int], start_s: float, probe: Optional[Dict[str, Any]], threads: int,
+def _estimates(documents: Optional[int], fixed_s: float, probe: Optional[Dict[str, Any]], threads: int,
                per_worker: Optional[int]) -> List[Dict[str, Any]]:
     """docs/s and wall time for this cluster and for 1, 2, 4, ... workers of its shape: each
-    thread scoring at the sampled rate, after the start-up this plan itself took."""
+    thread scoring at the sampled rate, plus the start-up and finish this plan itself took."""
     if not documents or not probe:
         return []
     rate = 1 / probe["s_per_document"]
@@ -82,7 +128,7 @@ def _estimates(documents: Optional[int], start_s: float, probe: Optional[Dict[st
         shapes.append((f"{workers} worker(s) x {per_worker} thread(s)", workers * per_worker))
         workers *= 2
     return [{"cluster": name, "threads": n, "docs_per_s": round(n * rate, 1),
-             "wall_s": round(start_s + documents / (n * rate), 1)} for name, n in shapes]
+             "wall_s": round(fixed_s + documents / (n * rate), 1)} for name, n in shapes]
 
 
 def lines(result: Dict[str, Any]) -> List[str]:
@@ -99,8 +145,10 @@ def lines(result: Dict[str, Any]) -> List[str]:
     if probe:
         out.append(f"model: loaded in {probe['model_load_s']:.2f} s on a worker, which then holds "
                    f"{probe['worker_rss_mib']:.0f} MiB")
-        out.append(f"sample: {probe['documents']} documents at {1 / probe['s_per_document']:,.0f} docs/s on one thread")
-    out.append(f"cluster: {result['threads']} thread(s), started with the model in {result['start_s']:.1f} s")
+        out.append(f"sample: {probe['documents']} documents on {probe['threads']} thread(s) at once, "
+                   f"{1 / probe['s_per_document']:,.0f} docs/s a thread")
+    out.append(f"cluster: {result['threads']} thread(s), started with the model {result['start_s']:.1f} s after the "
+               f"process; closing and publishing about {result['finish_s']:.1f} s")
     for row in result["estimates"]:
         out.append(f"  {row['cluster']:>28}: {row['docs_per_s']:>10,.0f} docs/s, about {row['wall_s']:,.1f} s")
     return out

@@ -42,7 +42,7 @@ def read_jsonl(path) -> List[dict]:
 
 # ---------------------------------------------------------------- running the suite in parallel
 
-# pytest-xdist (`-n 2 --dist loadgroup`, in pyproject.toml) runs the tests on two workers. A
+# pytest-xdist (`-n 3 --dist loadgroup`, in pyproject.toml) runs the tests on three workers. A
 # test that needs one of these costly shared fixtures joins its group, and each group runs on
 # one worker, so that the fixture starts once (the first name a test uses wins; an explicit
 # xdist_group mark wins over all). Every other test is handed out alone, to whichever worker

@@ -86,10 +86,10 @@ def test_keras_hub_classifier_scored_end_to_end(tmp_path):
     from scratch (a tiny BERT, a WordPiece vocabulary of its own), saved as .keras."""
     pytest.importorskip("keras_hub")
     texts, labels = read_labeled(IMDB / "train")
-    picked = random.Random(3).sample(range(len(texts)), 300)
+    picked = random.Random(3).sample(range(len(texts)), 160)
     docs = tmp_path / "docs"
     docs.mkdir()
-    scoring = sorted((IMDB / "test").glob("*/*.txt"))[::16]
+    scoring = sorted((IMDB / "test").glob("*/*.txt"))[::32]
     for source in scoring:
         shutil.copyfile(source, docs / source.name)
     code = textwrap.dedent("""
@@ -98,16 +98,16 @@ def test_keras_hub_classifier_scored_end_to_end(tmp_path):
         import keras, keras_hub, tensorflow as tf
         keras.utils.set_random_seed(4)
         texts, labels = json.load(open(sys.argv[1]))
-        vocab = keras_hub.tokenizers.compute_word_piece_vocabulary(tf.data.Dataset.from_tensor_slices(texts), 2000,
+        vocab = keras_hub.tokenizers.compute_word_piece_vocabulary(tf.data.Dataset.from_tensor_slices(texts), 1000,
                                                                    reserved_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
         tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=vocab, lowercase=True)
-        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=128)
+        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=64)
         backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=32,
-                                                 intermediate_dim=64, max_sequence_length=128)
+                                                 intermediate_dim=64, max_sequence_length=64)
         classifier = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor,
                                                          activation="softmax")
         classifier.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
-        classifier.fit(x=texts, y=labels, batch_size=32, epochs=2, verbose=0)
+        classifier.fit(x=texts, y=labels, batch_size=32, epochs=1, verbose=0)
         classifier.save(sys.argv[2])
         scoring = [open(p, encoding="utf-8").read() for p in sys.argv[4:]]
         json.dump(classifier.predict(scoring, batch_size=16, verbose=0).tolist(), open(sys.argv[3], "w"))

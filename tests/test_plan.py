@@ -27,7 +27,7 @@ def test_plan_counts_the_inputs_times_the_model_and_writes_nothing(models, test_
     assert "would be errors: 1 (not a regular file (a FIFO))" in lines
     assert "would be errors: 1 (above inference.max_document_bytes)" in lines
     assert re.search(r"^model: loaded in [\d.]+ s on a worker, which then holds \d+ MiB$", run.stdout, re.M)
-    sample = re.search(r"^sample: (\d+) documents at ([\d,]+) docs/s on one thread$", run.stdout, re.M)
+    sample = re.search(r"^sample: (\d+) documents on 2 thread\(s\) at once, ([\d,]+) docs/s a thread$", run.stdout, re.M)
     assert sample and int(sample.group(1)) > 500
     estimates = re.findall(r"^\s+this cluster:\s+([\d,]+) docs/s, about ([\d.,]+) s$", run.stdout, re.M)
     assert len(estimates) == 1 and float(estimates[0][1].replace(",", "")) > 0
