@@ -1,6 +1,7 @@
 """Throughput: daskinfer against the alternatives, same model, same documents, one run.
 
     python benchmarks/throughput.py [--docs 40000] [--repeat 3] [--heavy] [--only a,b] [--against REV]
+                                    [--set KEY=VALUE ...]
 
 Makes N documents by copying ../shared/data/imdb-sample under new names, trains a small
 Keras sentiment model (or, with --heavy, a 1-D CNN whose compute dominates), and times as
@@ -14,6 +15,8 @@ whole processes, median of --repeat rounds (each round runs every contender once
       daskinfer's (a) is then compared with (cores x f)
   (g) with --against REV: daskinfer as it was at git revision REV (a temporary worktree put
       first on PYTHONPATH), to compare a change with what it changed, in the same rounds
+  (h) with --set KEY=VALUE: daskinfer with those overrides, to weigh a setting against the
+      defaults, e.g. --set inference.length_batching=false
 Prints docs/s for each and the ratios to (b).
 """
 
@@ -63,8 +66,9 @@ def main() -> None:
     ap.add_argument("--alone-sample", type=int, default=10000)
     ap.add_argument("--only", default="a,b,c,d,e,f")
     ap.add_argument("--against", default=None, help="a git revision of daskinfer to time as (g)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for (h)")
     args = ap.parse_args()
-    only = set(args.only.split(",")) | ({"g"} if args.against else set())
+    only = set(args.only.split(",")) | ({"g"} if args.against else set()) | ({"h"} if args.set else set())
     work = Path(tempfile.mkdtemp(prefix="daskinfer-bench-"))
     try:
         docs = work / "docs"
@@ -79,6 +83,8 @@ def main() -> None:
             "c": (args.loop_sample, lambda i: [*peers, "loop", str(model), str(docs), f"{work}/c{i}.jsonl", str(args.loop_sample)]),
             "d": (args.bag_sample, lambda i: [*peers, "readtext", str(model), str(docs), f"{work}/d{i}", str(args.bag_sample)]),
             "e": (args.docs, lambda i: [*peers, "ray", str(model), str(docs), f"{work}/e{i}"]),
+            "h": (args.docs, lambda i: [PY, "-m", "daskinfer", f"inference.model_path={model}", *args.set,
+                                        f"inference.input_data_dir={docs}", f"inference.output_path={work}/h{i}/out.jsonl"]),
         }
         envs = {}
         if args.against:
@@ -114,6 +120,8 @@ def main() -> None:
                 print(f"({key}) / (b) = {rate / rates['b']:.2f}x")
         if "a" in rates and "g" in rates:
             print(f"(a) / (g) = {rates['a'] / rates['g']:.2f}x  (this tree against {args.against})")
+        if "a" in rates and "h" in rates:
+            print(f"(a) / (h) = {rates['a'] / rates['h']:.2f}x  (defaults against {' '.join(args.set)})")
         if "a" in rates and "f" in rates:
             cores = os.cpu_count() or 1
             print(f"(a) / ({cores} cores x f) = {rates['a'] / (cores * rates['f']):.2f}")

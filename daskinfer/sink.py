@@ -71,7 +71,8 @@ class OrderedSink:
 
     def abandon(self) -> bool:
         """Stop without publishing; True when what was written stays there to resume from."""
-        keep = self.local and bool(self.done or self.written) and isinstance(self.results, _LocalStream)
+        keep = self.local and isinstance(self.results, _LocalStream) and bool(
+            self.done or self.results.began or self.errors.began)
         self.results.abandon(keep)
         self.errors.abandon(keep)
         self.claim.release(keep)
@@ -110,11 +111,15 @@ class _LocalStream:
         self.filepaths, self.resumed_at = _recover(self.partial) if resume else (set(), 0)
         self.count = len(self.filepaths)
         self.written = 0
+        self.began = False  # True from the first write on, before it is counted in written
         self.file = None
 
     def write(self, data: Optional[bytes], n: int) -> None:
         file = self._open()
         if data:
+            # Set before the write: an interrupt during it or its fsync (which can take a
+            # while on a busy disk) leaves lines in the file, to resume from, not to delete.
+            self.began = True
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
