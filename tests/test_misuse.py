@@ -55,10 +55,13 @@ def child_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 
 
 def start(args: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
-    """`python -m daskinfer ARGS` in a process group of its own (its LocalCluster with it)."""
+    """`python -m daskinfer ARGS` in a process group of its own (its LocalCluster with it),
+    with Ctrl-C's SIGINT at its default, as a terminal's foreground command has it: a test
+    runner started as a background job ignores SIGINT, and its children would inherit that."""
     job = subprocess.Popen(
         [sys.executable, "-m", "daskinfer", *args], cwd=cwd, env=child_env(env), start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     job.started = time.monotonic()
     return job
