@@ -99,8 +99,8 @@ def _score_for(piece: Partition, settings: predict.Settings, seconds: float) -> 
 
 
 def _publishing_s(source: Any) -> float:
-    """What the run's publishing costs per document, timed on this listing: the inputs'
-    digest and the ledger; plus the fixed part."""
+    """What the run's publishing will cost: the inputs' digest and the ledger, timed on this
+    listing, plus the fixed part."""
     began = time.perf_counter()
     if source.digest() is not None:  # a complete listing (not a manifest, not tables)
         ledger.encode(source.documents(), ledger.Notes(source.tables))
