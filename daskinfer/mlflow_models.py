@@ -9,9 +9,8 @@ here imports TensorFlow; MLflow itself is imported only when one of these functi
 
 from __future__ import annotations
 
-import logging
-
 import hashlib
+import logging
 import re
 import warnings
 from dataclasses import dataclass
