@@ -6,6 +6,7 @@ first seconds on, with flat memory, whatever order the workers finish in."""
 from __future__ import annotations
 
 import collections
+import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -115,18 +116,22 @@ class Runner:
     def result(self, future: Any) -> Any:
         """The future's result, checking the workers every second while it is not there.
 
-        A finished result can still be lost with its worker and need computing again, so
-        this waits with a timeout rather than trusting done(). A scheduler that goes away
-        cancels every future: that is a lost connection, not a failed document.
+        The result is fetched on a helper thread, which waits as long as dask needs: a
+        finished result lost with its worker is computed again, and a timeout passed to
+        dask's own wait can instead fail with an UnboundLocalError when it ends just as
+        the result arrives (dask/distributed#8514). This thread only watches the workers.
+        A scheduler that goes away cancels every future: that is a lost connection, not a
+        failed document.
         """
+        fetch = _Fetch(future)
         while True:
             self.check()
-            try:
-                return future.result(timeout=1)
-            except TimeoutError:
-                continue
-            except CancelledError:
-                raise ConnectionError(f"lost the dask scheduler at {self.client.scheduler.address}") from None
+            if fetch.done.wait(1.0):
+                break
+        try:
+            return fetch.value()
+        except CancelledError:
+            raise ConnectionError(f"lost the dask scheduler at {self.client.scheduler.address}") from None
 
     def check(self) -> None:
         """Raise once no worker has been connected for wait_s seconds (a run cannot finish
@@ -147,3 +152,27 @@ class Runner:
             raise TimeoutError(
                 f"no dask worker left for {self.wait_s:g} s (cluster.wait_for_workers_s); the run is incomplete"
             )
+
+
+class _Fetch:
+    """A future's result gathered on a daemon thread: one left waiting when the run stops
+    (no worker left) ends with the process or when the client closes."""
+
+    def __init__(self, future: Any):
+        self.done = threading.Event()
+        self._outcome: Tuple[bool, Any] = (False, None)
+        threading.Thread(target=self._run, args=(future,), name="daskinfer-fetch", daemon=True).start()
+
+    def _run(self, future: Any) -> None:
+        try:
+            self._outcome = (True, future.result())
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            self._outcome = (False, exc)
+        finally:
+            self.done.set()
+
+    def value(self) -> Any:
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
