@@ -264,22 +264,33 @@ def watch_run(cmd: List[str], out: Path, env: Optional[dict] = None) -> Dict[str
             "log": lines}
 
 
-def section_cli(work: Path, model: Path, docs: Path, n: int, report: Dict[str, Any]) -> None:
+def section_cli(work: Path, model: Path, docs: Path, n: int, report: Dict[str, Any],
+                contenders: Dict[str, Optional[dict]], repeat: int) -> None:
+    """Real runs over n local files, each contender (this tree, and a git revision's
+    worktree) in turn in every round."""
     print(f"\n== cli: a real run over {n:,} local one-line files ==", flush=True)
-    out = work / "cli-out" / "res.jsonl"
-    res = watch_run([PY, "-m", "daskinfer", f"inference.model_path={model}", f"inference.input_data_dir={docs}",
-                     f"inference.output_path={out}"], out)
-    summary = json.loads((out.parent / "summary.json").read_text())
-    print(f"first result on disk {res['first_result_s']:.2f} s, whole run {res['wall_s']:.2f} s "
-          f"(summary: {summary['documents']:,} documents, elapsed {summary['elapsed_s']:.2f} s, "
-          f"{summary['docs_per_s']:,.0f} docs/s), driver peak RSS {res['driver_peak_mib']:.0f} MiB", flush=True)
-    for at, line in res["log"]:
-        if line.strip():
-            print(f"  {at:7.2f} s  {line[:140]}")
-    report["cli"] = {k: v for k, v in res.items() if k != "log"} | {
-        "documents": summary["documents"], "elapsed_s": summary["elapsed_s"], "docs_per_s": summary["docs_per_s"],
-        "log": [(round(at, 2), line[:200]) for at, line in res["log"]]}
-    shutil.rmtree(out.parent)
+    report["cli"] = {name: [] for name in contenders}
+    for i in range(repeat):
+        for name, env in contenders.items():
+            out = work / "cli-out" / "res.jsonl"
+            res = watch_run([PY, "-m", "daskinfer", f"inference.model_path={model}", f"inference.input_data_dir={docs}",
+                             f"inference.output_path={out}"], out, env)
+            summary = json.loads((out.parent / "summary.json").read_text())
+            print(f"round {i + 1} {name}: first result on disk {res['first_result_s']:.2f} s, whole run "
+                  f"{res['wall_s']:.2f} s (summary: {summary['documents']:,} documents, "
+                  f"{summary['docs_per_s']:,.0f} docs/s), driver peak RSS {res['driver_peak_mib']:.0f} MiB; "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+            if i == 0:
+                for at, line in res["log"]:
+                    if line.strip():
+                        print(f"  {at:7.2f} s  {line[:140]}")
+            report["cli"][name].append({k: v for k, v in res.items() if k != "log"} | {
+                "documents": summary["documents"], "elapsed_s": summary["elapsed_s"],
+                "docs_per_s": summary["docs_per_s"], "log": [(round(at, 2), line[:200]) for at, line in res["log"]]})
+            shutil.rmtree(out.parent)
+    for name, runs in report["cli"].items():
+        print(f"  {name:>10}: first result median {statistics.median(r['first_result_s'] for r in runs):.2f} s, "
+              f"whole run median {statistics.median(r['wall_s'] for r in runs):.2f} s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,6 +684,8 @@ def main() -> None:
                     help="plan section: also plan and run on one worker of one thread, in the same rounds")
     ap.add_argument("--per-doc-us", type=float, default=None,
                     help="per-document scoring cost for the scheduler section (default: the plan section's sample)")
+    ap.add_argument("--against", default=None,
+                    help="cli section: also run a git revision (a worktree on PYTHONPATH), interleaved")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -714,7 +727,18 @@ def main() -> None:
             if "listing" in only:
                 section_listing(work, args.files, folders, report)
             if "cli" in only:
-                section_cli(work, model, folders[args.files], args.files, report)
+                contenders: Dict[str, Optional[dict]] = {"now": None}
+                if args.against:
+                    tree = work / "against"
+                    subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.against], check=True,
+                                   cwd=HERE.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    contenders[args.against] = {**os.environ, "PYTHONPATH": str(tree)}
+                try:
+                    section_cli(work, model, folders[args.files], args.files, report, contenders, args.repeat)
+                finally:
+                    if args.against:
+                        subprocess.run(["git", "worktree", "remove", "--force", str(work / "against")],
+                                       cwd=HERE.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         if s3 is not None:
             s3.close()

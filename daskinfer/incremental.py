@@ -173,6 +173,7 @@ def _merge_listing(carry: np.ndarray, listing: Listing, rows: Iterator[ledger.Ro
                    counts: _Counts) -> None:
     """_choose(_merge_join(...)) for a listing, on its columns: no Document per file, which
     would cost more than everything else here."""
+    listing.sized()
     names, prefix, errors = listing.names, listing.prefix, listing.errors
     sizes, versions = listing.sizes, memoryview(np.ascontiguousarray(listing.versions))
     i, n, before = 0, len(names), None

@@ -114,6 +114,7 @@ def _listing_batches(listing: Listing, notes: Notes) -> Iterator[Columns]:
     going through a Document per file takes several."""
     import numpy as np
 
+    listing.sized()
     sizes = np.frombuffer(listing.sizes, dtype=np.int64) if len(listing.sizes) else np.zeros(0, np.int64)
     failed = {i for i, name in enumerate(listing.names) if name in listing.errors} if listing.errors else set()
     for uri in notes.errors:

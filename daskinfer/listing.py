@@ -35,7 +35,14 @@ class Document:
 class Listing(Sequence[Document]):
     """The sorted documents of a run, stored compactly: one shared prefix, each file's
     name after it, and the sizes in an array. A million documents take tens of MiB on
-    the driver, where a million Document objects (or fsspec info dicts) take gigabytes."""
+    the driver, where a million Document objects (or fsspec info dicts) take gigabytes.
+
+    A local folder is listed by name alone: its files' sizes and versions are -1 and 0
+    until something needs them, and then read with one stat() each (see sized()), a
+    partition's worth at a time as a run cuts them, so the first partition does not wait
+    for a million stat() calls."""
+
+    _unsized = False  # whether some sizes may still be -1: not stat()ed yet
 
     def __init__(self, prefix: str, names: List[str], sizes: Sequence[int], errors: Optional[Dict[str, str]] = None,
                  versions: Optional[Sequence[int]] = None):
@@ -48,6 +55,24 @@ class Listing(Sequence[Document]):
         self.sizes = array("q", np.asarray(sizes, dtype=np.int64)[order].tobytes())
         self.versions = np.asarray(versions if versions is not None else np.zeros(len(names)), dtype=np.int64)[order]
         self.errors = errors or {}  # name -> why it is not read (rare: a dict, not a column)
+        self._unsized = bool(len(self.sizes)) and int(np.frombuffer(self.sizes, dtype=np.int64).min()) < 0
+
+    def sized(self, start: int = 0, stop: Optional[int] = None) -> None:
+        """Read the sizes and versions of documents start..stop that were listed by name
+        alone. A file gone since it was listed gets 0 and 0, as a dangling link does, and
+        fails when read."""
+        if not self._unsized:
+            return
+        stop = len(self) if stop is None else min(stop, len(self))
+        known = np.frombuffer(self.sizes, dtype=np.int64)[start:stop]
+        for i in (np.flatnonzero(known < 0) + start).tolist():
+            try:
+                info = os.stat(self.prefix + self.names[i])
+                self.sizes[i], self.versions[i] = info.st_size, info.st_mtime_ns
+            except OSError:
+                self.sizes[i], self.versions[i] = 0, 0
+        if start == 0 and stop == len(self):
+            self._unsized = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -55,10 +80,13 @@ class Listing(Sequence[Document]):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]
+        self.sized(index, index + 1)
         name = self.names[index]
         return Document(self.prefix + name, self.sizes[index], self.errors.get(name), int(self.versions[index]))
 
     def __iter__(self) -> Iterator[Document]:
+        self.sized()
         prefix, errors = self.prefix, self.errors
         return (Document(prefix + name, size, errors.get(name) if errors else None, version)
                 for name, size, version in zip(self.names, self.sizes, self.versions.tolist()))
@@ -73,10 +101,12 @@ class Listing(Sequence[Document]):
 
     def digest_rows(self) -> Iterator[Tuple[str, int]]:
         """(name, size) of each document, in order: what identifies the inputs."""
+        self.sized()
         return zip(self.names, self.sizes)
 
     @property
     def total_bytes(self) -> int:
+        self.sized()
         return int(np.frombuffer(self.sizes, dtype=np.int64).clip(min=0).sum()) if len(self) else 0
 
 
@@ -136,7 +166,8 @@ def version_of(info: Mapping[str, Any]) -> int:
 def _scan_local(root: str, recursive: bool, errors: Dict[str, str], relative: str = "",
                 seen: Optional[Set[Tuple[int, int]]] = None) -> Iterator[Tuple[str, int, int]]:
     """(path under root, size, modification time in ns) of every non-folder entry, lazily
-    (os.scandir).
+    (os.scandir). A regular file is named only (size -1, see Listing.sized): the entry's
+    type comes with its name on most file systems, so listing it costs no system call.
 
     Only regular files (and links to them) are documents: anything else, a FIFO that
     would block its reader for ever or a link to itself, is listed with the reason in
@@ -148,11 +179,14 @@ def _scan_local(root: str, recursive: bool, errors: Dict[str, str], relative: st
         for entry in entries:
             name = f"{relative}{entry.name}"
             try:
-                info = entry.stat()
+                info = None if entry.is_file() else entry.stat()
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     errors[name] = "a symbolic link loop, not a file"
                 yield name, 0, 0  # a dangling link: listed, and reported when read
+                continue
+            if info is None:
+                yield name, -1, 0
                 continue
             if stat.S_ISDIR(info.st_mode):
                 if recursive:

@@ -116,8 +116,9 @@ def _cut_listing(listing: Listing, max_docs: int, max_bytes: int) -> Iterator[Pa
     names, sizes, prefix, errors = listing.names, listing.sizes, listing.prefix, listing.errors
     start = 0
     while start < len(names):
-        stop, total = start + 1, sizes[start]
         limit = min(len(names), start + max_docs)
+        listing.sized(start, limit)
+        stop, total = start + 1, sizes[start]
         while stop < limit and total + sizes[stop] <= max_bytes:
             total += sizes[stop]
             stop += 1

@@ -152,3 +152,32 @@ def test_a_listing_is_sorted_by_name_and_keeps_each_size_with_its_name():
     listing = listings.Listing("s3://bucket/", names, [size_of[n] for n in names])
     assert [d.uri for d in listing] == ["s3://bucket/" + n for n in sorted(names)]
     assert all(d.size == size_of[d.uri[len("s3://bucket/"):]] for d in listing)
+
+
+def test_a_local_folder_is_listed_by_name_and_sized_as_its_partitions_are_cut(tmp_path):
+    """A million local files must not wait for a stat() each before the first partition:
+    the listing has names only, a partition's files are sized when it is cut (so
+    partition_bytes still holds), and whatever needs every size (the digest, the ledger)
+    gets the files' own sizes and modification times."""
+    from daskinfer import partitions
+    from daskinfer.listing import Listing, list_documents
+
+    for i in range(40):
+        (tmp_path / f"{i:02d}.txt").write_bytes(b"x" * (i * 37 % 500 + 1))
+    (tmp_path / "41-dangling.txt").symlink_to(tmp_path / "nowhere")
+    listing = list_documents(str(tmp_path))
+    unread = [s for s in listing.sizes if s < 0]
+    assert len(listing) == 41 and len(unread) == 40
+
+    first = next(partitions.group(listing, 10, 10**9))
+    assert first.sizes == [(tmp_path / f"{i:02d}.txt").stat().st_size for i in range(10)]
+    assert len([s for s in listing.sizes if s < 0]) == 30  # the rest still unread
+
+    stat_of = {str(p): os.stat(p) if p.exists() else None for p in tmp_path.iterdir()}
+    docs = list(listing)
+    assert [(d.size, d.version) for d in docs] == [
+        (s.st_size, s.st_mtime_ns) if s else (0, 0) for s in (stat_of[d.uri] for d in docs)]
+    by_hand = Listing(listing.prefix, list(listing.names), [d.size for d in docs])
+    fresh = list_documents(str(tmp_path))
+    assert [p.uris for p in partitions.group(fresh, 1000, 2000)] == [
+        p.uris for p in partitions.group(by_hand, 1000, 2000)]
