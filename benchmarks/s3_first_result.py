@@ -54,7 +54,10 @@ def fill_bucket(n: int) -> None:
 
 def first_result(cmd: list, out: Path, env: dict) -> float:
     started = time.perf_counter()
-    job = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # cwd away from the checkout: `python -m` puts the working folder first on sys.path,
+    # where it would win over a revision's worktree on PYTHONPATH.
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                           cwd=tempfile.gettempdir())
     partial = Path(f"{out}.partial")
     try:
         while not (partial.exists() and partial.stat().st_size):

@@ -231,7 +231,9 @@ def watch_run(cmd: List[str], out: Path, env: Optional[dict] = None) -> Dict[str
     import psutil
 
     started = time.perf_counter()
-    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # cwd away from the checkout: `python -m` puts the working folder first on sys.path,
+    # where it would win over a revision's worktree on PYTHONPATH.
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tempfile.gettempdir())
     lines: List[tuple] = []
 
     def read_err():
@@ -684,6 +686,7 @@ def main() -> None:
                     help="plan section: also plan and run on one worker of one thread, in the same rounds")
     ap.add_argument("--per-doc-us", type=float, default=None,
                     help="per-document scoring cost for the scheduler section (default: the plan section's sample)")
+    ap.add_argument("--folder", default=None, help="listing and cli sections: an existing folder of --files files")
     ap.add_argument("--against", default=None,
                     help="cli section: also run a git revision (a worktree on PYTHONPATH), interleaved")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
@@ -718,7 +721,10 @@ def main() -> None:
         if only & {"listing", "cli"}:
             folders = {}
             for n in sorted({100_000, args.files}):
-                if n > args.files:
+                if n > args.files or (args.folder and n != args.files):
+                    continue
+                if args.folder:  # made before (by make_small_files): a million files take minutes to make
+                    folders[n] = Path(args.folder)
                     continue
                 folders[n] = work / f"small-{n}"
                 took = make_small_files(folders[n], n)
