@@ -6,7 +6,6 @@ first seconds on, with flat memory, whatever order the workers finish in."""
 from __future__ import annotations
 
 import collections
-import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -15,6 +14,7 @@ from typing import Any, Iterable, Iterator, Optional, Tuple
 from omegaconf import DictConfig
 
 from daskinfer import predict
+from daskinfer.background import InBackground
 from daskinfer.errors import RunFailed, first_line
 from daskinfer.sources import NOT_YET, Unit
 
@@ -123,13 +123,13 @@ class Runner:
         A scheduler that goes away cancels every future: that is a lost connection, not a
         failed document.
         """
-        fetch = _Fetch(future)
+        fetch = InBackground(future.result, name="daskinfer-fetch")
         while True:
             self.check()
             if fetch.done.wait(1.0):
                 break
         try:
-            return fetch.value()
+            return fetch.result()
         except CancelledError:
             raise ConnectionError(f"lost the dask scheduler at {self.client.scheduler.address}") from None
 
@@ -153,26 +153,3 @@ class Runner:
                 f"no dask worker left for {self.wait_s:g} s (cluster.wait_for_workers_s); the run is incomplete"
             )
 
-
-class _Fetch:
-    """A future's result gathered on a daemon thread: one left waiting when the run stops
-    (no worker left) ends with the process or when the client closes."""
-
-    def __init__(self, future: Any):
-        self.done = threading.Event()
-        self._outcome: Tuple[bool, Any] = (False, None)
-        threading.Thread(target=self._run, args=(future,), name="daskinfer-fetch", daemon=True).start()
-
-    def _run(self, future: Any) -> None:
-        try:
-            self._outcome = (True, future.result())
-        except BaseException as exc:  # handed to the waiting thread, which raises it
-            self._outcome = (False, exc)
-        finally:
-            self.done.set()
-
-    def value(self) -> Any:
-        ok, value = self._outcome
-        if not ok:
-            raise value
-        return value
