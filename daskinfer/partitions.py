@@ -4,6 +4,7 @@ hands their texts to the model (texts)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -24,6 +25,25 @@ def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: 
     if configured:
         return configured
     return max(1, min(cap, math.ceil(n_docs / (4 * max(1, n_threads)))))
+
+
+def partition_sizes(count: Callable[[], int], n_threads: int, configured: Optional[int]) -> Callable[[], int]:
+    """Documents per partition, asked at each cut: as configured, else from count() (which
+    grows while a bucket is listed), the first partitions small (see ramp)."""
+    size = lambda: partition_size(count(), n_threads, configured)  # noqa: E731
+    return size if configured else ramp(size)
+
+
+FIRST_PARTITION = 64  # documents in a run's first partition: its first result waits for these
+
+
+def ramp(size: Callable[[], int]) -> Callable[[], int]:
+    """Partition sizes that start at FIRST_PARTITION documents and double up to size(): the
+    first results reach the output once a few dozen documents are scored, not a whole
+    partition's worth (2,000 documents take a transformer's thread many seconds, and on
+    S3 many requests), and the tasks are full-sized after a few partitions."""
+    cuts = itertools.count()
+    return lambda: min(size(), FIRST_PARTITION << min(next(cuts), 24))
 
 
 class Partition(Sequence[Document]):
@@ -91,10 +111,10 @@ def group(docs: Iterable[Optional[Document]], max_docs: Union[int, Callable[[], 
     """Consecutive runs of docs, each at most max_docs files and (beyond one file) max_bytes.
     max_docs may be a function, asked at each cut (a listing still growing); a None among
     docs (nothing listed yet) is passed on as a None among the partitions."""
-    if isinstance(docs, Listing) and not callable(max_docs):
-        yield from _cut_listing(docs, max_docs, max_bytes)
-        return
     limit = max_docs if callable(max_docs) else lambda: max_docs
+    if isinstance(docs, Listing):
+        yield from _cut_listing(docs, limit, max_bytes)
+        return
     batch = Partition([], [])
     batch_bytes, size = 0, limit()
     for doc in docs:
@@ -110,13 +130,13 @@ def group(docs: Iterable[Optional[Document]], max_docs: Union[int, Callable[[], 
         yield batch
 
 
-def _cut_listing(listing: Listing, max_docs: int, max_bytes: int) -> Iterator[Partition]:
+def _cut_listing(listing: Listing, max_docs: Callable[[], int], max_bytes: int) -> Iterator[Partition]:
     """What group() makes of a whole listing, cut from its columns: no Document objects,
     which cost the driver more than anything else per document."""
     names, sizes, prefix, errors = listing.names, listing.sizes, listing.prefix, listing.errors
     start = 0
     while start < len(names):
-        limit = min(len(names), start + max_docs)
+        limit = min(len(names), start + max_docs())
         listing.sized(start, limit)
         stop, total = start + 1, sizes[start]
         while stop < limit and total + sizes[stop] <= max_bytes:

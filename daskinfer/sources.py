@@ -18,7 +18,7 @@ from daskinfer.errors import RunFailed, root_cause
 from daskinfer.listing import Document, Listing, list_documents, size_range
 from daskinfer.manifest import Manifest
 from daskinfer.object_listing import GrowingListing
-from daskinfer.partitions import Partition, group, partition_size
+from daskinfer.partitions import Partition, group, partition_size, partition_sizes
 
 
 def open_source(inf: Any, storage_options: dict) -> "Source":
@@ -90,7 +90,7 @@ class FileSource:
         carried documents between them (carry: per document, 0 or its plan flags)."""
         if self._streaming and not done and carry is None:
             listing = self.docs
-            size = lambda: partition_size(listing.listed, n_threads, self.configured_size)  # noqa: E731
+            size = partition_sizes(lambda: listing.listed, n_threads, self.configured_size)
             for part in group(listing.stream(lambda: runner.busy), size, self.max_bytes):
                 yield NOT_YET if part is None else Unit(part, (), len(part), 0)
             return
@@ -99,7 +99,7 @@ class FileSource:
             yield Unit(None, (), skipped, skipped)
         if carry is None:
             docs = (doc for doc in self.docs if doc.uri not in done) if done else self.docs
-            size = partition_size(len(self.docs) - skipped, n_threads, self.configured_size)
+            size = partition_sizes(lambda: len(self.docs) - skipped, n_threads, self.configured_size)
             for part in group(docs, size, self.max_bytes):
                 yield Unit(part, (), len(part), 0)
             return

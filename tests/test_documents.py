@@ -181,3 +181,18 @@ def test_a_local_folder_is_listed_by_name_and_sized_as_its_partitions_are_cut(tm
     fresh = list_documents(str(tmp_path))
     assert [p.uris for p in partitions.group(fresh, 1000, 2000)] == [
         p.uris for p in partitions.group(by_hand, 1000, 2000)]
+
+
+def test_the_first_partitions_are_small_so_the_first_results_come_early():
+    """A run's first result waits for its first partition: the automatic size starts at a
+    few dozen documents and doubles up to the usual size; a configured size is kept."""
+    from daskinfer import listing as listings
+    from daskinfer import partitions
+
+    many = listings.Listing("/docs/", [f"{i:06d}.txt" for i in range(20_000)], [100] * 20_000)
+    auto = [len(p) for p in partitions.group(many, partitions.partition_sizes(lambda: len(many), 2, None), 2**40)]
+    first = partitions.FIRST_PARTITION
+    assert auto[:6] == [first, 2 * first, 4 * first, 8 * first, 16 * first, 2000] and set(auto[6:-1]) == {2000}
+    assert sum(auto) == len(many)
+    configured = [len(p) for p in partitions.group(many, partitions.partition_sizes(lambda: len(many), 2, 250), 2**40)]
+    assert set(configured) == {250}
