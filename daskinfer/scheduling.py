@@ -152,4 +152,3 @@ class Runner:
             raise TimeoutError(
                 f"no dask worker left for {self.wait_s:g} s (cluster.wait_for_workers_s); the run is incomplete"
             )
-
