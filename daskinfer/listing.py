@@ -13,7 +13,7 @@ import re
 import stat
 from array import array
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from fsspec.spec import AbstractFileSystem
@@ -151,9 +151,9 @@ def list_documents(
             entries = _find_remote(fs, root, recursive)
         prefix = storage.full_uri(fs, root).rstrip("/") + "/"
         names, sizes, versions = [], array("q"), array("q")
-        matches = re.compile(fnmatch.translate(glob)).match  # fnmatchcase's own, without its per-call work
+        matches = name_matcher(glob)
         for relative, size, version in entries:
-            if matches(relative.rpartition("/")[2]) or relative in errors:
+            if matches(relative) or relative in errors:
                 names.append(relative)
                 sizes.append(size)
                 versions.append(version)
@@ -161,6 +161,13 @@ def list_documents(
         where = f"{url} or its subfolders" if recursive else url
         raise FileNotFoundError(f"no files matching '{glob}' in {where}")
     return Listing(prefix, names, sizes, errors, versions)
+
+
+def name_matcher(glob: str) -> Callable[[str], bool]:
+    """Whether a listed path's file name matches glob (case-sensitively, as fnmatchcase),
+    with the pattern compiled once: a million calls of fnmatchcase cost 0.8 s."""
+    match = re.compile(fnmatch.translate(glob)).match
+    return lambda path: match(path.rpartition("/")[2]) is not None
 
 
 def version_of(info: Mapping[str, Any]) -> int:

@@ -9,9 +9,7 @@ digest, the ledger, a sample) waits for the end of the listing.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import posixpath
 import queue
 import threading
 import time
@@ -22,7 +20,7 @@ import numpy as np
 
 from daskinfer import compat, storage
 from daskinfer.errors import RunFailed
-from daskinfer.listing import Document, Listing, has_objects, version_of
+from daskinfer.listing import Document, Listing, has_objects, name_matcher, version_of
 
 log = logging.getLogger("daskinfer")
 CHUNK = 1000  # keys handed over at a time: a listing page's worth
@@ -65,9 +63,10 @@ class GrowingListing(Listing):
         """In the background: the matching keys, CHUNK at a time, then _END (or the error)."""
         try:
             chunk: List[Tuple[str, int, int]] = []
+            matches = name_matcher(self.glob)
             for info in compat.list_pages(fs, base, self.recursive):
                 name = info["name"][len(base):]
-                if info.get("type") == "directory" or not fnmatch.fnmatchcase(posixpath.basename(name), self.glob):
+                if info.get("type") == "directory" or not matches(name):
                     continue
                 chunk.append((name, int(info.get("size") or 0), version_of(info)))
                 if len(chunk) >= CHUNK:
