@@ -4,7 +4,6 @@ hands their texts to the model (texts)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -17,33 +16,47 @@ if TYPE_CHECKING:
 
 
 def partition_size(n_docs: int, n_threads: int, configured: Optional[int], cap: int = 2000) -> int:
-    """Documents per partition: as configured, else about four partitions per thread.
+    """Documents per partition: as configured, else n_docs shared evenly among a multiple
+    of n_threads partitions, at least four per thread, at most cap documents each.
 
     Several partitions per thread balance the load and let results reach the output
-    early; the cap keeps each task short and its result small.
+    early. A count that is a multiple of the threads has them all start their last
+    partition together, rather than one thread scoring the odd one out while the others
+    wait (2,000 documents are ten seconds of a transformer on one core). The cap keeps
+    each task short and its result small.
     """
     if configured:
         return configured
-    return max(1, min(cap, math.ceil(n_docs / (4 * max(1, n_threads)))))
-
-
-def partition_sizes(count: Callable[[], int], n_threads: int, configured: Optional[int]) -> Callable[[], int]:
-    """Documents per partition, asked at each cut: as configured, else from count() (which
-    grows while a bucket is listed), the first partitions small (see ramp)."""
-    size = lambda: partition_size(count(), n_threads, configured)  # noqa: E731
-    return size if configured else ramp(size)
+    threads = max(1, n_threads)
+    per_thread = max(4, math.ceil(n_docs / (cap * threads)))
+    return max(1, math.ceil(n_docs / (per_thread * threads)))
 
 
 FIRST_PARTITION = 64  # documents in a run's first partition: its first result waits for these
 
 
-def ramp(size: Callable[[], int]) -> Callable[[], int]:
-    """Partition sizes that start at FIRST_PARTITION documents and double up to size(): the
-    first results reach the output once a few dozen documents are scored, not a whole
-    partition's worth (2,000 documents take a transformer's thread many seconds, and on
-    S3 many requests), and the tasks are full-sized after a few partitions."""
-    cuts = itertools.count()
-    return lambda: min(size(), FIRST_PARTITION << min(next(cuts), 24))
+def partition_sizes(count: Callable[[], int], n_threads: int, configured: Optional[int]) -> Callable[[], int]:
+    """Documents per partition, asked at each cut: as configured, else FIRST_PARTITION
+    documents first, then what is left shared evenly (partition_size). count() may grow
+    while a bucket is listed.
+
+    The first result reaches the output once a few dozen documents are scored, not a
+    whole partition's worth (2,000 documents take a transformer's thread ten seconds,
+    and on S3 many requests). Only the first partition is small: length-aware batching
+    needs many documents to find similar lengths, and a transformer scores partitions of
+    64 documents at under a third of its rate on partitions of 2,000 (benchmarks/README).
+    """
+    if configured:
+        return lambda: configured
+    first: List[int] = []
+
+    def size() -> int:
+        if not first:
+            first.append(min(FIRST_PARTITION, partition_size(count(), n_threads, None)))
+            return first[0]
+        return partition_size(count() - first[0], n_threads, None)
+
+    return size
 
 
 class Partition(Sequence[Document]):

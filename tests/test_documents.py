@@ -183,16 +183,21 @@ def test_a_local_folder_is_listed_by_name_and_sized_as_its_partitions_are_cut(tm
         p.uris for p in partitions.group(by_hand, 1000, 2000)]
 
 
-def test_the_first_partitions_are_small_so_the_first_results_come_early():
+def test_the_first_partition_is_small_and_the_rest_are_shared_evenly_by_the_threads():
     """A run's first result waits for its first partition: the automatic size starts at a
-    few dozen documents and doubles up to the usual size; a configured size is kept."""
+    few dozen documents. The rest are cut into a multiple of the threads' count of
+    near-equal partitions, so that no thread scores a last partition alone while the
+    others wait. A configured size is kept."""
     from daskinfer import listing as listings
     from daskinfer import partitions
 
-    many = listings.Listing("/docs/", [f"{i:06d}.txt" for i in range(20_000)], [100] * 20_000)
-    auto = [len(p) for p in partitions.group(many, partitions.partition_sizes(lambda: len(many), 2, None), 2**40)]
-    first = partitions.FIRST_PARTITION
-    assert auto[:6] == [first, 2 * first, 4 * first, 8 * first, 16 * first, 2000] and set(auto[6:-1]) == {2000}
-    assert sum(auto) == len(many)
+    for n_docs, threads in ((20_000, 2), (17_000, 2), (50_001, 3), (9_000, 4)):
+        many = listings.Listing("/docs/", [f"{i:06d}.txt" for i in range(n_docs)], [100] * n_docs)
+        sizes = partitions.partition_sizes(lambda: len(many), threads, None)
+        auto = [len(p) for p in partitions.group(many, sizes, 2**40)]
+        first, rest = auto[0], auto[1:]
+        assert first == partitions.FIRST_PARTITION and sum(auto) == n_docs
+        assert len(rest) % threads == 0 and len(rest) >= 4 * threads, (n_docs, threads, len(rest))
+        assert max(rest) <= 2000 and min(rest) >= max(rest) - len(rest), (n_docs, threads, rest)
     configured = [len(p) for p in partitions.group(many, partitions.partition_sizes(lambda: len(many), 2, 250), 2**40)]
     assert set(configured) == {250}
