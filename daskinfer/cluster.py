@@ -169,6 +169,11 @@ def _local_cluster(cfg: DictConfig, model_spec: Optional[ModelSpec] = None):
         # The workers' statistical profiler (the dashboard's Profile page) samples every
         # thread's stack every 10 ms: a fifth of each worker's event-loop time here.
         "distributed.worker.profile.enabled": False,
+        # Every server (the scheduler and the nannies in this process, each worker) times its
+        # event loop with a callback every 20 ms, only to warn when the loop stalls for
+        # seconds: half of this process's CPU while the workers score, taken from their
+        # cores on a machine the driver shares with them. Once a second still warns.
+        "distributed.admin.tick.interval": "1s",
     }
     if cfg.start_method == "forkserver":
         start_forkserver(cfg)  # when the caller has not already

@@ -53,15 +53,17 @@ def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_
     # TensorFlow's pools follow the one thread each `dask worker --nthreads 1` has
     assert set(worker_tf_threads(cluster.address).values()) == {(1, 1)}
     # docker/dask.yaml, as the worker image installs it, keeps glibc's adaptive malloc for TensorFlow,
-    # switches off the workers' statistical profiler and preloads daskinfer.worker_setup (TensorFlow
-    # imported at start, then left out of full garbage collections)
+    # switches off the workers' statistical profiler, times their event loops once a second rather
+    # than every 20 ms, and preloads daskinfer.worker_setup (TensorFlow imported at start, then left
+    # out of full garbage collections)
     with distributed.Client(cluster.address) as client:
-        settings = client.run(lambda: (
+        settings = client.run(lambda dask_worker: (
             os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             __import__("dask").config.get("distributed.worker.profile.enabled"),
+            dask_worker.periodic_callbacks["tick"].callback_time,
             __import__("gc").get_freeze_count() > 100_000,
         ))
-    assert set(settings.values()) == {(None, False, True)}
+    assert set(settings.values()) == {(None, False, 1000, True)}
 
 
 def test_table_rows_on_an_existing_cluster(cluster, models, table_files, reviews_table, tmp_path):
@@ -222,16 +224,21 @@ def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path)
         "                               'matplotlib' in sys.modules or 'pandas' in sys.modules,\n"
         "                               'libtensorflow' in open(f'/proc/{os.getppid()}/maps').read()))\n"
         "    importable = client.run(lambda: [__import__(name).__name__ for name in ('matplotlib', 'pandas')])\n"
+        "    ticks = [*client.run(lambda dask_worker: dask_worker.periodic_callbacks['tick'].callback_time).values(),\n"
+        "             client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks['tick'].callback_time)]\n"
         "    deadline = time.monotonic() + 60\n"
         f"    while set((loads := client.run(model.load_count, '{model_path}')).values()) != {{1}} and time.monotonic() < deadline:\n"
         "        time.sleep(0.1)\n"
         "print(json.dumps([list(seen.values()), list(loads.values()), list(importable.values()),\n"
-        "                  'tensorflow' in sys.modules or 'pandas' in sys.modules]))\n"
+        "                  'tensorflow' in sys.modules or 'pandas' in sys.modules, ticks]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    workers, loads, importable, driver_imported = json.loads(done.stdout.strip().splitlines()[-1])
+    workers, loads, importable, driver_imported, ticks = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(workers) >= 2 and not driver_imported
+    # the event loops of the workers and the scheduler (which shares the driver's cores with them)
+    # are timed once a second, not every 20 ms
+    assert ticks == [1000] * (len(workers) + 1)
     assert all(imported and frozen and profiler is False for imported, frozen, _, profiler, _, _ in workers)
     # Keras's optional plotting and DataFrame imports were left out of the workers' start-up,
     # and import as usual afterwards (a table's tasks need pandas)
