@@ -88,10 +88,7 @@ def main() -> None:
         }
         envs = {}
         if args.against:
-            before = work / "before"
-            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(before), args.against],
-                           check=True, capture_output=True)
-            envs["g"] = {**os.environ, "PYTHONPATH": str(before)}
+            envs["g"] = worktree(args.against, work / "before")
             runs["g"] = (args.docs, lambda i: [PY, "-m", "daskinfer", f"inference.model_path={model}",
                                                f"inference.input_data_dir={docs}", f"inference.output_path={work}/g{i}/out.jsonl"])
         if "e" in only and subprocess.run([PY, "-c", "import ray"], capture_output=True).returncode != 0:
@@ -128,9 +125,20 @@ def main() -> None:
         print(json.dumps({"docs": args.docs, "heavy": args.heavy, "docs_per_s": rates}))
     finally:
         if args.against:
-            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(work / "before")],
-                           capture_output=True)
+            remove_worktree(work / "before")
         shutil.rmtree(work, ignore_errors=True)
+
+
+def worktree(rev: str, folder: Path) -> dict:
+    """The environment that runs daskinfer as it was at git revision rev: a worktree first on
+    PYTHONPATH (the command must run outside the checkout, where -m would find this tree)."""
+    subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(folder), rev],
+                   check=True, capture_output=True)
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
+def remove_worktree(folder: Path) -> None:
+    subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(folder)], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A transformer classifier whose cost grows with document length: what length-aware
 batching is worth, whole processes, interleaved rounds.
 
-    python benchmarks/transformer.py [--docs 10000] [--repeat 2] [--only a,b,c,d,e] [--memory]
+    python benchmarks/transformer.py [--docs 10000] [--repeat 2] [--only a,b,c,d,e] [--memory] [--against REV]
 
 Trains (briefly, on ../shared/data/imdb-sample/train) a transformer encoder classifier: a
 TextVectorization without a fixed length (each batch padded to its longest document),
@@ -11,8 +11,10 @@ layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sam
   (b) daskinfer with inference.length_batching=false (batches of 256 in input order)
   (c) the single process users write: read all, predict in batches of 256 in input order
   (d) Ray Data (map_batches on an actor pool, arrival order), when ray is installed
-  (e) the model alone on one core, texts in memory, batches formed by length as daskinfer
-      does: daskinfer's (a) is compared with cores x (e) (parallel efficiency)
+  (e) the model alone on one core, texts in memory, the same documents cut into partitions
+      and batched as daskinfer does: (a) is compared with cores x (e) of the same round
+      (parallel efficiency)
+  (g) with --against REV: daskinfer defaults as it was at git revision REV
 With --memory: the worker's peak RSS scoring the 1% longest reviews concatenated tenfold,
 at the default max_batch_chars and at a quarter of it.
 """
@@ -34,7 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from throughput import IMDB, make_docs, timed  # noqa: E402
+from throughput import IMDB, make_docs, remove_worktree, timed, worktree  # noqa: E402
 
 PY = sys.executable
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -91,18 +93,26 @@ def single(model_path: str, docs: str, out: str) -> None:
 
 
 def alone(model_path: str, docs: str, n: str) -> None:
-    """docs/s of the model alone on one core, on batches formed as daskinfer forms them."""
+    """docs/s of the model alone on one core, texts in memory: the first n documents (all
+    when n is 0) cut into partitions and batched as daskinfer cuts and batches them on
+    this machine's cores, the model called on every batch. The first calls' tracing counts,
+    as each worker pays it too; loading the model does not."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from daskinfer import model as models
-    from daskinfer.predict import Text, batches
+    from daskinfer.partitions import partition_sizes
+    from daskinfer.predict import Settings, Text, batches
 
     _, texts = _read(docs)
-    texts = texts[: int(n)]
+    texts = texts[: int(n) or len(texts)]
     predict = models.predictor(models.ModelSpec(model_path, intra_op_threads=1, inter_op_threads=1))
-    formed = list(batches([Text(str(i), t, i) for i, t in enumerate(texts)], 256, 2**18))
+    size, formed, start = partition_sizes(lambda: len(texts), os.cpu_count() or 1, None), [], 0
+    while start < len(texts):
+        part = [Text(str(i), t, i) for i, t in enumerate(texts[start:start + size()])]
+        formed.extend(batches(part, Settings.batch_size, Settings.max_batch_chars))
+        start += len(part)
     started = time.perf_counter()
     for batch in formed:
         predict([t.text for t in batch])
@@ -148,14 +158,17 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--only", default="a,b,c,d,e")
-    ap.add_argument("--alone-sample", type=int, default=2000)
+    ap.add_argument("--alone-sample", type=int, default=0, help="(e) on the first N documents; 0: all")
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--against", default=None, help="a git revision of daskinfer to time as (g)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="daskinfer-transformer-"))
     try:
         measure(args, only, work)
     finally:
+        if args.against:
+            remove_worktree(work / "before")
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -171,30 +184,39 @@ def measure(args, only, work: Path) -> None:
         "c": lambda i: [*me, "single", model, str(docs), f"{work}/c{i}.jsonl"],
         "d": lambda i: [PY, str(HERE / "peers.py"), "ray", model, str(docs), f"{work}/d{i}"],
     }
+    envs = {}
+    if args.against:
+        envs["g"] = worktree(args.against, work / "before")
+        runs["g"] = lambda i: [*daskinfer, f"inference.output_path={work}/g{i}/out.jsonl"]
+        only.add("g")
     if "d" in only and subprocess.run([PY, "-c", "import ray"], capture_output=True).returncode != 0:
         print("(d) skipped: ray is not installed (pip install -e '.[benchmarks]')")
         only.discard("d")
-    rates = {}
-    if "e" in only:
-        only.discard("e")
-        done = subprocess.run([*me, "alone", model, str(docs), str(args.alone_sample)], check=True,
-                              capture_output=True, text=True)
-        rates["e"] = float(done.stdout.strip().splitlines()[-1])
-        print(f"(e) model alone, one core, length-sorted batches: {rates['e']:8.1f} docs/s", flush=True)
+    alone = [*me, "alone", model, str(docs), str(args.alone_sample)]
     times = {key: [] for key in sorted(only & set(runs))}
+    e_rates: list = []
     for i in range(args.repeat):  # each round runs every contender once: drift weighs on all alike
         for key in times:
-            times[key].append(timed(runs[key](i), work))
+            times[key].append(timed(runs[key](i), work, envs.get(key)))
             print(f"  round {i} ({key}) {times[key][-1]:.1f} s", flush=True)
+        if "e" in only:
+            done = subprocess.run(alone, check=True, capture_output=True, text=True)
+            e_rates.append(float(done.stdout.strip().splitlines()[-1]))
+            print(f"  round {i} (e) model alone, one core, daskinfer's batches: {e_rates[-1]:.1f} docs/s", flush=True)
+    rates = {"e": statistics.median(e_rates)} if e_rates else {}
     for key, taken in times.items():
         rates[key] = args.docs / statistics.median(taken)
         print(f"({key}) {args.docs} docs  median {statistics.median(taken):8.1f} s  {rates[key]:8.1f} docs/s  "
               f"({' '.join(f'{t:.1f}' for t in taken)})", flush=True)
-    for other in ("b", "c", "d"):
+    for other in ("b", "c", "d", "g"):
         if "a" in rates and other in rates:
             print(f"(a) / ({other}) = {rates['a'] / rates[other]:.2f}x")
-    if "a" in rates and "e" in rates:
-        print(f"(a) / ({os.cpu_count()} cores x e) = {rates['a'] / ((os.cpu_count() or 1) * rates['e']):.2f}")
+    if "a" in times and e_rates:  # per round: (a) and (e) of one round saw the same machine
+        cores = os.cpu_count() or 1
+        each = [args.docs / t / (cores * e) for t, e in zip(times["a"], e_rates)]
+        print(f"(e) median {rates['e']:.1f} docs/s ({' '.join(f'{e:.1f}' for e in e_rates)})")
+        print(f"(a) / ({cores} cores x e) = {statistics.median(each):.3f} median "
+              f"({' '.join(f'{x:.3f}' for x in each)})")
     if args.memory:
         long = work / "long"
         subprocess.run([*me, "long", str(docs), str(long)], check=True)
