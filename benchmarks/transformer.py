@@ -15,8 +15,10 @@ layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sam
       and batched as daskinfer does: (a) is compared with cores x (e) of the same round
       (parallel efficiency)
   (g) with --against REV: daskinfer defaults as it was at git revision REV
-With --memory: the worker's peak RSS scoring the 1% longest reviews concatenated tenfold,
-at the default max_batch_chars and at a quarter of it.
+With --sizes 64,500,2000,...: only the model alone on one core against the partition size
+(what length-aware batching gains from larger partitions). With --memory: the worker's peak
+RSS scoring the 1% longest reviews concatenated tenfold, at the default max_batch_chars and
+at a quarter of it.
 """
 
 from __future__ import annotations
@@ -93,10 +95,10 @@ def single(model_path: str, docs: str, out: str) -> None:
 
 
 def alone(model_path: str, docs: str, n: str) -> None:
-    """docs/s of the model alone on one core, texts in memory: the first n documents (all
-    when n is 0) cut into partitions and batched as daskinfer cuts and batches them on
-    this machine's cores, the model called on every batch. The first calls' tracing counts,
-    as each worker pays it too; loading the model does not."""
+    """docs/s of the model alone on one core, texts in memory: the documents cut into
+    partitions and batched as daskinfer cuts and batches them on this machine's cores, the
+    model called on every batch of the partitions that hold the first n documents (all when
+    n is 0). The first calls' tracing counts, as each worker pays it too; loading does not."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -106,17 +108,46 @@ def alone(model_path: str, docs: str, n: str) -> None:
     from daskinfer.predict import Settings, Text, batches
 
     _, texts = _read(docs)
-    texts = texts[: int(n) or len(texts)]
     predict = models.predictor(models.ModelSpec(model_path, intra_op_threads=1, inter_op_threads=1))
     size, formed, start = partition_sizes(lambda: len(texts), os.cpu_count() or 1, None), [], 0
-    while start < len(texts):
+    while start < (int(n) or len(texts)):
         part = [Text(str(i), t, i) for i, t in enumerate(texts[start:start + size()])]
         formed.extend(batches(part, Settings.batch_size, Settings.max_batch_chars))
         start += len(part)
     started = time.perf_counter()
     for batch in formed:
         predict([t.text for t in batch])
-    print(len(texts) / (time.perf_counter() - started))
+    print(start / (time.perf_counter() - started))
+
+
+def sweep(model_path: str, docs: str, sizes: str, n: str, repeat: str) -> None:
+    """docs/s of the model alone on one core against the partition size: the first n
+    documents cut into partitions of each size and batched as daskinfer batches them,
+    in one process, sizes interleaved in each round (median of the rounds)."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from daskinfer import model as models
+    from daskinfer.predict import Settings, Text, batches
+
+    _, texts = _read(docs)
+    texts = texts[: int(n)]
+    predict = models.predictor(models.ModelSpec(model_path, intra_op_threads=1, inter_op_threads=1))
+    predict(texts[:256])  # the runtime's first calls, before any size is timed
+    rates: dict = {int(size): [] for size in sizes.split(",")}
+    for _ in range(int(repeat)):
+        for size in rates:
+            formed = [batch for start in range(0, len(texts), size)
+                      for batch in batches([Text(str(i), t, i) for i, t in enumerate(texts[start:start + size])],
+                                           Settings.batch_size, Settings.max_batch_chars)]
+            started = time.perf_counter()
+            for batch in formed:
+                predict([t.text for t in batch])
+            rates[size].append(len(texts) / (time.perf_counter() - started))
+    for size, taken in rates.items():
+        print(f"partitions of {size:>6} documents: {statistics.median(taken):7.1f} docs/s "
+              f"({' '.join(f'{r:.1f}' for r in taken)})", flush=True)
 
 
 def long_docs(docs: str, out: str) -> None:
@@ -158,9 +189,12 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--only", default="a,b,c,d,e")
-    ap.add_argument("--alone-sample", type=int, default=0, help="(e) on the first N documents; 0: all")
+    ap.add_argument("--alone-sample", type=int, default=0,
+                    help="(e) on the partitions holding the first N documents; 0: all")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--against", default=None, help="a git revision of daskinfer to time as (g)")
+    ap.add_argument("--sizes", default=None, metavar="N,N,...",
+                    help="only the model alone on one core against these partition sizes, on --docs documents")
     args = ap.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="daskinfer-transformer-"))
@@ -177,6 +211,9 @@ def measure(args, only, work: Path) -> None:
     make_docs(docs, args.docs)
     subprocess.run([PY, __file__, "train", model], check=True)
     me = [PY, __file__]
+    if args.sizes:
+        subprocess.run([*me, "sweep", model, str(docs), args.sizes, str(args.docs), str(args.repeat)], check=True)
+        return
     daskinfer = [PY, "-m", "daskinfer", f"inference.model_path={model}", f"inference.input_data_dir={docs}"]
     runs = {
         "a": lambda i: [*daskinfer, f"inference.output_path={work}/a{i}/out.jsonl"],
@@ -229,7 +266,7 @@ def measure(args, only, work: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("train", "single", "alone", "long"):
-        {"train": train, "single": single, "alone": alone, "long": long_docs}[sys.argv[1]](*sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] in ("train", "single", "alone", "long", "sweep"):
+        {"train": train, "single": single, "alone": alone, "long": long_docs, "sweep": sweep}[sys.argv[1]](*sys.argv[2:])
     else:
         main()
