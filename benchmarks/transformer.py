@@ -96,58 +96,62 @@ def single(model_path: str, docs: str, out: str) -> None:
 
 def alone(model_path: str, docs: str, n: str) -> None:
     """docs/s of the model alone on one core, texts in memory: the documents cut into
-    partitions and batched as daskinfer cuts and batches them on this machine's cores, the
-    model called on every batch of the partitions that hold the first n documents (all when
-    n is 0). The first calls' tracing counts, as each worker pays it too; loading does not."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    from daskinfer import model as models
+    partitions as daskinfer cuts them on this machine's cores, the partitions that hold the
+    first n documents (all when n is 0) batched as daskinfer batches them. The first calls'
+    tracing counts, as each worker pays it too; loading does not."""
     from daskinfer.partitions import partition_sizes
-    from daskinfer.predict import Settings, Text, batches
 
+    predict = _model_on_one_core(model_path)
     _, texts = _read(docs)
-    predict = models.predictor(models.ModelSpec(model_path, intra_op_threads=1, inter_op_threads=1))
-    size, formed, start = partition_sizes(lambda: len(texts), os.cpu_count() or 1, None), [], 0
-    while start < (int(n) or len(texts)):
-        part = [Text(str(i), t, i) for i, t in enumerate(texts[start:start + size()])]
-        formed.extend(batches(part, Settings.batch_size, Settings.max_batch_chars))
-        start += len(part)
-    started = time.perf_counter()
-    for batch in formed:
-        predict([t.text for t in batch])
-    print(start / (time.perf_counter() - started))
+    size, cuts = partition_sizes(lambda: len(texts), os.cpu_count() or 1, None), []
+    while sum(cuts) < min(int(n) or len(texts), len(texts)):
+        cuts.append(size())
+    print(_docs_per_s(predict, _batched(texts, cuts)))
 
 
 def sweep(model_path: str, docs: str, sizes: str, n: str, repeat: str) -> None:
     """docs/s of the model alone on one core against the partition size: the first n
     documents cut into partitions of each size and batched as daskinfer batches them,
     in one process, sizes interleaved in each round (median of the rounds)."""
+    predict = _model_on_one_core(model_path)
+    texts = _read(docs)[1][: int(n)]
+    predict(texts[:256])  # the runtime's first calls, before any size is timed
+    rates: dict = {int(size): [] for size in sizes.split(",")}
+    for _ in range(int(repeat)):
+        for size in rates:
+            rates[size].append(_docs_per_s(predict, _batched(texts, [size] * -(-len(texts) // size))))
+    for size, taken in rates.items():
+        print(f"partitions of {size:>6} documents: {statistics.median(taken):7.1f} docs/s "
+              f"({' '.join(f'{r:.1f}' for r in taken)})", flush=True)
+
+
+def _model_on_one_core(model_path: str):
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from daskinfer import model as models
+
+    return models.predictor(models.ModelSpec(model_path, intra_op_threads=1, inter_op_threads=1))
+
+
+def _batched(texts, cuts):
+    """The model's batches, as daskinfer forms them within each partition of cuts' sizes."""
     from daskinfer.predict import Settings, Text, batches
 
-    _, texts = _read(docs)
-    texts = texts[: int(n)]
-    predict = models.predictor(models.ModelSpec(model_path, intra_op_threads=1, inter_op_threads=1))
-    predict(texts[:256])  # the runtime's first calls, before any size is timed
-    rates: dict = {int(size): [] for size in sizes.split(",")}
-    for _ in range(int(repeat)):
-        for size in rates:
-            formed = [batch for start in range(0, len(texts), size)
-                      for batch in batches([Text(str(i), t, i) for i, t in enumerate(texts[start:start + size])],
-                                           Settings.batch_size, Settings.max_batch_chars)]
-            started = time.perf_counter()
-            for batch in formed:
-                predict([t.text for t in batch])
-            rates[size].append(len(texts) / (time.perf_counter() - started))
-    for size, taken in rates.items():
-        print(f"partitions of {size:>6} documents: {statistics.median(taken):7.1f} docs/s "
-              f"({' '.join(f'{r:.1f}' for r in taken)})", flush=True)
+    formed, start = [], 0
+    for size in cuts:
+        part = [Text(str(i), t, i) for i, t in enumerate(texts[start:start + size])]
+        formed.extend(batches(part, Settings.batch_size, Settings.max_batch_chars))
+        start += size
+    return formed
+
+
+def _docs_per_s(predict, formed) -> float:
+    started = time.perf_counter()
+    for batch in formed:
+        predict([t.text for t in batch])
+    return sum(len(batch) for batch in formed) / (time.perf_counter() - started)
 
 
 def long_docs(docs: str, out: str) -> None:
