@@ -221,9 +221,9 @@ def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path)
         "with cluster.connect(cfg.cluster, planning.model_spec(cfg)) as client:\n"
         "    seen = client.run(lambda: ('tensorflow' in sys.modules, gc.get_freeze_count() > 100_000, os.getppid(),\n"
         "                               __import__('dask').config.get('distributed.worker.profile.enabled'),\n"
-        "                               'matplotlib' in sys.modules or 'pandas' in sys.modules,\n"
+        "                               any(name in sys.modules for name in ('matplotlib', 'pandas', 'sklearn')),\n"
         "                               'libtensorflow' in open(f'/proc/{os.getppid()}/maps').read()))\n"
-        "    importable = client.run(lambda: [__import__(name).__name__ for name in ('matplotlib', 'pandas')])\n"
+        "    importable = client.run(lambda: [__import__(name).__name__ for name in ('matplotlib', 'pandas', 'sklearn')])\n"
         "    ticks = [*client.run(lambda dask_worker: dask_worker.periodic_callbacks['tick'].callback_time).values(),\n"
         "             client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks['tick'].callback_time)]\n"
         "    deadline = time.monotonic() + 60\n"
@@ -240,10 +240,10 @@ def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path)
     # are timed once a second, not every 20 ms
     assert ticks == [1000] * (len(workers) + 1)
     assert all(imported and frozen and profiler is False for imported, frozen, _, profiler, _, _ in workers)
-    # Keras's optional plotting and DataFrame imports were left out of the workers' start-up,
-    # and import as usual afterwards (a table's tasks need pandas)
+    # Keras's optional plotting, DataFrame and scikit-learn imports were left out of the workers'
+    # start-up, and import as usual afterwards (a table's tasks need pandas)
     assert not any(optional for *_, optional, _ in workers)
-    assert importable == [["matplotlib", "pandas"]] * len(workers)
+    assert importable == [["matplotlib", "pandas", "sklearn"]] * len(workers)
     # forked from one forkserver that had TensorFlow loaded before it forked them (a worker
     # importing it itself, as its preload also would, leaves its parent without it)
     assert len({parent for _, _, parent, *_ in workers}) == 1
