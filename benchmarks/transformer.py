@@ -12,8 +12,8 @@ layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sam
   (c) the single process users write: read all, predict in batches of 256 in input order
   (d) Ray Data (map_batches on an actor pool, arrival order), when ray is installed
   (e) the model alone on one core, texts in memory, the same documents cut into partitions
-      and batched as daskinfer does: (a) is compared with cores x (e) of the same round
-      (parallel efficiency)
+      and batched as daskinfer does, TensorFlow set as on daskinfer's workers (oneDNN): (a) is
+      compared with cores x (e) of the same round (parallel efficiency)
   (g) with --against REV: daskinfer defaults as it was at git revision REV
 With --sizes 64,500,2000,...: only the model alone on one core against the partition size
 (what length-aware batching gains from larger partitions). With --memory: the worker's peak
@@ -126,6 +126,9 @@ def sweep(model_path: str, docs: str, sizes: str, n: str, repeat: str) -> None:
 
 
 def _model_on_one_core(model_path: str):
+    from daskinfer import tf_runtime
+
+    tf_runtime.set_worker_environment()  # TensorFlow as daskinfer's workers run it (oneDNN)
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -1,12 +1,13 @@
 """What makes a process a daskinfer worker, done once, before any task.
 
-Importing this module imports distributed and TensorFlow (quietly, and without Keras's
-optional plotting, DataFrame and scikit-learn imports: tf_runtime.hidden) and leaves
-everything imported out of the garbage collector's full collections. The LocalCluster's
-forkserver imports it once, while the driver starts (cluster.start_forkserver), so every
-worker forked from it starts with all of that done. As a worker preload (`dask worker --preload
-daskinfer.worker_setup`, or docker/dask.yaml) it does the same for workers started by
-hand, and dask_setup can start loading the run's model at once.
+Importing this module imports distributed and TensorFlow (quietly, with its oneDNN
+kernels, and without Keras's optional plotting, DataFrame and scikit-learn imports: see
+tf_runtime) and leaves everything imported out of the garbage collector's full collections.
+The LocalCluster's forkserver imports it once, while the driver starts
+(cluster.start_forkserver), so every worker forked from it starts with all of that done. As
+a worker preload (`dask worker --preload daskinfer.worker_setup`, or docker/dask.yaml) it
+does the same for workers started by hand, and dask_setup can start loading the run's model
+at once.
 
 Only dask's own processes import this module: freezing a user's interpreter would keep
 whatever garbage it held at that moment forever.
@@ -23,6 +24,7 @@ import distributed  # noqa: F401
 
 from daskinfer import model, predict, tf_runtime  # noqa: F401  (predict: what the first task unpickles)
 
+tf_runtime.set_worker_environment()
 try:
     with tf_runtime.hidden("matplotlib", "pandas", "sklearn"):
         tf_runtime.import_tensorflow()
