@@ -18,7 +18,7 @@ layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sam
 With --sizes 64,500,2000,...: only the model alone on one core against the partition size
 (what length-aware batching gains from larger partitions). With --memory: the worker's peak
 RSS scoring the 1% longest reviews concatenated tenfold, at the default max_batch_chars and
-at a quarter of it.
+at half of it.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def measure(args, only, work: Path) -> None:
     if args.memory:
         long = work / "long"
         subprocess.run([*me, "long", str(docs), str(long)], check=True)
-        for chars in (2**18, 2**16):
+        for chars in (2**17, 2**16):
             peak = peak_worker_rss([PY, "-m", "daskinfer", f"inference.model_path={model}",
                                     f"inference.input_data_dir={long}", f"inference.output_path={work}/m{chars}/o.jsonl",
                                     f"inference.max_batch_chars={chars}"], work)
