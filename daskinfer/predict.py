@@ -29,7 +29,7 @@ class Settings:
     storage_options: Dict[str, Any] = field(default_factory=dict)
     output_format: str = "jsonl"
     length_batching: bool = True
-    max_batch_chars: int = 2**17
+    max_batch_chars: int = 2**17  # fastest measured, with memory bounded (tf_runtime, oneDNN)
 
 
 @dataclass
