@@ -8,7 +8,8 @@ TextVectorization without a fixed length (each batch padded to its longest docum
 masked embeddings, two encoder blocks (self-attention and a feed-forward layer, residuals,
 layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sample:
   (a) daskinfer, default settings (length-aware batching on)
-  (b) daskinfer with inference.length_batching=false (batches of 256 in input order)
+  (b) daskinfer with inference.length_batching=false (batches of up to 256 in input order,
+      within the budget)
   (c) the single process users write: read all, predict in batches of 256 in input order
   (d) Ray Data (map_batches on an actor pool, arrival order), when ray is installed
   (e) the model alone on one core, texts in memory, the same documents cut into partitions

@@ -94,30 +94,33 @@ def score_texts(ready: Sequence[Text], settings: Settings, out: Scored) -> None:
     predict = model.predictor(settings.model)
     check_labels(predict.output_shape, settings.labels)
     _given[settings.model.uri] = _given.get(settings.model.uri, 0) + len(ready)
-    for batch in batches(ready, settings.batch_size, settings.max_batch_chars if settings.length_batching else None):
+    for batch in batches(ready, settings.batch_size, settings.max_batch_chars, settings.length_batching):
         _score_batch(predict, batch, settings, out)
 
 
-def batches(ready: Sequence[Text], batch_size: int, max_chars: Optional[int]) -> Iterator[Sequence[Text]]:
-    """The model's batches: at most batch_size documents each; with max_chars, documents of
-    similar length together, each batch's padded size (documents x the longest one's length,
-    in characters as a proxy for tokens) within max_chars.
+def batches(ready: Sequence[Text], batch_size: int, max_chars: Optional[int],
+            by_length: bool = True) -> Iterator[Sequence[Text]]:
+    """The model's batches: at most batch_size documents each, and with max_chars each
+    batch's padded size (documents x the longest one's length, in characters as a proxy for
+    tokens) within max_chars; by_length, documents of similar length together, else in
+    input order.
 
     A model that pads a batch to its longest document (a TextVectorization without a fixed
     length, a transformer's tokenizer) then pays for short documents at their own length,
-    and a batch of very long ones holds few of them, so its memory stays bounded. Models of
-    a fixed length lose nothing but the sort. Records go back in input order (Scored.records).
+    and a batch of very long ones holds few of them, so its memory stays bounded, in input
+    order too (batches of 256 reviews in input order took a worker past its memory limit).
+    Models of a fixed length lose nothing but the sort. Records go back in input order
+    (Scored.records).
     """
-    if max_chars is None:
-        for start in range(0, len(ready), batch_size):
-            yield ready[start:start + batch_size]
-        return
     batch: List[Text] = []
-    for text in sorted(ready, key=lambda t: len(t.text)):
-        if batch and (len(batch) >= batch_size or (len(batch) + 1) * len(text.text) > max_chars):
+    longest = 0
+    for text in sorted(ready, key=lambda t: len(t.text)) if by_length else ready:
+        padded = max(longest, len(text.text))
+        if batch and (len(batch) >= batch_size or (max_chars and (len(batch) + 1) * padded > max_chars)):
             yield batch
-            batch = []
+            batch, padded = [], len(text.text)
         batch.append(text)
+        longest = padded
     if batch:
         yield batch
 

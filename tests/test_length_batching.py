@@ -66,8 +66,14 @@ def test_batches_hold_similar_lengths_within_the_budget():
     lengths = [len(t.text) for b in formed for t in b]
     assert lengths == sorted(lengths)
     assert [len(b) for b in formed if len(b[0].text) == 3][0] == 256  # short ones travel in full batches
-    in_order = list(batches(texts, batch_size=256, max_chars=None))
+    in_order = list(batches(texts, batch_size=256, max_chars=None, by_length=False))
     assert [t.position for b in in_order for t in b] == list(range(3000)) and len(in_order) == 12
+    # length batching off: input order, and still no batch past the budget (a worker's memory)
+    bounded = list(batches(texts, batch_size=256, max_chars=100_000, by_length=False))
+    assert [t.position for b in bounded for t in b] == list(range(3000))
+    assert all(len(b) * max(len(t.text) for t in b) <= 100_000 or len(b) == 1 for b in bounded)
+    short = [Text(f"s{i}", "x" * 40, i) for i in range(300)]
+    assert [len(b) for b in batches(short, batch_size=256, max_chars=100_000, by_length=False)] == [256, 44]
 
 
 def test_one_traced_graph_whatever_the_lengths(attention):
