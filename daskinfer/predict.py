@@ -113,14 +113,14 @@ def batches(ready: Sequence[Text], batch_size: int, max_chars: Optional[int],
     (Scored.records).
     """
     batch: List[Text] = []
-    longest = 0
+    longest = 0  # the batch's padded length so far
     for text in sorted(ready, key=lambda t: len(t.text)) if by_length else ready:
-        padded = max(longest, len(text.text))
-        if batch and (len(batch) >= batch_size or (max_chars and (len(batch) + 1) * padded > max_chars)):
+        size = len(text.text)
+        if batch and (len(batch) >= batch_size or (max_chars and (len(batch) + 1) * max(longest, size) > max_chars)):
             yield batch
-            batch, padded = [], len(text.text)
+            batch, longest = [], 0
         batch.append(text)
-        longest = padded
+        longest = max(longest, size)
     if batch:
         yield batch
 
