@@ -139,7 +139,7 @@ def check(cfg: DictConfig) -> None:
     if inf.partition_size is not None and inf.partition_size <= 0:
         raise ConfigError(f"inference.partition_size must be > 0 or null, got {inf.partition_size}")
     for key in ("partition_bytes", "max_document_bytes", "max_batch_chars"):
-        if inf[key] <= 0:
+        if inf[key] is not None and inf[key] <= 0:
             raise ConfigError(f"inference.{key} must be > 0, got {inf[key]}")
     _check_choice("inference.input_format", inf.input_format, INPUT_FORMATS)
     _check_choice("inference.output_format", inf.output_format, OUTPUT_FORMATS)

@@ -36,7 +36,7 @@ class InferenceConfig:
     output_format: str = MISSING
     batch_size: int = MISSING
     length_batching: bool = MISSING
-    max_batch_chars: int = MISSING
+    max_batch_chars: Optional[int] = MISSING
     threshold: float = MISSING
     labels: List[str] = MISSING
     all_scores: bool = MISSING

@@ -85,6 +85,7 @@ def _load(spec: ModelSpec) -> Predictor:
         predict = make(tf, local)
         warm_up = predict(["warm-up: traces the graph and starts the runtime before the first task"])
         predict.output_shape = tuple(getattr(warm_up, "shape", (1,))[1:])  # per document
+        predict.fixed_length = getattr(predict, "fixed_length", False)  # a SavedModel's: unknown, so no
         return predict
     except ModelLoadError as exc:
         raise type(exc)(f"could not load model {spec.uri}: {exc}") from None
@@ -130,8 +131,11 @@ def _keras_predictor(tf, path: str) -> Predictor:
     preprocessor = getattr(model, "preprocessor", None)  # a keras_hub task: text in, through it
     if preprocessor is not None:
         column, forward = False, lambda x: model(preprocessor(x), training=False)
+        # keras_hub's packers pad every document to the preprocessor's sequence_length
+        fixed = getattr(preprocessor, "sequence_length", None) is not None
     elif len(model.inputs) == 1 and model.inputs[0].dtype == "string":
         column, forward = len(model.inputs[0].shape) == 2, lambda x: model(x, training=False)
+        fixed = _vectorizes_to_fixed_length(model)
     else:
         kinds = ", ".join(f"{i.name}: {i.dtype}" for i in model.inputs)
         raise NotATextModel(f"it takes {kinds}, not one string input; {TOKEN_IDS_ADVICE}")
@@ -146,7 +150,24 @@ def _keras_predictor(tf, path: str) -> Predictor:
         return call(_string_batch(tf, texts, column)).numpy()
 
     predict.traces = function.experimental_get_tracing_count  # 1, whatever the batches (tested)
+    predict.fixed_length = fixed
     return predict
+
+
+def _vectorizes_to_fixed_length(model) -> bool:
+    """Whether every TextVectorization in model (nested models too) gives each document the
+    same width whatever its length: a fixed output_sequence_length, or counts over the
+    vocabulary. False when there is none: the model tokenizes some other way, unknown here."""
+    import keras
+
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.TextVectorization):
+            config = layer.get_config()
+            found.append(config.get("output_mode") != "int" or config.get("output_sequence_length") is not None)
+    return bool(found) and all(found)
 
 
 def _import_packages_of(path: str) -> None:

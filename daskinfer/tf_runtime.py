@@ -20,12 +20,12 @@ from typing import Iterator, Optional
 _worker_threads: Optional[int] = None  # set by worker_setup.dask_setup
 
 # TensorFlow's oneDNN kernels are on by default only on CPUs with AVX-512 VNNI or newer, off
-# elsewhere (AMD EPYC, older Intel). Measured on this machine's AMD EPYC (AVX2), one core,
+# elsewhere (AMD EPYC, older Intel). Measured on a 2-core AMD EPYC (AVX2), one core,
 # length-aware batches: a transformer encoder 190 to 320 docs/s, a 1-D CNN 465 to 578, the
 # small pooled-embedding model 22,000 to 17,000 at the model alone (3% of a 40,000-document
 # run's time); predictions within 2.4e-7 of oneDNN off. It takes more memory per batch (a
 # worker's peak on very long documents 11.2 GiB against 7.3 at the batch budget of 256 Ki),
-# hence predict.Settings.max_batch_chars of 128 Ki (6.0 GiB, and faster). TensorFlow reads
+# hence a smaller batch budget (predict.batch_budget). TensorFlow reads
 # the variable once, as it is imported: a user's own value wins.
 WORKER_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 

@@ -87,6 +87,27 @@ def test_one_traced_graph_whatever_the_lengths(attention):
     assert predict.traces() == 1
 
 
+def test_the_batch_budget_follows_how_the_model_pads(models, attention, tmp_path):
+    """Small batches for a model that pads each batch to its longest document (and for a
+    SavedModel, whose padding is unknown); a model of fixed length keeps large ones; a
+    configured budget wins."""
+    import keras
+    from daskinfer import model as loader
+    from daskinfer.predict import FIXED_LENGTH_BUDGET, LENGTH_PADDED_BUDGET, batch_budget
+
+    inputs = keras.Input(shape=(1,), dtype="string")
+    words = keras.Sequential([keras.layers.TextVectorization(vocabulary=["good", "bad"], output_mode="tf_idf",
+                                                             idf_weights=[1.0, 1.0])])  # nested, counts
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(words(inputs))).save(tmp_path / "tfidf.keras")
+    expected = {models["keras"][0]: FIXED_LENGTH_BUDGET, tmp_path / "tfidf.keras": FIXED_LENGTH_BUDGET,
+                attention[0]: LENGTH_PADDED_BUDGET, models["keras3-export"][0]: LENGTH_PADDED_BUDGET}
+    for path, budget in expected.items():
+        predict = loader.predictor(loader.ModelSpec(str(path)))
+        assert batch_budget(None, predict) == budget, path
+        assert batch_budget(1000, predict) == 1000
+    assert LENGTH_PADDED_BUDGET < FIXED_LENGTH_BUDGET
+
+
 def test_keras_hub_classifier_scored_end_to_end(tmp_path):
     """A keras_hub text classifier with its preprocessor (raw strings in), trained briefly
     from scratch (a tiny BERT, a WordPiece vocabulary of its own), saved as .keras."""
@@ -136,6 +157,9 @@ def test_keras_hub_classifier_scored_end_to_end(tmp_path):
         negative, positive = scores[r["filepath"]]
         assert abs(r["scores"]["positive"] - positive) <= 1e-5 and abs(r["scores"]["negative"] - negative) <= 1e-5
         assert r["sentiment"] == ("positive" if positive > 0.5 else "negative")
+    from daskinfer import model as loader
+
+    assert loader.predictor(loader.ModelSpec(str(model))).fixed_length  # its packer pads to sequence_length
 
 
 def test_a_model_that_takes_token_ids_is_refused_in_one_line(test_docs, tmp_path):
