@@ -6,7 +6,7 @@
     python benchmarks/peers.py alone MODEL DOCS N                   # the model alone, one core
     python benchmarks/peers.py loop MODEL DOCS OUT.jsonl N          # original per-file loop
     python benchmarks/peers.py readtext MODEL DOCS OUTDIR N         # dask.bag.read_text
-    python benchmarks/peers.py ray MODEL DOCS OUTDIR                # Ray Data
+    python benchmarks/peers.py ray MODEL DOCS OUTDIR [BATCH]        # Ray Data, batches of 256 (or BATCH)
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def readtext(model_path: str, docs: str, outdir: str, n: str) -> None:
         bag.to_textfiles(os.path.join(outdir, "*.jsonl"))
 
 
-def ray_data(model_path: str, docs: str, outdir: str) -> None:
+def ray_data(model_path: str, docs: str, outdir: str, batch: str = "256") -> None:
     import numpy as np
     import ray
 
@@ -152,13 +152,13 @@ def ray_data(model_path: str, docs: str, outdir: str) -> None:
             import tensorflow as tf
 
             texts = [b.decode("utf-8") for b in batch["bytes"]]
-            scores = self.model.predict(tf.constant(texts)[:, None], batch_size=256, verbose=0).ravel()
+            scores = self.model.predict(tf.constant(texts)[:, None], batch_size=len(texts), verbose=0).ravel()
             return {"filepath": batch["path"], "logit_prob": scores.astype(np.float64)}
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ds = ray.data.read_binary_files(docs, include_paths=True)
     # Actors take half a logical CPU each: with whole CPUs they would leave none for the reads.
-    ds.map_batches(Scorer, batch_size=256, concurrency=os.cpu_count(), num_cpus=0.5).write_json(outdir)
+    ds.map_batches(Scorer, batch_size=int(batch), concurrency=os.cpu_count(), num_cpus=0.5).write_json(outdir)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sam
 With --sizes 64,500,2000,...: only the model alone on one core against the partition size
 (what length-aware batching gains from larger partitions). With --memory: the worker's peak
 RSS scoring the 1% longest reviews concatenated tenfold, at the default max_batch_chars and
-at half of it.
+at 128 Ki (the old default, a fixed-length model's).
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _read(docs: str):
     return paths, [open(p, encoding="utf-8").read() for p in paths]
 
 
-def single(model_path: str, docs: str, out: str) -> None:
-    """The script users write: batches of 256 in input order."""
+def single(model_path: str, docs: str, out: str, batch: str = "256") -> None:
+    """The script users write: batches of 256 (or batch) in input order."""
     import keras
     import tensorflow as tf
 
@@ -88,9 +88,10 @@ def single(model_path: str, docs: str, out: str) -> None:
     paths, texts = _read(docs)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.gmtime())
     with open(out, "w", encoding="utf-8") as f:
-        for start in range(0, len(texts), 256):
-            scores = model(tf.constant(texts[start:start + 256])[:, None], training=False).numpy()[:, 0]
-            for path, score in zip(paths[start:start + 256], scores):
+        n = int(batch)
+        for start in range(0, len(texts), n):
+            scores = model(tf.constant(texts[start:start + n])[:, None], training=False).numpy()[:, 0]
+            for path, score in zip(paths[start:start + n], scores):
                 f.write(json.dumps({"time": stamp, "filepath": path, "logit_prob": float(score),
                                     "sentiment": "positive" if score > 0.5 else "negative"}) + "\n")
 
@@ -107,7 +108,7 @@ def alone(model_path: str, docs: str, n: str) -> None:
     size, cuts = partition_sizes(lambda: len(texts), os.cpu_count() or 1, None), []
     while sum(cuts) < min(int(n) or len(texts), len(texts)):
         cuts.append(size())
-    print(_docs_per_s(predict, _batched(texts, cuts)))
+    print(_docs_per_s(predict, _batched(texts, cuts, predict)))
 
 
 def sweep(model_path: str, docs: str, sizes: str, n: str, repeat: str) -> None:
@@ -120,7 +121,7 @@ def sweep(model_path: str, docs: str, sizes: str, n: str, repeat: str) -> None:
     rates: dict = {int(size): [] for size in sizes.split(",")}
     for _ in range(int(repeat)):
         for size in rates:
-            rates[size].append(_docs_per_s(predict, _batched(texts, [size] * -(-len(texts) // size))))
+            rates[size].append(_docs_per_s(predict, _batched(texts, [size] * -(-len(texts) // size), predict)))
     for size, taken in rates.items():
         print(f"partitions of {size:>6} documents: {statistics.median(taken):7.1f} docs/s "
               f"({' '.join(f'{r:.1f}' for r in taken)})", flush=True)
@@ -139,14 +140,14 @@ def _model_on_one_core(model_path: str):
     return models.predictor(models.ModelSpec(model_path, intra_op_threads=1, inter_op_threads=1))
 
 
-def _batched(texts, cuts):
+def _batched(texts, cuts, predict):
     """The model's batches, as daskinfer forms them within each partition of cuts' sizes."""
-    from daskinfer.predict import Settings, Text, batches
+    from daskinfer.predict import Settings, Text, batch_budget, batches
 
-    formed, start = [], 0
+    formed, start, budget = [], 0, batch_budget(None, predict)
     for size in cuts:
         part = [Text(str(i), t, i) for i, t in enumerate(texts[start:start + size])]
-        formed.extend(batches(part, Settings.batch_size, Settings.max_batch_chars))
+        formed.extend(batches(part, Settings.batch_size, budget))
         start += size
     return formed
 
@@ -201,6 +202,8 @@ def main() -> None:
                     help="(e) on the partitions holding the first N documents; 0: all")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--against", default=None, help="a git revision of daskinfer to time as (g)")
+    ap.add_argument("--peer-batch", type=int, default=256,
+                    help="documents per batch in (c) and (d); 256 runs out of memory on long reviews with oneDNN")
     ap.add_argument("--sizes", default=None, metavar="N,N,...",
                     help="only the model alone on one core against these partition sizes, on --docs documents")
     args = ap.parse_args()
@@ -226,8 +229,8 @@ def measure(args, only, work: Path) -> None:
     runs = {
         "a": lambda i: [*daskinfer, f"inference.output_path={work}/a{i}/out.jsonl"],
         "b": lambda i: [*daskinfer, f"inference.output_path={work}/b{i}/out.jsonl", "inference.length_batching=false"],
-        "c": lambda i: [*me, "single", model, str(docs), f"{work}/c{i}.jsonl"],
-        "d": lambda i: [PY, str(HERE / "peers.py"), "ray", model, str(docs), f"{work}/d{i}"],
+        "c": lambda i: [*me, "single", model, str(docs), f"{work}/c{i}.jsonl", str(args.peer_batch)],
+        "d": lambda i: [PY, str(HERE / "peers.py"), "ray", model, str(docs), f"{work}/d{i}", str(args.peer_batch)],
     }
     envs = {}
     if args.against:
@@ -265,7 +268,7 @@ def measure(args, only, work: Path) -> None:
     if args.memory:
         long = work / "long"
         subprocess.run([*me, "long", str(docs), str(long)], check=True)
-        for chars in (2**17, 2**16):
+        for chars in ("null", 2**17):  # the default (16 Ki for this model), and the fixed-length budget
             peak = peak_worker_rss([PY, "-m", "daskinfer", f"inference.model_path={model}",
                                     f"inference.input_data_dir={long}", f"inference.output_path={work}/m{chars}/o.jsonl",
                                     f"inference.max_batch_chars={chars}"], work)
