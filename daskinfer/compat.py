@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 
 def skip_distributed_forkserver_preload() -> None:
@@ -54,6 +54,36 @@ def kill_forkserver() -> None:
     if pid:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+
+
+def padded_widths(graph) -> List[Optional[int]]:
+    """The width of every ragged-to-dense conversion in a traced graph and in the functions
+    it calls: how a SavedModel pads its tokens, to a fixed width or (None) to each batch's
+    longest document.
+
+    A SavedModel's serving signature calls the model's body as a library function, and a
+    tf.Graph lists only its own operations; the library's functions, with their shapes
+    inferred, are only in Graph._functions. Private: tf.Graph._functions.
+    """
+    widths, stack, seen = [], [graph], {id(graph)}
+    while stack:
+        g = stack.pop()
+        for op in g.get_operations():
+            if op.type == "RaggedTensorToTensor":
+                shape = op.outputs[0].shape
+                widths.append(shape[-1] if shape.rank else None)
+        for function in getattr(g, "_functions", {}).values():
+            body = getattr(function, "graph", None)
+            if body is not None and id(body) not in seen:
+                seen.add(id(body))
+                stack.append(body)
+    return widths
+
+
+def sublayers(model) -> list:
+    """Every layer inside model, however deep: in nested models, and in a custom layer's
+    attributes, which Model.layers does not list. Private: keras.Layer._flatten_layers."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def pages_listable(fs) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from daskinfer import model_files, tf_runtime
+from daskinfer import compat, model_files, tf_runtime
 from daskinfer.errors import ConfigError, RunFailed, first_line
 
 
@@ -85,7 +85,6 @@ def _load(spec: ModelSpec) -> Predictor:
         predict = make(tf, local)
         warm_up = predict(["warm-up: traces the graph and starts the runtime before the first task"])
         predict.output_shape = tuple(getattr(warm_up, "shape", (1,))[1:])  # per document
-        predict.fixed_length = getattr(predict, "fixed_length", False)  # a SavedModel's: unknown, so no
         return predict
     except ModelLoadError as exc:
         raise type(exc)(f"could not load model {spec.uri}: {exc}") from None
@@ -120,6 +119,8 @@ def _savedmodel_predictor(tf, path: str) -> Predictor:
         return fn(**{name: _string_batch(tf, texts, column)})[output].numpy()
 
     predict.model = loaded  # keep the trackable objects alive with the function
+    widths = compat.padded_widths(fn.graph)  # none: it tokenizes some other way, unknown here
+    predict.fixed_length = bool(widths) and None not in widths
     return predict
 
 
@@ -155,15 +156,13 @@ def _keras_predictor(tf, path: str) -> Predictor:
 
 
 def _vectorizes_to_fixed_length(model) -> bool:
-    """Whether every TextVectorization in model (nested models too) gives each document the
+    """Whether every TextVectorization in model (however deep) gives each document the
     same width whatever its length: a fixed output_sequence_length, or counts over the
     vocabulary. False when there is none: the model tokenizes some other way, unknown here."""
     import keras
 
-    found, stack = [], list(model.layers)
-    while stack:
-        layer = stack.pop()
-        stack.extend(getattr(layer, "layers", []))
+    found = []
+    for layer in compat.sublayers(model):
         if isinstance(layer, keras.layers.TextVectorization):
             config = layer.get_config()
             found.append(config.get("output_mode") != "int" or config.get("output_sequence_length") is not None)

@@ -33,15 +33,15 @@ class Settings:
 
 
 # Padded characters per model call, by default. A model that pads each batch to its longest
-# document (or may: a SavedModel's padding is not known) runs fastest in small batches:
+# document (or may: one whose padding daskinfer cannot find) runs fastest in small batches:
 # measured on a 2-core Xeon (oneDNN), a transformer encoder alone on one core, fresh process
 # each, 10,000 IMDb reviews: 128 Ki 472 to 502 docs/s, 32 Ki 654 to 674, 16 Ki 737 to 762,
 # 8 Ki 615 to 648 (its activations stay in the caches), and 1.37x faster end to end; on a
 # 2-core AMD EPYC (Zen 5) 16 Ki was the fastest too (709 to 717 against 547 to 559 at 128 Ki).
 # Its memory is lower too (measured on CPUs only). A model of fixed length costs the same per
 # document whatever its length, and small batches only add calls (the small embedding model
-# alone: 16 Ki 0.59x of 128 Ki), so it keeps 128 Ki, which still keeps a batch of huge
-# documents from being tokenized at once.
+# alone: 16 Ki 0.59x of 128 Ki, 1.09x slower end to end), so it keeps 128 Ki, which still
+# keeps a batch of huge documents from being tokenized at once.
 LENGTH_PADDED_BUDGET = 2**14
 FIXED_LENGTH_BUDGET = 2**17
 

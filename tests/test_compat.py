@@ -84,3 +84,35 @@ def test_s3fs_still_lists_a_prefix_page_by_page():
     assert compat.pages_listable(fs)
     assert inspect.isasyncgenfunction(s3fs.S3FileSystem._iterdir)
     assert {"bucket", "delimiter", "prefix"} <= set(inspect.signature(s3fs.S3FileSystem._iterdir).parameters)
+
+
+def test_tensorflow_still_keeps_a_graphs_functions_with_their_shapes():
+    """compat.padded_widths finds a ragged-to-dense conversion inside a called function (as
+    in a SavedModel's signature), with its width: fixed, or None for each batch's longest."""
+    import tensorflow as tf
+
+    from daskinfer import compat
+
+    for shape, width in (([None, 5], 5), (None, None)):
+        inner = tf.function(lambda x: tf.strings.split(x).to_tensor("", shape=shape))
+        outer = tf.function(lambda x: inner(x), input_signature=[tf.TensorSpec([None], tf.string)])
+        graph = outer.get_concrete_function().graph
+        assert "RaggedTensorToTensor" not in {op.type for op in graph.get_operations()}  # only in the callee
+        assert compat.padded_widths(graph) == [width]
+
+
+def test_keras_still_lists_the_layers_a_custom_layer_holds():
+    import keras
+
+    from daskinfer import compat
+
+    class Holder(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.inner = keras.layers.Dense(2)
+
+    inputs = keras.Input(shape=(3,))
+    holder = Holder()
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.holder = holder
+    assert holder.inner in compat.sublayers(model) and holder in compat.sublayers(model)

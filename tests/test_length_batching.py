@@ -88,9 +88,8 @@ def test_one_traced_graph_whatever_the_lengths(attention):
 
 
 def test_the_batch_budget_follows_how_the_model_pads(models, attention, tmp_path):
-    """Small batches for a model that pads each batch to its longest document (and for a
-    SavedModel, whose padding is unknown); a model of fixed length keeps large ones; a
-    configured budget wins."""
+    """Small batches for a model that pads each batch to its longest document, Keras or
+    SavedModel; a model of fixed length keeps large ones; a configured budget wins."""
     import keras
     from daskinfer import model as loader
     from daskinfer.predict import FIXED_LENGTH_BUDGET, LENGTH_PADDED_BUDGET, batch_budget
@@ -99,13 +98,59 @@ def test_the_batch_budget_follows_how_the_model_pads(models, attention, tmp_path
     words = keras.Sequential([keras.layers.TextVectorization(vocabulary=["good", "bad"], output_mode="tf_idf",
                                                              idf_weights=[1.0, 1.0])])  # nested, counts
     keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(words(inputs))).save(tmp_path / "tfidf.keras")
+    keras.saving.load_model(attention[0]).export(str(tmp_path / "attention-export"), verbose=False)
     expected = {models["keras"][0]: FIXED_LENGTH_BUDGET, tmp_path / "tfidf.keras": FIXED_LENGTH_BUDGET,
-                attention[0]: LENGTH_PADDED_BUDGET, models["keras3-export"][0]: LENGTH_PADDED_BUDGET}
+                models["keras3-export"][0]: FIXED_LENGTH_BUDGET, models["tf-keras2-savedmodel"][0]: FIXED_LENGTH_BUDGET,
+                attention[0]: LENGTH_PADDED_BUDGET, tmp_path / "attention-export": LENGTH_PADDED_BUDGET}
     for path, budget in expected.items():
         predict = loader.predictor(loader.ModelSpec(str(path)))
         assert batch_budget(None, predict) == budget, path
         assert batch_budget(1000, predict) == 1000
     assert LENGTH_PADDED_BUDGET < FIXED_LENGTH_BUDGET
+
+
+def test_a_vectorizer_inside_a_custom_layer_is_seen():
+    """A TextVectorization held by a custom layer (not in any .layers list) that pads to the
+    longest document makes the model length-padded, whatever the others do."""
+    import keras
+    from daskinfer import model as loader
+
+    class Words(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.vectorize = keras.layers.TextVectorization(vocabulary=["good", "bad"])  # no fixed length
+
+        def call(self, x):
+            return self.vectorize(x)
+
+    inputs = keras.Input(shape=(1,), dtype="string")
+    fixed = keras.layers.TextVectorization(vocabulary=["good", "bad"], output_sequence_length=4)(inputs)
+    pooled = [keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(4, 2)(x)) for x in (fixed, Words()(inputs))]
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Concatenate()(pooled)))
+    assert not loader._vectorizes_to_fixed_length(model)
+    without = keras.Model(inputs, keras.layers.Dense(1)(pooled[0]))
+    assert loader._vectorizes_to_fixed_length(without)
+
+
+def test_tasks_batch_within_the_model_budget(models, attention, monkeypatch):
+    """What a task does with the budget: the batches that reach each model keep within the
+    model's own budget, or the configured one."""
+    from daskinfer import model as loader
+    from daskinfer import predict as scoring
+
+    seen, real = [], scoring.batches
+    monkeypatch.setattr(scoring, "batches", lambda *a, **k: seen.append(list(real(*a, **k))) or iter(seen[-1]))
+    texts = [p.read_text("utf-8") for p in sorted(attention[1].glob("*.txt"))[:200]]
+    for path, configured, budget in ((attention[0], None, scoring.LENGTH_PADDED_BUDGET),
+                                     (models["keras"][0], None, scoring.FIXED_LENGTH_BUDGET),
+                                     (attention[0], 4000, 4000)):
+        settings = scoring.Settings(model=loader.ModelSpec(str(path)), max_batch_chars=configured)
+        out = scoring.Scored()
+        scoring.score_texts([scoring.Text(str(i), t, i) for i, t in enumerate(texts)], settings, out)
+        assert len(out.records) == len(texts) and not out.errors
+        formed = seen.pop()
+        assert all(len(b) * max(len(t.text) for t in b) <= budget or len(b) == 1 for b in formed), path
+        assert max(len(b) * max(len(t.text) for t in b) for b in formed) > budget // 2  # the budget, not a smaller one
 
 
 def test_keras_hub_classifier_scored_end_to_end(tmp_path):
