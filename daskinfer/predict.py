@@ -115,7 +115,8 @@ def score_texts(ready: Sequence[Text], settings: Settings, out: Scored) -> None:
     predict = model.predictor(settings.model)
     check_labels(predict.output_shape, settings.labels)
     _given[settings.model.uri] = _given.get(settings.model.uri, 0) + len(ready)
-    for batch in batches(ready, settings.batch_size, batch_budget(settings.max_batch_chars, predict), settings.length_batching):
+    budget = batch_budget(settings.max_batch_chars, predict)
+    for batch in batches(ready, settings.batch_size, budget, settings.length_batching):
         _score_batch(predict, batch, settings, out)
 
 

@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 _worker_threads: Optional[int] = None  # set by worker_setup.dask_setup
 
 # TensorFlow's oneDNN kernels are on by default only on CPUs with AVX-512 VNNI or newer, off
-# elsewhere (AMD EPYC, older Intel). Measured on a 2-core AMD EPYC (AVX2), one core,
+# elsewhere (AVX2-only CPUs: older AMD EPYC and Intel). Measured on a 2-core EPYC (AVX2), one core,
 # length-aware batches: a transformer encoder 190 to 320 docs/s, a 1-D CNN 465 to 578, the
 # small pooled-embedding model 22,000 to 17,000 at the model alone (3% of a 40,000-document
 # run's time); predictions within 2.4e-7 of oneDNN off. It takes more memory per batch (a
