@@ -209,7 +209,24 @@ def start_forkserver(cfg: DictConfig) -> None:
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload(["daskinfer.worker_setup"])
-    forkserver.ensure_running()
+    with _sigint_ignored():
+        forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in what starts inside (a process started then inherits that, and
+    Python keeps it). Ctrl-C in a terminal reaches every process of its group: the
+    forkserver, interrupted while it imports TensorFlow (it ignores SIGINT only after), would
+    die with a traceback and the cluster could not start. The driver takes Ctrl-C alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def describe(client, cfg: DictConfig) -> None:

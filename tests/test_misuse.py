@@ -667,6 +667,37 @@ def test_sigterm_during_start_up_stops_cleanly(slow, tmp_path):
         assert last_line(run).startswith(ERROR_PREFIX), (delay, run.stderr)
 
 
+def _starting_its_cluster(pid: int) -> bool:
+    """Whether the run pid is starting its LocalCluster (its scheduler listens) while the
+    forkserver that its workers come from is still there, importing TensorFlow (or done)."""
+    import psutil
+
+    try:
+        driver = psutil.Process(pid)
+        listening = any(c.status == psutil.CONN_LISTEN for c in driver.net_connections("tcp"))
+        forking = any("forkserver" in " ".join(c.cmdline()) for c in driver.children())
+    except psutil.NoSuchProcess:
+        return False
+    return listening and forking
+
+
+def test_ctrl_c_while_the_forkserver_imports_tensorflow_stops_cleanly(keras_model, tmp_path):
+    """A terminal's Ctrl-C reaches the forkserver too, which spends its first seconds
+    importing TensorFlow: the run still ends with one line and 130, not tracebacks."""
+    copy_reviews(tmp_path / "docs", 40)
+    job = start([f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+                 f"inference.output_path={tmp_path / 'out' / 'res.jsonl'}", *SLOW], tmp_path)
+    while not _starting_its_cluster(job.pid):
+        assert job.poll() is None and time.monotonic() - job.started < 60, job.communicate()
+        time.sleep(0.01)
+    os.killpg(job.pid, signal.SIGINT)
+    run = finish(job, 60)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert not [ln for ln in run.stderr_lines if "KeyboardInterrupt" in ln], run.stderr
+    assert run.returncode == 130, run.stderr
+    assert last_line(run).startswith(ERROR_PREFIX), run.stderr
+
+
 # ---------------------------------------------------------------- 17. fail fast
 
 
