@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 from daskinfer import compat, remote_scheduler
 from daskinfer.redaction import redacted
 from daskinfer.errors import ConfigError, first_line, root_cause
-from daskinfer.scheduling import adaptive
 
 if TYPE_CHECKING:
     from daskinfer.model import ModelSpec
@@ -112,6 +111,11 @@ def performance_report(path: Optional[str]):
 def _close(thing) -> None:
     with contextlib.suppress(Exception):
         thing.close()
+
+
+def adaptive(cfg: DictConfig) -> bool:
+    """Whether the cluster scales itself (cluster.adapt)."""
+    return cfg.adapt.minimum is not None or cfg.adapt.maximum is not None
 
 
 def _starts_empty(cfg: DictConfig) -> bool:
@@ -227,6 +231,19 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def revive(client) -> None:
+    """Start again the workers that client's LocalCluster gave up on. A LocalCluster closes
+    a worker's nanny when the worker is not back distributed.deploy.lost-worker-timeout
+    after a death (15 s), as happens to one that dies again and again on a document (each
+    time restarted, fed it again, and killed: scheduling.Runner isolates that document).
+    Its spec still names the worker: scaling to the spec starts it again."""
+    local = getattr(client, "cluster", None)
+    spec = getattr(local, "worker_spec", None)
+    if spec and len(local.workers) < len(spec):
+        log.debug("Restarting %d worker(s) the cluster closed", len(spec) - len(local.workers))
+        local.scale(len(spec))
 
 
 def describe(client, cfg: DictConfig) -> None:

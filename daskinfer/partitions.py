@@ -5,7 +5,7 @@ hands their texts to the model (texts)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from daskinfer import evaluation, reading, storage
 from daskinfer.errors import first_line
@@ -97,6 +97,11 @@ class Partition(Sequence[Document]):
             self.errors[len(self.uris)] = doc.error
         self.uris.append(doc.uri)
         self.sizes.append(doc.size)
+
+    def singles(self) -> List[Tuple[str, "Partition"]]:
+        """Each document as a partition of its own, with its key (scheduling.Runner scores
+        them so when a partition's workers died)."""
+        return [(doc.uri, Partition.of([doc])) for doc in self]
 
     def texts(self, settings: Settings, out: Scored) -> List[Text]:
         """On the worker: read and decode the files; what cannot be read goes to out's errors."""

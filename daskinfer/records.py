@@ -50,6 +50,41 @@ class PartitionResult(NamedTuple):
         return self.n_results + self.n_errors
 
 
+def merged(parts: List[PartitionResult]) -> PartitionResult:
+    """The results of one unit's pieces, in order, as the unit's own (a unit whose workers
+    died, scored a document at a time: scheduling.Runner)."""
+    results = [part.results for part in parts if part.results is not None]
+    if results and not isinstance(results[0], bytes):
+        import pyarrow
+
+        joined = pyarrow.concat_tables(results, promote_options="default")
+    else:
+        joined = b"".join(results) if results else None
+    tallies = [part.tally for part in parts if part.tally is not None]
+    for tally in tallies[1:]:
+        tallies[0].merge(tally)
+    by_worker: Dict[str, int] = {}
+    for part in parts:
+        by_worker[part.worker] = by_worker.get(part.worker, 0) + part.documents
+    return PartitionResult(
+        joined, b"".join(part.errors for part in parts), sum(part.n_results for part in parts),
+        sum(part.n_errors for part in parts), tallies[0] if tallies else None,
+        max(by_worker, key=by_worker.get) if by_worker else "",
+        _merged_stats([part.stats for part in parts if part.stats]),
+    )
+
+
+def _merged_stats(many: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if not many:
+        return None
+    out = {"hist": [sum(bins) for bins in zip(*(s["hist"] for s in many))], "labels": {}, "errors": {}}
+    for one in many:
+        for name in ("labels", "errors"):
+            for key, count in one[name].items():
+                out[name][key] = out[name].get(key, 0) + count
+    return out
+
+
 def stats(predicted: List[Dict[str, Any]], errors: List[Dict[str, Any]], bins: int = 20) -> Dict[str, Any]:
     """What the run report needs of a partition, counted where the records are made: a
     histogram of logit_prob over [0, 1] (outside it: the edge bins), labels, errors by kind."""

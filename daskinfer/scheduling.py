@@ -6,17 +6,21 @@ first seconds on, with flat memory, whatever order the workers finish in."""
 from __future__ import annotations
 
 import collections
+import logging
 import time
 import uuid
 from concurrent.futures import CancelledError
-from typing import Any, Iterable, Iterator, Optional, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from daskinfer import predict
+from daskinfer import cluster, predict, records
+from daskinfer.cluster import adaptive
 from daskinfer.background import InBackground
 from daskinfer.errors import RunFailed, first_line
 from daskinfer.sources import NOT_YET, Unit
+
+log = logging.getLogger("daskinfer")
 
 
 def planned_threads(client: Any, cfg: DictConfig) -> int:
@@ -40,9 +44,8 @@ def tasks_ahead(threads: int, cfg: DictConfig) -> int:
     return max(32, 4 * threads) if adaptive(cfg) else 2 * threads + 2
 
 
-def adaptive(cfg: DictConfig) -> bool:
-    return cfg.adapt.minimum is not None or cfg.adapt.maximum is not None
-
+DIED = ("KilledWorker: every worker that scored this document alone died (out of memory?); "
+        "inference.max_document_bytes can leave such documents out")
 
 # Units without a task (carried by an incremental run) looked at beyond the window, so
 # that the partitions after a long run of carried documents are already being scored
@@ -94,11 +97,49 @@ class Runner:
                 continue
             self.submitted -= 1
             try:
-                yield unit, self.result(future)
+                part = self.result(future)
             except KilledWorker as exc:
-                raise RunFailed(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
+                if unit.data:  # a table's rows: the tasks reading them die with the workers too
+                    raise RunFailed(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
+                part = self._one_by_one(unit)
             finally:
                 future.release()
+            yield unit, part
+
+    def _one_by_one(self, unit: Unit) -> records.PartitionResult:
+        """The result of a partition of files, its documents scored a task each: its workers
+        died scoring it (dask gave up after distributed.scheduler.allowed-failures), most
+        likely on one document too long for their memory. That document becomes an error
+        entry, and the rest of the unit is scored as usual."""
+        singles = unit.piece.singles()
+        log.warning("Workers died scoring %d documents; scoring them one at a time to find the one they die on",
+                    len(singles))
+        parts = self._scored([unit._replace(piece=piece) for _, piece in singles])
+        for i in [i for i, part in enumerate(parts) if part is None]:
+            # A worker's death counts against every task it held: bystanders of the
+            # document it died on may have been given up too. Alone, only that one dies.
+            parts[i] = self._scored([unit._replace(piece=singles[i][1])])[0]
+            if parts[i] is None:
+                entry = records.error_entry(singles[i][0], DIED, transient=True)
+                parts[i] = records.PartitionResult(None, records.jsonl([entry]), 0, 1, None, "",
+                                                   records.stats([], [entry]))
+        return records.merged(parts)
+
+    def _scored(self, units: List[Unit]) -> List[Optional[records.PartitionResult]]:
+        """The units' results, all submitted at once; None for one whose workers died."""
+        from distributed.scheduler import KilledWorker
+
+        futures, parts = [self._submit(0, unit) for unit in units], []
+        for future in futures:
+            try:
+                parts.append(self.result(future))
+            except KilledWorker as exc:
+                if exc.task != future.key:  # what it reads (a table's rows) was lost with them
+                    raise RunFailed(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
+                parts.append(None)
+            finally:
+                future.release()
+        return parts
 
     @property
     def busy(self) -> bool:
@@ -140,6 +181,7 @@ class Runner:
         if now - self._last_look < 1.0:
             return  # asking the scheduler once a second is plenty
         self._last_look = now
+        cluster.revive(self.client)
         try:
             workers = self.client.scheduler_info(n_workers=-1).get("workers")
         except OSError as exc:

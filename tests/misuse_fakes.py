@@ -68,6 +68,34 @@ def nonfinite_model(path: Path) -> Path:
     return path
 
 
+def killer_model(path: Path, after_us: int = 1_000_000) -> Path:
+    """A real SavedModel that scores by length, and ends the process that calls it on a
+    batch holding a document with DIEMARK, after_us later (as a worker out of memory is
+    ended, once it has ground for a while)."""
+    import tensorflow as tf
+    from tensorflow.python.data.experimental.ops import testing  # the SleepDataset op
+
+    class Scorer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def serve(self, texts):
+            score = tf.sigmoid((tf.cast(tf.strings.length(texts), tf.float32) - 900.0) / 300.0)
+            doomed = tf.reduce_any(tf.strings.regex_full_match(texts, "(?s).*DIEMARK.*"))
+
+            def die():
+                ground = tf.data.Dataset.range(1).apply(testing.sleep(after_us)).reduce(
+                    tf.constant(0, tf.int64), lambda total, x: total + x)
+                with tf.control_dependencies([ground]):
+                    abort = tf.raw_ops.Abort(error_msg="DIEMARK")
+                with tf.control_dependencies([abort]):
+                    return tf.identity(score)
+
+            return {"score": tf.cond(doomed, die, lambda: score)}
+
+    scorer = Scorer()
+    tf.saved_model.save(scorer, str(path), signatures={"serving_default": scorer.serve})
+    return path
+
+
 # ---------------------------------------------------------------- servers that are not schedulers
 
 

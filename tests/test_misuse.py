@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 from conftest import IMDB, Run, free_port, read_jsonl
 from dask_processes import start_cluster
-from misuse_fakes import MotoServer, banner_server, http_server, length_score, nonfinite_model, slow_model
+from misuse_fakes import (MotoServer, banner_server, http_server, killer_model, length_score, nonfinite_model,
+                          slow_model)
 from test_errors import assert_user_error
 
 # A run of the slow model on a few hundred documents lasts seconds, one small partition
@@ -168,6 +169,11 @@ def slow(tmp_path_factory) -> str:
     return str(slow_model(tmp_path_factory.mktemp("slow-model") / "model"))
 
 
+@pytest.fixture(scope="module")
+def killer(tmp_path_factory) -> str:
+    return str(killer_model(tmp_path_factory.mktemp("killer-model") / "model"))
+
+
 @pytest.fixture
 def keras_model(models) -> str:
     return str(models["keras"][0])
@@ -281,6 +287,39 @@ def test_a_score_that_is_not_finite_is_an_error_entry_and_the_results_stay_stric
     assert all("non-finite" in error for error in errors.values()), errors
     summary = json.loads(summary_beside(out).read_text())
     assert (summary["documents"], summary["predicted"], summary["errors"]) == (42, 40, 2)
+
+
+# ---------------------------------------------------------------- 3b. a document its workers die on
+
+# dask gives a task up once one worker died running it, not four (its default): each
+# death costs a worker's restart, and the same code runs either way.
+GIVE_UP_AT_ONCE = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_document_that_kills_its_workers_is_an_error_entry_and_the_rest_is_scored(fmt, killer, tmp_path):
+    """Each worker that meets it dies (as one out of memory is ended): dask gives up on its
+    partition, whose other documents are then scored one at a time, their results joined."""
+    import pandas as pd
+
+    docs = copy_reviews(tmp_path / "docs", 40)
+    poison = tmp_path / "docs" / f"{Path(docs[20]).stem}_poison.txt"  # mid-partition
+    poison.write_text("a review the workers die on: DIEMARK")
+    out = tmp_path / "out" / f"res.{fmt}"
+    run = cli(f"inference.model_path={killer}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", f"inference.output_format={fmt}", "inference.error_budget=0.1",
+              "cluster.n_workers=2", "cluster.threads_per_worker=1", "cluster.dashboard_address=null", cwd=tmp_path,
+              env=GIVE_UP_AT_ONCE, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "scoring them one at a time" in run.stderr
+    records = read_jsonl(out) if fmt == "jsonl" else pd.read_parquet(out).to_dict("records")
+    assert [r["filepath"] for r in records] == docs
+    for r in records:
+        assert abs(r["logit_prob"] - length_score(len(Path(r["filepath"]).read_bytes()))) < 1e-5
+    [error] = read_jsonl(out.parent / "errors.jsonl")
+    assert error["filepath"] == str(poison) and error["error"].startswith("KilledWorker: ") and error["transient"]
+    summary = json.loads(summary_beside(out).read_text())
+    assert (summary["documents"], summary["predicted"], summary["errors"]) == (41, 40, 1)
 
 
 # ---------------------------------------------------------------- 4. a resume that is not the same run

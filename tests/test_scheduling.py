@@ -28,3 +28,25 @@ def test_results_come_back_whenever_they_land(client):
     assert runner.result(client.submit(_after, 2.5, "slow", pure=False)) == "slow"
     with pytest.raises(ValueError, match="one bad partition"):
         runner.result(client.submit(_after, 0.1, ValueError("one bad partition"), pure=False))
+
+
+def test_a_worker_its_local_cluster_closed_is_started_again():
+    """A LocalCluster closes the nanny of a worker that is not back 15 s after a death
+    (distributed.deploy.lost-worker-timeout), as it does to one that dies again and again
+    on a document: the run's look at the workers starts it again."""
+    import logging
+
+    import distributed
+
+    from daskinfer import cluster
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=logging.CRITICAL) as local, distributed.Client(local) as client:
+        client.wait_for_workers(1, timeout=60)
+        [(name, nanny)] = local.workers.items()
+        local.sync(nanny.close)  # what the cluster does then
+        del local.workers[name]
+        assert not client.scheduler_info()["workers"]
+        cluster.revive(client)
+        client.wait_for_workers(1, timeout=60)
+        assert client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
