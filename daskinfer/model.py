@@ -8,6 +8,7 @@ import importlib
 import json
 import re
 import threading
+import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -121,12 +122,15 @@ def _savedmodel_predictor(tf, path: str) -> Predictor:
     predict.model = loaded  # keep the trackable objects alive with the function
     widths = compat.padded_widths(fn.graph)  # none: it tokenizes some other way, unknown here
     predict.fixed_length = bool(widths) and None not in widths
+    predict.logits = False  # a signature does not say; its outputs are taken as scores
     return predict
 
 
 def _keras_predictor(tf, path: str) -> Predictor:
     import keras
 
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of it
+        raise ModelLoadError("it is not a .keras file: not a zip archive (truncated or corrupt?)")
     _import_packages_of(path)
     model = keras.saving.load_model(path, compile=False)
     preprocessor = getattr(model, "preprocessor", None)  # a keras_hub task: text in, through it
@@ -152,7 +156,18 @@ def _keras_predictor(tf, path: str) -> Predictor:
 
     predict.traces = function.experimental_get_tracing_count  # 1, whatever the batches (tested)
     predict.fixed_length = fixed
+    predict.logits = _outputs_logits(model)
     return predict
+
+
+def _outputs_logits(model) -> bool:
+    """Whether model's output layer has no activation: logits (keras_hub's classifiers by
+    default, a Dense trained with from_logits=True), which the threshold does not apply to
+    as they are (predict.decide)."""
+    import keras
+
+    last = model.layers[-1] if model.layers else None
+    return getattr(last, "activation", None) is keras.activations.linear
 
 
 def _vectorizes_to_fixed_length(model) -> bool:
@@ -172,8 +187,6 @@ def _vectorizes_to_fixed_length(model) -> bool:
 def _import_packages_of(path: str) -> None:
     """Import the packages whose layers a .keras file names (keras_hub, a user's own), so that
     Keras finds their classes; a package this worker lacks is named in one line."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             config = archive.read("config.json").decode("utf-8")

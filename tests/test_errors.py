@@ -105,7 +105,8 @@ def test_corrupt_model_file_is_reported_clearly(test_docs, tmp_path):
     bad.write_bytes(b"this is not a zip archive")
     out = tmp_path / "out" / "res.jsonl"
     run = run_cli(f"inference.model_path={bad}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}", cwd=tmp_path)
-    assert_user_error(run, "could not load model", str(bad), single_line=False)
+    assert_user_error(run, "could not load model", str(bad), "not a zip archive", single_line=False)
+    assert "File not found" not in run.stderr  # what Keras says of a file that is there
     assert_no_results(tmp_path)
 
 
