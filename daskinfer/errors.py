@@ -17,6 +17,10 @@ class ErrorBudgetExceeded(RunFailed):
     """More documents failed than inference.error_budget allows; all output was written."""
 
 
+class WorkersDied(RunFailed):
+    """dask gave up on a task whose workers kept dying, and the run cannot go around it."""
+
+
 class Incomplete(RunFailed):
     """The run stopped before the end (a lost scheduler, a storage outage, a full disk),
     with what was written kept for inference.resume."""

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from daskinfer import (carrying, cluster, config, ledger, model, outputs, planning, predict, reporting, run_report,
                        scheduling, sink)
-from daskinfer.errors import ConfigError, Incomplete, Interrupted, first_line
+from daskinfer.errors import ConfigError, Incomplete, Interrupted, WorkersDied, first_line
 
 if TYPE_CHECKING:
     import dask.bag as db
@@ -80,7 +80,7 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
         if out.abandon():
             raise Interrupted(out.uri) from None
         raise
-    except (ConnectionError, TimeoutError, OSError) as exc:  # a lost service, a full disk
+    except (ConnectionError, TimeoutError, OSError, WorkersDied) as exc:  # a lost service, a full disk
         if out.abandon():
             # "no dask worker left ..." keeps its line as it has always been; the command
             # to resume goes on the line before it.

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from daskinfer import cluster, predict, records
 from daskinfer.cluster import adaptive
 from daskinfer.background import InBackground
-from daskinfer.errors import RunFailed, first_line
+from daskinfer.errors import WorkersDied, first_line
 from daskinfer.sources import NOT_YET, Unit
 
 log = logging.getLogger("daskinfer")
@@ -100,7 +100,7 @@ class Runner:
                 part = self.result(future)
             except KilledWorker as exc:
                 if unit.data:  # a table's rows: the tasks reading them die with the workers too
-                    raise RunFailed(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
+                    raise WorkersDied(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
                 part = self._one_by_one(unit)
             finally:
                 future.release()
@@ -133,9 +133,7 @@ class Runner:
         for future in futures:
             try:
                 parts.append(self.result(future))
-            except KilledWorker as exc:
-                if exc.task != future.key:  # what it reads (a table's rows) was lost with them
-                    raise RunFailed(f"workers kept dying while scoring one partition: {first_line(exc)}") from None
+            except KilledWorker:
                 parts.append(None)
             finally:
                 future.release()

@@ -322,6 +322,24 @@ def test_a_document_that_kills_its_workers_is_an_error_entry_and_the_rest_is_sco
     assert (summary["documents"], summary["predicted"], summary["errors"]) == (41, 40, 1)
 
 
+def test_a_table_row_its_workers_die_on_stops_the_run_with_how_to_resume(killer, tmp_path):
+    """Table rows are read by tasks of their own, which die with the workers: the run stops,
+    keeping what it wrote, and says how to resume (with workers that have more memory)."""
+    import pandas as pd
+
+    texts = [Path(path).read_text("utf-8") for path in copy_reviews(tmp_path / "docs", 30)]
+    texts[20] = "a row the workers die on: DIEMARK"
+    table = tmp_path / "rows.parquet"
+    pd.DataFrame({"text": texts}).to_parquet(table)
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={killer}", f"inference.input_data_dir={table}", "inference.input_format=parquet",
+              f"inference.output_path={out}", "inference.partition_size=10", *ONE_WORKER, cwd=tmp_path,
+              env=GIVE_UP_AT_ONCE, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "workers kept dying" in last_line(run) and "to resume:" in run.stderr, run.stderr
+    assert not out.exists() and Path(f"{out}.partial").exists()
+
+
 # ---------------------------------------------------------------- 4. a resume that is not the same run
 
 
