@@ -44,8 +44,11 @@ def tasks_ahead(threads: int, cfg: DictConfig) -> int:
     return max(32, 4 * threads) if adaptive(cfg) else 2 * threads + 2
 
 
-DIED = ("KilledWorker: every worker that scored this document alone died (out of memory?); "
-        "inference.max_document_bytes can leave such documents out")
+def _died(key: str) -> records.PartitionResult:
+    """The result of a document whose workers died each time they scored it alone."""
+    entry = records.error_entry(key, "KilledWorker: every worker that scored this document alone died (out of "
+                                "memory?); inference.max_document_bytes can leave such documents out", transient=True)
+    return records.PartitionResult(None, records.jsonl([entry]), 0, 1, None, "", records.stats([], [entry]))
 
 # Units without a task (carried by an incremental run) looked at beyond the window, so
 # that the partitions after a long run of carried documents are already being scored
@@ -114,16 +117,19 @@ class Runner:
         singles = unit.piece.singles()
         log.warning("Workers died scoring %d documents; scoring them one at a time to find the one they die on",
                     len(singles))
-        parts = self._scored([unit._replace(piece=piece) for _, piece in singles])
-        for i in [i for i, part in enumerate(parts) if part is None]:
-            # A worker's death counts against every task it held: bystanders of the
-            # document it died on may have been given up too. Alone, only that one dies.
-            parts[i] = self._scored([unit._replace(piece=singles[i][1])])[0]
-            if parts[i] is None:
-                entry = records.error_entry(singles[i][0], DIED, transient=True)
-                parts[i] = records.PartitionResult(None, records.jsonl([entry]), 0, 1, None, "",
-                                                   records.stats([], [entry]))
-        return records.merged(parts)
+        # A worker's death counts against every task it held: other documents' tasks queued
+        # beside the one it dies on may be given up too. So the likeliest one, the longest,
+        # goes alone first; the rest together; any given up then, alone again.
+        units = [unit._replace(piece=piece) for _, piece in singles]
+        longest = max(range(len(units)), key=lambda i: unit.piece.sizes[i])
+        rest = [i for i in range(len(units)) if i != longest]
+        parts: List[Optional[records.PartitionResult]] = [None] * len(units)
+        parts[longest] = self._scored([units[longest]])[0]
+        for i, part in zip(rest, self._scored([units[i] for i in rest])):
+            parts[i] = part
+        for i in rest:
+            parts[i] = parts[i] or self._scored([units[i]])[0]
+        return records.merged([part or _died(key) for part, (key, _) in zip(parts, singles)])
 
     def _scored(self, units: List[Unit]) -> List[Optional[records.PartitionResult]]:
         """The units' results, all submitted at once; None for one whose workers died."""
