@@ -122,7 +122,6 @@ def _savedmodel_predictor(tf, path: str) -> Predictor:
     predict.model = loaded  # keep the trackable objects alive with the function
     widths = compat.padded_widths(fn.graph)  # none: it tokenizes some other way, unknown here
     predict.fixed_length = bool(widths) and None not in widths
-    predict.logits = False  # a signature does not say; its outputs are taken as scores
     return predict
 
 
@@ -156,18 +155,7 @@ def _keras_predictor(tf, path: str) -> Predictor:
 
     predict.traces = function.experimental_get_tracing_count  # 1, whatever the batches (tested)
     predict.fixed_length = fixed
-    predict.logits = _outputs_logits(model)
     return predict
-
-
-def _outputs_logits(model) -> bool:
-    """Whether model's output layer has no activation: logits (keras_hub's classifiers by
-    default, a Dense trained with from_logits=True), which the threshold does not apply to
-    as they are (predict.decide)."""
-    import keras
-
-    last = model.layers[-1] if model.layers else None
-    return getattr(last, "activation", None) is keras.activations.linear
 
 
 def _vectorizes_to_fixed_length(model) -> bool:

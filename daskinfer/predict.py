@@ -160,25 +160,21 @@ def check_labels(output_shape: Tuple[int, ...], labels: Sequence[str]) -> None:
         raise ConfigError(f"the model outputs {what}; got {len(labels)}: {list(labels)}")
 
 
-def decide(output: Any, settings: Settings, logits: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decide(output: Any, settings: Settings) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(label index, logit_prob, per-class scores) of each row of the model's output.
 
     One output: the score of labels[1], and labels[1] when it is above the threshold.
     Two classes: the class whose score is above the threshold (labels[1]) or not, and its score.
     More: the top class and its score.
-    Scores are the model's own; from a model that outputs logits, the threshold applies to
-    their sigmoid (one output) or softmax (two classes): 0.5 then picks the top class.
     """
     scores = np.asarray(output, dtype=np.float64)
     if scores.ndim == 2 and scores.shape[1] == 1:
         scores = scores[:, 0]
     if scores.ndim == 1:
-        chance = 1.0 / (1.0 + np.exp(-scores)) if logits else scores
-        index = (chance > settings.threshold).astype(int)
-        return index, scores, np.stack([-scores if logits else 1.0 - scores, scores], axis=1)
+        index = (scores > settings.threshold).astype(int)
+        return index, scores, np.stack([1.0 - scores, scores], axis=1)
     if scores.shape[1] == 2:
-        chance = 1.0 / (1.0 + np.exp(scores[:, 0] - scores[:, 1])) if logits else scores[:, 1]  # softmax's
-        index = (chance > settings.threshold).astype(int)
+        index = (scores[:, 1] > settings.threshold).astype(int)
     else:
         index = scores.argmax(axis=1)
     return index, scores[np.arange(len(scores)), index], scores
@@ -187,7 +183,7 @@ def decide(output: Any, settings: Settings, logits: bool = False) -> Tuple[np.nd
 def _score_batch(predict, batch: Sequence[Text], settings: Settings, out: Scored) -> None:
     """Score a batch; if the model fails on it, score its documents one by one to find the bad ones."""
     try:
-        index, logit_prob, scores = decide(predict([t.text for t in batch]), settings, getattr(predict, "logits", False))
+        index, logit_prob, scores = decide(predict([t.text for t in batch]), settings)
     except model.ModelLoadError:
         raise
     except Exception as exc:

@@ -164,39 +164,3 @@ def test_bad_evaluation_settings_are_refused(models, test_docs, tmp_path, overri
         "inference.labels_from=aclimdb", override, cwd=tmp_path,
     )
     assert_user_error(run, message, code=2)
-
-
-def test_a_model_that_outputs_logits_keeps_them_and_the_threshold_applies_to_their_sigmoid(models, tmp_path):
-    """A Keras model whose last Dense has no activation (trained with from_logits=True):
-    logit_prob is what it outputs, and its sentiment what its sigmoid says."""
-    import keras
-    import tensorflow as tf
-    from conftest import read_labeled
-    from models import clean_for_vocabulary
-
-    from daskinfer import model as loader
-    from daskinfer import predict as scoring
-
-    keras.utils.set_random_seed(5)
-    texts, labels = read_labeled(IMDB / "train")
-    vectorize = keras.layers.TextVectorization(max_tokens=5000, output_sequence_length=200)
-    vectorize.adapt(tf.constant(clean_for_vocabulary(texts)))
-    inputs = keras.Input(shape=(1,), dtype="string")
-    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(5001, 16)(vectorize(inputs)))
-    model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
-    model.compile(keras.optimizers.Adam(0.01), keras.losses.BinaryCrossentropy(from_logits=True))
-    model.fit(tf.constant(texts)[:, None], tf.constant(labels), epochs=8, batch_size=64, verbose=0)
-    model.save(tmp_path / "logits.keras")
-
-    test_texts, test_labels = read_labeled(IMDB / "test")
-    settings = scoring.Settings(model=loader.ModelSpec(str(tmp_path / "logits.keras")), threshold=0.4)
-    out = scoring.Scored()
-    scoring.score_texts([scoring.Text(str(i), t, i) for i, t in enumerate(test_texts)], settings, out)
-    logits = model(tf.constant(test_texts)[:, None], training=False).numpy()[:, 0]
-    found = out.records
-    assert np.allclose([r["logit_prob"] for r in found], logits, atol=1e-5)
-    assert [r["sentiment"] for r in found] == ["positive" if 1 / (1 + np.exp(-x)) > 0.4 else "negative"
-                                               for x in logits]
-    assert np.mean([(r["sentiment"] == "positive") == bool(y) for r, y in zip(found, test_labels)]) > 0.7
-    assert any(x < 0.4 and 1 / (1 + np.exp(-x)) > 0.4 for x in logits)  # where 0.4 on the logit itself errs
-    assert not loader.predictor(loader.ModelSpec(str(models["keras"][0]))).logits  # a sigmoid output
