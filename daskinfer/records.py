@@ -65,7 +65,8 @@ def merged(parts: List[PartitionResult]) -> PartitionResult:
         tallies[0].merge(tally)
     by_worker: Dict[str, int] = {}
     for part in parts:
-        by_worker[part.worker] = by_worker.get(part.worker, 0) + part.documents
+        if part.worker:  # a document whose workers died has none
+            by_worker[part.worker] = by_worker.get(part.worker, 0) + part.documents
     return PartitionResult(
         joined, b"".join(part.errors for part in parts), sum(part.n_results for part in parts),
         sum(part.n_errors for part in parts), tallies[0] if tallies else None,

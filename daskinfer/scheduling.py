@@ -46,8 +46,9 @@ def tasks_ahead(threads: int, cfg: DictConfig) -> int:
 
 def _died(key: str) -> records.PartitionResult:
     """The result of a document whose workers died each time they scored it alone."""
-    entry = records.error_entry(key, "KilledWorker: every worker that scored this document alone died (out of "
-                                "memory?); inference.max_document_bytes can leave such documents out", transient=True)
+    entry = records.error_entry(key, "KilledWorker: every worker that scored this document in a task of its own "
+                                "died (out of memory?); inference.max_document_bytes can leave such documents out",
+                                transient=True)
     return records.PartitionResult(None, records.jsonl([entry]), 0, 1, None, "", records.stats([], [entry]))
 
 # Units without a task (carried by an incremental run) looked at beyond the window, so
@@ -115,20 +116,36 @@ class Runner:
         likely on one document too long for their memory. That document becomes an error
         entry, and the rest of the unit is scored as usual."""
         singles = unit.piece.singles()
+        if len(singles) == 1:  # it was scored in a task of its own already
+            return _died(singles[0][0])
         log.warning("Workers died scoring %d documents; scoring them one at a time to find the one they die on",
                     len(singles))
-        # A worker's death counts against every task it held: other documents' tasks queued
-        # beside the one it dies on may be given up too. So the likeliest one, the longest,
-        # goes alone first; the rest together; any given up then, alone again.
         units = [unit._replace(piece=piece) for _, piece in singles]
-        longest = max(range(len(units)), key=lambda i: unit.piece.sizes[i])
-        rest = [i for i in range(len(units)) if i != longest]
+        by_size = sorted(range(len(units)), key=lambda i: unit.piece.sizes[i])
         parts: List[Optional[records.PartitionResult]] = [None] * len(units)
-        parts[longest] = self._scored([units[longest]])[0]
+        # Workers that die on the two shortest documents die on any (a model too big for
+        # their memory): the run stops rather than restart them for every document.
+        alone = []
+        for i in by_size[:2]:
+            alone.append(i)
+            parts[i] = self._scored([units[i]])[0]
+            if parts[i] is not None:
+                break
+        else:
+            raise WorkersDied(f"workers died scoring each of the two shortest documents of a partition alone "
+                              f"({singles[by_size[0]][0]}): not enough memory for the model?")
+        # A worker's death counts against every task it held: documents queued beside the one
+        # it dies on may be given up too. So the likeliest, the longest, goes alone; the rest
+        # together; any given up then, alone again.
+        if by_size[-1] not in alone:
+            alone.append(by_size[-1])
+            parts[by_size[-1]] = self._scored([units[by_size[-1]]])[0]
+        rest = [i for i in by_size if i not in alone]
         for i, part in zip(rest, self._scored([units[i] for i in rest])):
             parts[i] = part
-        for i in rest:
-            parts[i] = parts[i] or self._scored([units[i]])[0]
+        for i in rest if len(rest) > 1 else []:
+            if parts[i] is None:
+                parts[i] = self._scored([units[i]])[0]
         return records.merged([part or _died(key) for part, (key, _) in zip(parts, singles)])
 
     def _scored(self, units: List[Unit]) -> List[Optional[records.PartitionResult]]:

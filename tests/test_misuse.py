@@ -61,11 +61,18 @@ def start(args: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None) 
     runner started as a background job ignores SIGINT, and its children would inherit that."""
     job = subprocess.Popen(
         [sys.executable, "-m", "daskinfer", *args], cwd=cwd, env=child_env(env), start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_starts_it,
     )
     job.started = time.monotonic()
     return job
+
+
+def _as_a_terminal_starts_it() -> None:
+    import resource
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # No core files: the workers a test's model aborts (killer_model) would each write one.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def finish(job: subprocess.Popen, timeout: float) -> Timed:
@@ -318,6 +325,22 @@ def test_a_document_that_kills_its_workers_is_an_error_entry_and_the_rest_is_sco
     assert error["filepath"] == str(poison) and error["error"].startswith("KilledWorker: ") and error["transient"]
     summary = json.loads(summary_beside(out).read_text())
     assert (summary["documents"], summary["predicted"], summary["errors"]) == (41, 40, 1)
+
+
+def test_workers_that_die_on_every_document_stop_the_run_rather_than_restart_for_each(killer, tmp_path):
+    """As a model too big for the workers' memory would: after the two shortest documents
+    alone, the run stops, instead of a worker's death or four per document."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"{i:02d}.txt").write_text(f"review {i} " * (i + 1) + "DIEMARK")
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={killer}", f"inference.input_data_dir={folder}", f"inference.output_path={out}",
+              "inference.partition_size=12", *ONE_WORKER, cwd=tmp_path, env=GIVE_UP_AT_ONCE, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "two shortest documents" in last_line(run) and str(folder / "00.txt") in last_line(run), run.stderr
+    assert not out.exists()  # (and nothing was written to resume from)
+    assert run.stderr.count("Abort_op intentional failure") <= 4  # the partition, then two documents alone
 
 
 def test_a_table_row_its_workers_die_on_stops_the_run_with_how_to_resume(killer, tmp_path):

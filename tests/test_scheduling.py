@@ -46,7 +46,8 @@ def test_a_worker_its_local_cluster_closed_is_started_again():
         [(name, nanny)] = local.workers.items()
         local.sync(nanny.close)  # what the cluster does then
         del local.workers[name]
-        assert not client.scheduler_info()["workers"]
+        while client.scheduler_info()["workers"]:  # the scheduler hears of it a moment later
+            time.sleep(0.1)
         cluster.revive(client)
         client.wait_for_workers(1, timeout=60)
         assert client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
