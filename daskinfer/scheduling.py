@@ -51,6 +51,7 @@ def _died(key: str) -> records.PartitionResult:
                                 transient=True)
     return records.PartitionResult(None, records.jsonl([entry]), 0, 1, None, "", records.stats([], [entry]))
 
+
 # Units without a task (carried by an incremental run) looked at beyond the window, so
 # that the partitions after a long run of carried documents are already being scored
 # while the driver copies those documents' lines.
@@ -116,8 +117,8 @@ class Runner:
         likely on one document too long for their memory. That document becomes an error
         entry, and the rest of the unit is scored as usual."""
         singles = unit.piece.singles()
-        if len(singles) == 1:  # it was scored in a task of its own already
-            return _died(singles[0][0])
+        if len(singles) == 1:  # once more: a death on another task counts against it too
+            return self._scored([unit])[0] or _died(singles[0][0])
         log.warning("Workers died scoring %d documents; scoring them one at a time to find the one they die on",
                     len(singles))
         units = [unit._replace(piece=piece) for _, piece in singles]

@@ -314,7 +314,7 @@ def test_a_document_that_kills_its_workers_is_an_error_entry_and_the_rest_is_sco
     run = cli(f"inference.model_path={killer}", f"inference.input_data_dir={tmp_path / 'docs'}",
               f"inference.output_path={out}", "inference.error_budget=0.1",
               "cluster.n_workers=2", "cluster.threads_per_worker=1", "cluster.dashboard_address=null", cwd=tmp_path,
-              env=GIVE_UP_AT_ONCE, timeout=300)
+              timeout=300)  # at dask's own allowed failures: other tasks beside a death are not given up
     assert run.returncode == 0, run.stderr
     assert "scoring them one at a time" in run.stderr
     records = read_jsonl(out)
