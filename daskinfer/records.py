@@ -78,12 +78,18 @@ def merged(parts: List[PartitionResult]) -> PartitionResult:
 def _merged_stats(many: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     if not many:
         return None
-    out = {"hist": [sum(bins) for bins in zip(*(s["hist"] for s in many))], "labels": {}, "errors": {}}
+    total = {"hist": [0] * len(many[0]["hist"]), "labels": {}, "errors": {}}
     for one in many:
-        for name in ("labels", "errors"):
-            for key, count in one[name].items():
-                out[name][key] = out[name].get(key, 0) + count
-    return out
+        add_stats(total, one)
+    return total
+
+
+def add_stats(total: Dict[str, Any], part: Dict[str, Any]) -> None:
+    """Add a partition's stats to total (the run's, or a unit's scored in pieces)."""
+    total["hist"] = [a + b for a, b in zip(total["hist"], part["hist"])]
+    for key in ("labels", "errors"):
+        for name, n in part[key].items():
+            total[key][name] = total[key].get(name, 0) + n
 
 
 def stats(predicted: List[Dict[str, Any]], errors: List[Dict[str, Any]], bins: int = 20) -> Dict[str, Any]:

@@ -40,7 +40,7 @@ class Scoring:
             return
         self.timeline.append((round(time.monotonic() - self.started, 3), self.documents - self.skipped))
         if part.stats:
-            _add_stats(self.stats, part.stats)
+            records.add_stats(self.stats, part.stats)
         self.carried += part.carried
         if part.documents > part.carried:
             self.by_worker[part.worker] = self.by_worker.get(part.worker, 0) + part.documents - part.carried
@@ -49,13 +49,6 @@ class Scoring:
                 self.tally = part.tally
             else:
                 self.tally.merge(part.tally)
-
-
-def _add_stats(total: Dict[str, Any], part: Dict[str, Any]) -> None:
-    total["hist"] = [a + b for a, b in zip(total["hist"], part["hist"])]
-    for key in ("labels", "errors"):
-        for name, n in part[key].items():
-            total[key][name] = total[key].get(name, 0) + n
 
 
 def summary(scoring: Scoring, predicted: int, errors: int, elapsed: float, output_uri: str,
