@@ -18,20 +18,21 @@ Lines = List[Tuple[bytes, Dict[str, Any]]]
 
 def _by_key(scored: Optional[records.PartitionResult]) -> Dict[str, List[Tuple[bytes, Dict[str, Any], bool]]]:
     """A worker's result as {filepath: [(line, record, whether an error entry)]}: a path a
-    manifest lists twice has its record and the repeat's error entry."""
+    manifest lists twice has its record and the repeat's error entry. Keyed by the name as
+    Parquet holds it (records.utf8_name), which the name in a JSONL line also gives."""
     found: Dict[str, List[Tuple[bytes, Dict[str, Any], bool]]] = {}
     if scored is None:
         return found
     if isinstance(scored.results, bytes):
         for line in scored.results.splitlines(keepends=True):
             record = json.loads(line)
-            found.setdefault(record["filepath"], []).append((line, record, False))
+            found.setdefault(records.utf8_name(record["filepath"]), []).append((line, record, False))
     elif scored.results is not None:  # Parquet output: the records as columns
         for record in scored.results.to_pylist():
             found.setdefault(record["filepath"], []).append((b"", record, False))
     for line in (scored.errors or b"").splitlines(keepends=True):
         entry = json.loads(line)
-        found.setdefault(entry["filepath"], []).append((line, entry, True))
+        found.setdefault(records.utf8_name(entry["filepath"]), []).append((line, entry, True))
     return found
 
 
@@ -89,7 +90,7 @@ class Carrier:
         carried: List[Dict[str, Any]] = []
         for uri, flags in span:
             if not flags:
-                line, record, error = fresh[uri].pop(0)
+                line, record, error = fresh[records.utf8_name(uri)].pop(0)
                 (failed if error else predicted).append((line, record))
                 continue
             found = self.results.take(uri) if flags & ledger.IN_RESULTS else []

@@ -149,13 +149,34 @@ def parquet_table(records: List[Dict[str, Any]]):
     import pyarrow
 
     try:
-        table = pyarrow.Table.from_pylist(records)
-    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError):
-        table = pyarrow.Table.from_pylist([{k: (v if k in KEYS else str(v)) for k, v in r.items()} for r in records])
+        table = _columns(records)
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8
+        table = _columns([{**r, "filepath": utf8_name(r["filepath"])} for r in records])
     for name, kind in PARQUET_TYPES:
         index = table.schema.get_field_index(name)
         table = table.set_column(index, name, table.column(name).cast(getattr(pyarrow, kind)()))
     return table
+
+
+def _columns(records: List[Dict[str, Any]]):
+    import pyarrow
+
+    try:
+        return pyarrow.Table.from_pylist(records)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError):
+        return pyarrow.Table.from_pylist([{k: (v if k in KEYS else str(v)) for k, v in r.items()} for r in records])
+
+
+def utf8_name(name: str) -> str:
+    """A file name as a Parquet string can hold it. A name that is not valid UTF-8 reaches
+    Python with lone surrogates (surrogateescape), which Parquet's UTF-8 strings cannot hold
+    (JSONL writes them as escapes that json.loads turns back into the very name); here its
+    undecodable bytes are written as Python shows them: caf\\xe9.txt."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def parquet_schema():

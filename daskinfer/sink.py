@@ -9,6 +9,7 @@ last, so a published results file always has its summary beside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Container, Dict, Iterable, Iterator, Mapping, Optional, Tuple
@@ -241,6 +242,8 @@ class _ParquetStream:
 
     def abandon(self, keep: bool) -> None:
         if self.file is not None:
+            with contextlib.suppress(Exception):  # else its __del__ writes to the closed file, noisily
+                self.writer.close()
             if self.local:
                 self.file.close()
                 os.unlink(self.partial)

@@ -120,6 +120,29 @@ def test_an_incremental_run_scores_only_what_changed_and_keeps_one_ordered_resul
     assert [r["filepath"] for r in read_jsonl(tmp_path / "run4" / "res.jsonl")] == current
 
 
+def test_a_new_file_whose_name_is_not_utf8_joins_the_carried_records_in_parquet(models, corpus, tmp_path, client):
+    """Parquet strings are UTF-8: such a name is written as Python shows its bytes, and the
+    worker's record still finds its place among the carried ones."""
+    import pyarrow.parquet
+
+    model, predict = models["keras"]
+    run_api(client, model, corpus, tmp_path / "run1" / "res.jsonl")
+    text = TRAIN[0].read_text("utf-8")
+    fd = os.open(os.fsencode(str(corpus)) + b"/caf\xe9.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, text.encode("utf-8"))
+    os.close(fd)
+    out = tmp_path / "run2" / "res.parquet"
+    second = run_api(client, model, corpus, out, "inference.output_format=parquet",
+                     f"inference.incremental_from={tmp_path / 'run1'}")
+    assert (second["scored"], second["carried"], second["given_to_models"]) == (1, 300, 1)
+    rows = {r["filepath"]: r for r in pyarrow.parquet.read_table(out).to_pylist()}
+    before = {r["filepath"]: r for r in read_jsonl(tmp_path / "run1" / "res.jsonl")}
+    odd = f"{corpus}/caf\\xe9.txt"
+    assert set(rows) == set(before) | {odd}
+    assert all(rows[key]["logit_prob"] == record["logit_prob"] for key, record in before.items())
+    assert abs(rows[odd]["logit_prob"] - float(predict([text])[0])) <= 1e-5
+
+
 def test_nothing_changed_scores_nothing_and_starts_no_cluster(models, corpus, tmp_path):
     model = models["keras"][0]
     args = (f"inference.model_path={model}", f"inference.input_data_dir={corpus}", *ONE_WORKER)

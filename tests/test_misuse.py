@@ -414,21 +414,28 @@ def test_a_resume_after_the_inputs_changed_writes_exactly_the_current_inputs_sor
 # ---------------------------------------------------------------- 6-8. odd files
 
 
-def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_json(models, tmp_path):
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_utf8(output_format, models, tmp_path):
     docs = copy_reviews(tmp_path / "docs", 20)
     name = os.fsencode(str(tmp_path / "docs")) + b"/caf\xe9.txt"
     text = REVIEWS[500].read_text("utf-8")
     fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, text.encode("utf-8"))
     os.close(fd)
-    out = tmp_path / "out" / "res.jsonl"
+    out = tmp_path / "out" / f"res.{output_format}"
     run = cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={tmp_path / 'docs'}",
-              f"inference.output_path={out}", *ONE_WORKER, cwd=tmp_path)
+              f"inference.output_path={out}", f"inference.output_format={output_format}", *ONE_WORKER, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    raw = out.read_bytes()
-    raw.decode("utf-8")  # strict: no lone surrogate written raw
-    records = [json.loads(line) for line in raw.splitlines()]
-    odd = os.fsdecode(name)  # '.../caf\udce9.txt', written by json as \udce9
+    if output_format == "jsonl":
+        raw = out.read_bytes()
+        raw.decode("utf-8")  # strict: no lone surrogate written raw
+        records = [json.loads(line) for line in raw.splitlines()]
+        odd = os.fsdecode(name)  # '.../caf\udce9.txt', written by json as \udce9
+    else:  # Parquet strings are UTF-8: the byte as Python shows it
+        import pyarrow.parquet
+
+        records = pyarrow.parquet.read_table(out).to_pylist()
+        odd = str(tmp_path / "docs") + "/caf\\xe9.txt"
     assert sorted(r["filepath"] for r in records) == sorted(docs + [odd])
     record = next(r for r in records if r["filepath"] == odd)
     assert abs(record["logit_prob"] - float(models["keras"][1]([text])[0])) <= 1e-5
