@@ -10,6 +10,8 @@ layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sam
   (a) daskinfer, default settings (length-aware batching on)
   (b) daskinfer with inference.length_batching=false (batches of up to 256 in input order,
       within the budget)
+  (f) daskinfer with length-aware batching off altogether, the first version's batching: batches
+      of --peer-batch documents in input order, no budget (inference.max_batch_chars=2^62)
   (c) the single process users write: read all, predict in batches of 256 in input order
   (d) Ray Data (map_batches on an actor pool, arrival order), when ray is installed
   (e) the model alone on one core, texts in memory, the same documents cut into partitions
@@ -203,7 +205,7 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--against", default=None, help="a git revision of daskinfer to time as (g)")
     ap.add_argument("--peer-batch", type=int, default=256,
-                    help="documents per batch in (c) and (d); 256 runs out of memory on long reviews with oneDNN")
+                    help="documents per batch in (c), (d) and (f); 256 runs out of memory on long reviews with oneDNN")
     ap.add_argument("--sizes", default=None, metavar="N,N,...",
                     help="only the model alone on one core against these partition sizes, on --docs documents")
     args = ap.parse_args()
@@ -229,6 +231,8 @@ def measure(args, only, work: Path) -> None:
     runs = {
         "a": lambda i: [*daskinfer, f"inference.output_path={work}/a{i}/out.jsonl"],
         "b": lambda i: [*daskinfer, f"inference.output_path={work}/b{i}/out.jsonl", "inference.length_batching=false"],
+        "f": lambda i: [*daskinfer, f"inference.output_path={work}/f{i}/out.jsonl", "inference.length_batching=false",
+                        f"inference.max_batch_chars={2**62}", f"inference.batch_size={args.peer_batch}"],
         "c": lambda i: [*me, "single", model, str(docs), f"{work}/c{i}.jsonl", str(args.peer_batch)],
         "d": lambda i: [PY, str(HERE / "peers.py"), "ray", model, str(docs), f"{work}/d{i}", str(args.peer_batch)],
     }
@@ -256,7 +260,7 @@ def measure(args, only, work: Path) -> None:
         rates[key] = args.docs / statistics.median(taken)
         print(f"({key}) {args.docs} docs  median {statistics.median(taken):8.1f} s  {rates[key]:8.1f} docs/s  "
               f"({' '.join(f'{t:.1f}' for t in taken)})", flush=True)
-    for other in ("b", "c", "d", "g"):
+    for other in ("b", "c", "d", "f", "g"):
         if "a" in rates and other in rates:
             print(f"(a) / ({other}) = {rates['a'] / rates[other]:.2f}x")
     if "a" in times and e_rates:  # per round: (a) and (e) of one round saw the same machine
