@@ -194,6 +194,9 @@ def _local_cluster(cfg: DictConfig, model_spec: Optional[ModelSpec] = None):
             processes=True,
             host="127.0.0.1",
             dashboard_address=cfg.dashboard_address,
+            # No dashboard still leaves the scheduler's HTTP server (/health, /metrics), on
+            # dask's dashboard port unless told otherwise: a free one, not a user's 8787.
+            scheduler_kwargs=None if cfg.dashboard_address else {"dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.CRITICAL,
             preload=["daskinfer.worker_setup"],
             preload_argv=["--driver-handles-ctrl-c"]
@@ -254,7 +257,9 @@ def describe(client, cfg: DictConfig) -> None:
         log.info("Started a dask cluster with %s", cfg.manager)
     if adaptive(cfg):
         log.info("Adaptive scaling: %s to %s workers", cfg.adapt.minimum or 0, cfg.adapt.maximum or "any number of")
-    if "dashboard" in client.scheduler_info(n_workers=0).get("services", {}):
+    # A scheduler lists its HTTP server as "dashboard" whether the dashboard is on it or not.
+    ours = not (cfg.address or cfg.manager)
+    if cfg.dashboard_address if ours else "dashboard" in client.scheduler_info(n_workers=0).get("services", {}):
         log.info("Dask dashboard: %s", client.dashboard_link)
 
 

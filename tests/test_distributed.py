@@ -271,3 +271,24 @@ def test_local_cluster_workers_start_ready_to_score(models, test_docs, tmp_path)
     assert len({parent for _, _, parent, *_ in workers}) == 1
     assert all(parent_has_tensorflow for *_, parent_has_tensorflow, _ in workers)
     assert loads == [1] * len(workers)  # loaded once each, and no task ran
+
+
+@pytest.mark.parametrize("address", [None, "127.0.0.1:0"])
+def test_a_local_cluster_serves_the_dashboard_only_when_it_has_an_address(address):
+    """cluster.dashboard_address=null: no dashboard, and the scheduler's HTTP server (which
+    dask starts anyway) on a free port rather than the 8787 of a user's own cluster."""
+    import urllib.error
+    import urllib.request
+
+    from daskinfer import cluster, config
+
+    cfg = config.load_config(["inference.model_path=m", "inference.input_data_dir=d", "cluster.start_method=spawn",
+                              f"cluster.dashboard_address={address or 'null'}"]).cluster
+    cfg.n_workers = 0  # the scheduler alone (the settings' check wants at least one worker)
+    with cluster._local_cluster(cfg) as local:
+        port = local.scheduler.http_server.port
+        try:
+            status = urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30).status
+        except urllib.error.HTTPError as answer:
+            status = answer.code
+    assert status == (200 if address else 404) and port != 8787
