@@ -49,6 +49,17 @@ def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
     return db.from_delayed([score(piece, job.settings, *data) for piece, data in job.source.pieces(n_threads)])
 
 
+def _reference(uri: str, options: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The reference's stats; a line of it that is no record (its first was checked before
+    the run) costs the drift, not the run's results."""
+    try:
+        return run_report.reference_stats(uri, options)
+    except ValueError as exc:
+        log.warning("inference.reference %s: %s: %s; no drift in this run's summary", uri, type(exc).__name__,
+                    first_line(exc))
+        return None
+
+
 def run(cfg: DictConfig, client: Any = None) -> RunResult:
     """Run the job on client (or on the configured cluster) and write the outputs.
 
@@ -123,7 +134,7 @@ def _publish(cfg: DictConfig, job: planning.Job, out: sink.OrderedSink, scoring:
                                    "retried": job.increment.plan.retried}
     summary = reporting.summary(scoring, out.results.count, out.errors.count, time.monotonic() - started,
                                 out.uri, inf.labels_from, tuple(inf.labels), manifest, increment)
-    reference = run_report.reference_stats(inf.reference, planning.storage_options(cfg)) if inf.reference else None
+    reference = _reference(inf.reference, planning.storage_options(cfg)) if inf.reference else None
     if reference is not None:
         summary["drift"] = run_report.drift(scoring.stats, reference, inf.reference)
     out.commit(summary, config.to_yaml(cfg), run_report.render(summary, scoring.stats, scoring.timeline, reference),

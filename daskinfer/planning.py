@@ -8,7 +8,8 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer import evaluation, incremental, ledger, listing, manifest, model, model_files, outputs, sources, storage
+from daskinfer import (evaluation, incremental, ledger, listing, manifest, model, model_files, outputs, run_report,
+                       sources, storage)
 from daskinfer.predict import Settings
 from daskinfer.sources import Source
 
@@ -75,10 +76,7 @@ def check(cfg: DictConfig) -> None:
     if inf.output_path:
         outputs.check_output_path(inf.output_path, options, inf.resume)
     if inf.reference:
-        reference_fs, reference_path = storage.filesystem(inf.reference, options)
-        with storage.storage_errors(inf.reference, "the reference "):
-            if not reference_fs.isfile(reference_path):
-                raise FileNotFoundError(f"inference.reference not found: {inf.reference}")
+        run_report.check_reference(inf.reference, options)
     if inf.incremental_from:
         incremental.locate(inf.incremental_from, options)
     if cfg.cluster.address:

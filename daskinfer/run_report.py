@@ -31,6 +31,29 @@ def warm_up() -> None:
     threading.Thread(target=load, name="daskinfer-report-imports", daemon=True).start()
 
 
+def check_reference(uri: str, storage_options: Dict[str, Any]) -> None:
+    """Before any work: the reference must be results as daskinfer writes them (JSONL), or
+    the drift it is asked for could only fail once everything is scored."""
+    import json
+
+    from daskinfer import storage
+    from daskinfer.errors import ConfigError
+
+    fs, path = storage.filesystem(uri, storage_options)
+    with storage.storage_errors(uri, "the reference "):
+        if not fs.isfile(path):
+            raise FileNotFoundError(f"inference.reference not found: {uri}")
+        with fs.open(path, "rb") as lines:
+            first = next((line for line in lines if line.strip()), b"")
+    try:
+        record = json.loads(first)
+    except ValueError:  # also UnicodeDecodeError: a Parquet file, say
+        record = None
+    if first and not (isinstance(record, dict) and "filepath" in record):
+        raise ConfigError(f"inference.reference: {uri} is not a JSONL results file of daskinfer "
+                          "(its first line is no record with a filepath)")
+
+
 def reference_stats(uri: str, storage_options: Dict[str, Any]) -> Dict[str, Any]:
     """The histogram and label counts of an earlier run's results, streamed (never held whole)."""
     import itertools

@@ -85,6 +85,17 @@ def test_bad_values_fail_before_any_work(override, needle, model, test_docs, tmp
     assert_no_results(tmp_path)
 
 
+@pytest.mark.parametrize("content", [b"PAR1\xff\x00 parquet bytes", b'{"no": "filepath"}\n', b"\n\nnot json\n"])
+def test_a_reference_that_is_no_results_file_fails_before_any_work(content, model, test_docs, tmp_path):
+    reference = tmp_path / "earlier" / "res.jsonl"
+    reference.parent.mkdir()
+    reference.write_bytes(content)
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}",
+                  f"inference.reference={reference}", cwd=tmp_path)
+    assert_user_error(run, "inference.reference", str(reference), "is not a JSONL results file", code=2)
+    assert_no_results(tmp_path / "outputs")
+
+
 def test_missing_required_keys(tmp_path):
     run = run_cli(cwd=tmp_path)
     assert_user_error(run, "inference.model_path", "inference.input_data_dir")

@@ -76,3 +76,16 @@ def test_the_dashboard_shows_while_a_run_scores(tmp_path, test_docs):
         assert job.wait(300) == 0, log.read_text()
     report = (tmp_path / "perf.html").read_text()
     assert "Dask Performance Report" in report and "<script" in report
+
+
+def test_a_reference_that_goes_bad_after_its_first_line_costs_the_drift_not_the_results(tmp_path, caplog):
+    """Its first line is checked before the run; a later one is read only once all is scored."""
+    from daskinfer import pipeline
+
+    reference = tmp_path / "earlier.jsonl"
+    good = {"time": "2026-12-01T10:00:00+0000", "filepath": "/a.txt", "logit_prob": 0.9, "sentiment": "positive"}
+    reference.write_bytes(json.dumps(good).encode() + b"\n\xff\xfe torn\n")
+    assert pipeline._reference(str(reference), {}) is None
+    assert f"inference.reference {reference}: JSONDecodeError" in caplog.text
+    reference.write_bytes(json.dumps(good).encode() + b"\n")
+    assert pipeline._reference(str(reference), {})["labels"] == {"positive": 1}
