@@ -27,6 +27,7 @@ from omegaconf.errors import (
 
 from daskinfer.config_schema import INPUT_FORMATS, OUTPUT_FORMATS, PATH_LABELS, Config
 from daskinfer.errors import ConfigError
+from daskinfer import redaction
 from daskinfer.redaction import redacted, redacted_override, to_yaml  # noqa: F401  (what callers use)
 
 
@@ -141,6 +142,10 @@ def check(cfg: DictConfig) -> None:
     for key in ("partition_bytes", "max_document_bytes", "max_batch_chars"):
         if inf[key] is not None and inf[key] <= 0:
             raise ConfigError(f"inference.{key} must be > 0, got {inf[key]}")
+    for key in ("model_path", "input_data_dir", "input_manifest", "output_path", "reference", "incremental_from",
+                "model_cache_dir"):
+        if not OmegaConf.is_missing(inf, key) and isinstance(inf[key], str) and redaction.has_password(inf[key]):
+            raise ConfigError(f"inference.{key}: {redaction.PASSWORD_REFUSED}")
     _check_choice("inference.input_format", inf.input_format, INPUT_FORMATS)
     _check_choice("inference.output_format", inf.output_format, OUTPUT_FORMATS)
     if inf.resume and inf.output_format != "jsonl":

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping, Optional, Tuple
 
 import fsspec
 
-from daskinfer import storage
+from daskinfer import redaction, storage
 from daskinfer.errors import RunFailed
 from daskinfer.listing import Document
 
@@ -62,6 +62,8 @@ def _entry(line: str, manifest: str, number: int) -> str:
             line = None
         if not isinstance(line, str):
             raise RunFailed(f"{manifest} line {number}: expected a path, or JSON with a \"path\" field")
+    if redaction.has_password(line):
+        raise RunFailed(f"{manifest} line {number}: {redaction.PASSWORD_REFUSED}")
     protocol, _ = fsspec.core.split_protocol(line)
     return line if protocol not in (None, "file", "local") else os.path.abspath(fsspec.core.strip_protocol(line))
 

@@ -3,12 +3,26 @@ written to config.yaml, a log line or a resume command, with secret-looking valu
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 SECRET_WORDS = ("key", "secret", "token", "password")
+
+
+def has_password(uri: str) -> bool:
+    """Whether uri carries a password (scheme://user:password@host/...). Such a URI would be
+    echoed by every log line, error entry, record and ledger naming it, so it is refused."""
+    try:
+        return "://" in uri and urllib.parse.urlsplit(uri).password is not None
+    except ValueError:  # not a URL after all
+        return False
+
+
+PASSWORD_REFUSED = ("a URI with a password in it is refused (and not shown, as it would be written wherever "
+                    "the URI is): give credentials as storage.options, the AWS_* variables or a .netrc")
 
 
 def redacted(value: Any) -> Any:

@@ -646,6 +646,28 @@ def test_secrets_never_reach_the_terminal_or_the_output_folder(options, slow, tm
         assert leaked == []
 
 
+@pytest.mark.parametrize("where", ["model_path", "input_data_dir", "reference", "a manifest line"])
+def test_a_uri_with_a_password_in_it_is_refused_without_showing_it(where, keras_model, tmp_path):
+    """It would be written wherever the URI is: logs, error entries, records, the ledger."""
+    docs = copy_reviews(tmp_path / "docs", 3)
+    secret = "SUPERSECRET123"
+    uri = f"s3://AKIAEXAMPLE:{secret}@reviews/batch/" if where == "input_data_dir" else (
+        f"https://bob:{secret}@127.0.0.1:9/{'a.txt' if where == 'a manifest line' else 'm.keras'}")
+    args = {"model_path": keras_model, "input_data_dir": str(tmp_path / "docs"), "reference": None}
+    if where == "a manifest line":
+        (tmp_path / "manifest.txt").write_text("\n".join([*docs, uri]) + "\n")
+        del args["input_data_dir"]
+        args["input_manifest"] = str(tmp_path / "manifest.txt")
+    else:
+        args[where] = uri
+    run = cli(*(f"inference.{k}={v}" for k, v in args.items() if v), f"inference.output_path={tmp_path / 'out' / 'r.jsonl'}",
+              *ONE_WORKER, cwd=tmp_path)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    assert [line for line in run.stderr_lines if line.startswith(ERROR_PREFIX)] == run.stderr_lines[-1:]
+    assert "password in it is refused" in last_line(run) and secret not in run.stderr + run.stdout
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- 15. bad configuration
 
 
