@@ -14,7 +14,7 @@ import math
 from typing import Any, Container, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from daskinfer import object_listing, records, tables
-from daskinfer.errors import RunFailed, root_cause
+from daskinfer.errors import ConfigError, RunFailed, root_cause
 from daskinfer.listing import Document, Listing, list_documents, size_range
 from daskinfer.manifest import Manifest
 from daskinfer.object_listing import GrowingListing
@@ -36,6 +36,10 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
         docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options) if streamed is None else streamed
     if inf.input_format == "files":
         return FileSource(docs, inf.partition_size, inf.partition_bytes)
+    repeated = next((doc for doc in docs if doc.error), None) if inf.input_manifest else None
+    if repeated is not None:  # a table's rows are not documents of their own to file an entry for
+        raise ConfigError(f"inference.input_manifest: the table {repeated.uri} is {repeated.error.split(';')[0]}: "
+                          "list each table once")
     columns = tables.Columns(inf.text_column, inf.id_column, inf.labels_from)
     frames = [(doc.uri, tables.frame(doc.uri, inf.input_format, columns, storage_options, inf.partition_bytes))
               for doc in docs]

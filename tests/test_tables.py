@@ -191,6 +191,15 @@ def test_manifest_line_without_a_path_is_refused(client, models, tmp_path):
         daskinfer.run(cfg, client=client)
 
 
+def test_a_table_listed_twice_in_a_manifest_is_refused_rather_than_scored_twice(models, table_files, tmp_path):
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{table_files['jsonl']}\n{table_files['jsonl']}\n")
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}",
+                  "inference.input_format=jsonl", f"inference.output_path={tmp_path / 'out' / 'r.jsonl'}", cwd=tmp_path)
+    assert_user_error(run, f"the table {table_files['jsonl']} is listed more than once in the manifest", code=2)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_manifest_is_one_clear_line(models, tmp_path):
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={tmp_path}/nope.txt",
                   cwd=tmp_path)
