@@ -88,6 +88,13 @@ def is_connection_error(exc: BaseException) -> bool:
     they pass when the storage comes back."""
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
+    try:  # fsspec's http(s):// filesystem (aiohttp): its connection errors are no ConnectionError
+        from aiohttp import ClientConnectionError
+
+        if isinstance(exc, ClientConnectionError):
+            return True
+    except ImportError:
+        pass
     try:
         from botocore.exceptions import ConnectionError as BotoConnectionError
         from botocore.exceptions import HTTPClientError

@@ -111,6 +111,13 @@ def test_unreachable_scheduler(model, test_docs, tmp_path):
     assert_no_results(tmp_path)
 
 
+def test_unreachable_http_inputs_are_one_line(model, tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/docs/"
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={url}", cwd=tmp_path)
+    assert_user_error(run, f"cannot reach the storage for {url}")
+    assert_no_results(tmp_path)
+
+
 def test_corrupt_model_file_is_reported_clearly(test_docs, tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"this is not a zip archive")
