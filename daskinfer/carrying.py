@@ -156,8 +156,13 @@ class _Lines:
         if self.ahead is None and self.file is not None:
             raw = self.file.readline()
             if raw:
-                if not raw.endswith(b"\n"):
+                if not raw.endswith(b"\n"):  # the last line: whole, or cut short by whatever changed the file
                     raw += b"\n"
+                    try:
+                        json.loads(raw)
+                    except ValueError:
+                        raise RunFailed(f"the previous results {self.uri} end in a line cut short: they were "
+                                        "changed after that run; set inference.incremental_rescore=true") from None
                 record = _Record(raw)
                 self.ahead = (raw, record, ledger.doc_of(record["filepath"], self.tables))
         return self.ahead

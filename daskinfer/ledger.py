@@ -16,6 +16,7 @@ import json
 from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Sequence, Tuple
 
 from daskinfer import storage
+from daskinfer.errors import RunFailed, first_line
 from daskinfer.listing import Listing
 from daskinfer.manifest import REPEATED
 
@@ -157,7 +158,12 @@ def read(uri: str, storage_options: Mapping[str, Any]) -> Iterator[Tuple[str, in
 
     fs, path = storage.filesystem(uri, storage_options)
     with storage.storage_errors(uri, "the previous run's ledger "), fs.open(path, "rb") as f:
-        for batch in pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=BATCH):
+        try:
+            batches = pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=BATCH)
+        except pyarrow.ArrowException as exc:
+            raise RunFailed(f"the previous run's ledger {uri} cannot be read ({first_line(exc)}): score "
+                            "everything once without inference.incremental_from") from None
+        for batch in batches:
             names = [name.decode("utf-8", "surrogateescape") for name in batch.column(0).to_numpy(False)]
             columns = [batch.column(i).to_numpy().tolist() for i in range(1, 4)]
             yield from zip(names, *columns)

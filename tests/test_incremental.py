@@ -199,6 +199,24 @@ def test_bad_incremental_settings_are_one_line_errors(models, corpus, tmp_path):
         assert expected in run.stderr_lines[0], run.stderr
 
 
+def test_a_previous_run_damaged_since_is_one_line_not_a_traceback(models, corpus, tmp_path):
+    args = (f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={corpus}", *ONE_WORKER)
+    first = run_cli(*args, f"inference.output_path={tmp_path / 'run1' / 'res.jsonl'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    shutil.copyfile(TRAIN[0], corpus / "new.txt")
+    cut, torn = tmp_path / "cut", tmp_path / "torn"
+    shutil.copytree(tmp_path / "run1", cut)
+    (cut / "res.jsonl").write_bytes((tmp_path / "run1" / "res.jsonl").read_bytes()[:-30])
+    shutil.copytree(tmp_path / "run1", torn)
+    (torn / "ledger.parquet").write_bytes(b"not parquet")
+    for previous, expected in ((cut, "end in a line cut short"), (torn, "ledger.parquet cannot be read")):
+        run = run_cli(*args, f"inference.incremental_from={previous}", f"inference.output_path={previous}-again/r.jsonl",
+                      cwd=tmp_path)
+        assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr_lines[-1].startswith("daskinfer: error: ") and expected in run.stderr_lines[-1], run.stderr
+        assert not Path(f"{previous}-again/r.jsonl").exists()
+
+
 def test_incremental_on_s3_uses_etags_and_writes_to_s3(models, tmp_path, s3_server):
     model, predict = models["keras"]
     s3 = s3_server.client()
