@@ -34,6 +34,11 @@ class Columns:
         return list(dict.fromkeys(c for c in (self.text, self.id, self.label) if c))
 
 
+# Integer columns with a missing value stay integers (pandas would make them floats: an id
+# 1 written as 1.0, 12345678901234567 as 1.2345678901234568e+16 in a CSV).
+NULLABLE = {"dtype_backend": "numpy_nullable"}
+
+
 def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int):
     """A lazy dask DataFrame of one table file, holding only the columns the run needs.
 
@@ -47,10 +52,12 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
         with storage.storage_errors(uri):
             if fmt == "parquet":
                 table = dd.read_parquet(uri, split_row_groups=True, storage_options=options)
-            elif fmt == "csv":
-                table = dd.read_csv(uri, blocksize=None, storage_options=options)
+            elif fmt == "csv":  # only an empty field is missing: a review may well read "NA" or "null"
+                table = dd.read_csv(uri, blocksize=None, storage_options=options, keep_default_na=False,
+                                    na_values=[""], **NULLABLE)
             else:
-                table = dd.read_json(uri, lines=True, orient="records", blocksize=blocksize, storage_options=options)
+                table = dd.read_json(uri, lines=True, orient="records", blocksize=blocksize, storage_options=options,
+                                     **NULLABLE)
     except (OSError, ConnectionError):
         raise
     except Exception as exc:  # not a table of this format: pyarrow's, pandas' or dask's own errors
