@@ -77,6 +77,8 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     pinned = planning.pinned_uri(model_info, inf.model_path)
     job = planning.prepare(cfg, pinned, model_info["sha256"])
     prediction = planning.prediction_settings(cfg, model_info["sha256"])
+    if job.source.tables:  # rows are known by number: a table changed since would be misnumbered
+        prediction["tables"] = job.source.versions()
     uri, made = (inf.output_path, None) if inf.output_path else outputs.default_output_path(inf.output_format)
     out = _open_output(uri, made, cfg, prediction, job.source.tables)
     try:
@@ -167,9 +169,15 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
 
 
 def _differences(keys, before: Dict[str, Any], now: Dict[str, Any]) -> str:
-    return ", ".join(
-        "another model" if key == "inference.model_path" else f"{key}={before.get(key)} now {now[key]}" for key in keys
-    )
+    def difference(key: str) -> str:
+        if key == "inference.model_path":
+            return "another model"
+        if key == "tables":
+            changed = [uri for uri in now[key] if (before.get(key) or {}).get(uri) != now[key][uri]]
+            return f"the table {changed[0]} changed since" if changed else "other tables"
+        return f"{key}={before.get(key)} now {now[key]}"
+
+    return ", ".join(difference(key) for key in keys)
 
 
 def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.Scoring:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from typing import Any, Container, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Container, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from daskinfer import object_listing, records, tables
+from daskinfer import object_listing, records, storage, tables
 from daskinfer.errors import ConfigError, RunFailed, root_cause
-from daskinfer.listing import Document, Listing, list_documents, size_range
+from daskinfer.listing import Document, Listing, list_documents, size_range, version_of
 from daskinfer.manifest import Manifest
 from daskinfer.object_listing import GrowingListing
 from daskinfer.partitions import Partition, group, partition_size, partition_sizes
@@ -239,6 +239,17 @@ class TableSource:
 
     def digest(self) -> Optional[dict]:
         return None
+
+    def versions(self) -> Dict[str, List[int]]:
+        """Each table's size and version (listing.version_of) now: a resume continues only
+        into the same tables, as their rows are known by number."""
+        found = {}
+        for uri, _ in self.frames:
+            fs, path = storage.filesystem(uri, self.storage_options)
+            with storage.storage_errors(uri):
+                info = fs.info(path)
+            found[uri] = [info.get("size") or 0, version_of(info)]
+        return found
 
     def _length(self, runner: Any, uri: str, part: Any) -> int:
         try:

@@ -388,6 +388,31 @@ def test_a_resume_with_another_threshold_or_model_is_refused(slow, keras_model, 
     assert filepaths(out) == docs
 
 
+def test_a_resume_after_its_table_changed_is_refused(slow, tmp_path):
+    """A table's rows are known by number: a row added at the top would shift every one."""
+    texts = [path.read_text("utf-8") for path in REVIEWS[:400]]
+    table = tmp_path / "reviews.jsonl"
+    table.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "out" / "res.jsonl"
+    args = [f"inference.model_path={slow}", f"inference.input_data_dir={table}", "inference.input_format=jsonl",
+            f"inference.output_path={out}", *SLOW, *ONE_WORKER]
+    job = start(args, tmp_path)
+    wait_for_lines(Path(f"{out}.partial"), job)
+    job.send_signal(signal.SIGTERM)
+    assert finish(job, 60).returncode == 130
+    kept, stat, partial = table.read_bytes(), table.stat(), Path(f"{out}.partial").read_bytes()
+    table.write_bytes(json.dumps({"text": "a new first row"}).encode() + b"\n" + kept)
+    refused = cli(*args, "inference.resume=true", cwd=tmp_path)
+    assert_user_error(refused, f"the table {table} changed since", single_line=False)
+    assert Path(f"{out}.partial").read_bytes() == partial and not out.exists()
+
+    table.write_bytes(kept)  # as it was, modification time included: the resume goes on
+    os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    resumed = cli(*args, "inference.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert filepaths(out) == [f"{table}#{i}" for i in range(400)]
+
+
 # ---------------------------------------------------------------- 5. inputs changed before the resume
 
 
