@@ -41,7 +41,8 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
         raise ConfigError(f"inference.input_manifest: the table {repeated.uri} is {repeated.error.split(';')[0]}: "
                           "list each table once")
     columns = tables.Columns(inf.text_column, inf.id_column, inf.labels_from)
-    frames = [(doc.uri, tables.frame(doc.uri, inf.input_format, columns, storage_options, inf.partition_bytes))
+    frames = [(doc.uri, tables.frame(doc.uri, inf.input_format, columns, storage_options, inf.partition_bytes,
+                                      inf.encoding))
               for doc in docs]
     return TableSource(docs, frames, columns, inf.input_format, inf.partition_size, storage_options)
 

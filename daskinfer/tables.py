@@ -39,8 +39,10 @@ class Columns:
 NULLABLE = {"dtype_backend": "numpy_nullable"}
 
 
-def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int):
-    """A lazy dask DataFrame of one table file, holding only the columns the run needs.
+def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int,
+          encoding: str = "utf-8"):
+    """A lazy dask DataFrame of one table file, holding only the columns the run needs; a
+    CSV or JSON-lines file is read in the given text encoding (Parquet's strings are UTF-8).
 
     Reads the schema (a Parquet footer, the head of a CSV or JSONL file) and checks the
     columns are there: a missing one is a one-line error before any work.
@@ -54,10 +56,10 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
                 table = dd.read_parquet(uri, split_row_groups=True, storage_options=options)
             elif fmt == "csv":  # only an empty field is missing: a review may well read "NA" or "null"
                 table = dd.read_csv(uri, blocksize=None, storage_options=options, keep_default_na=False,
-                                    na_values=[""], **NULLABLE)
+                                    na_values=[""], encoding=encoding, **NULLABLE)
             else:
                 table = dd.read_json(uri, lines=True, orient="records", blocksize=blocksize, storage_options=options,
-                                     **NULLABLE)
+                                     encoding=encoding, **NULLABLE)
     except (OSError, ConnectionError):
         raise
     except Exception as exc:  # not a table of this format: pyarrow's, pandas' or dask's own errors

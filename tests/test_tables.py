@@ -35,19 +35,21 @@ def assert_rows(records: List[dict], errors: List[dict], table_uri: str, reviews
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_ids_and_texts_come_through_as_written(fmt, client, models, tmp_path):
-    """An integer id column with a gap stays integers (pandas would make them floats), and a
-    review that reads "NA" or "null" is a review, not a missing text."""
+    """An integer id column with a gap stays integers (pandas would make them floats), a
+    review that reads "NA" or "null" is a review, not a missing text, and the file is read in
+    inference.encoding."""
     import pandas as pd
 
     ids = [1, None, 12345678901234567 if fmt == "csv" else 123456789, 7]  # JSON: pandas parses big ints as floats
-    texts = ["a fine, warm film", "NA", "null", "dull and far too long"]
+    texts = ["a fine, warm film in a café", "NA", "null", "dull and far too long"]
     table = tmp_path / f"t.{fmt}"
     frame = pd.DataFrame({"id": pd.array(ids, dtype="Int64"), "text": texts})
-    frame.to_csv(table, index=False) if fmt == "csv" else frame.to_json(table, orient="records", lines=True)
+    written = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", lines=True, force_ascii=False)
+    table.write_bytes(written.encode("latin-1"))
     out = tmp_path / "res.jsonl"
     daskinfer.run(daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
                                          f"inference.input_format={fmt}", "inference.id_column=id",
-                                         f"inference.output_path={out}"]), client=client)
+                                         "inference.encoding=latin-1", f"inference.output_path={out}"]), client=client)
     records = read_jsonl(out)
     assert [r["id"] for r in records] == ids and [type(r["id"]) for r in records if r["id"]] == [int] * 3
     scores = models["keras"][1](texts)
