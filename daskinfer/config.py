@@ -25,9 +25,9 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
+from daskinfer import redaction
 from daskinfer.config_schema import INPUT_FORMATS, OUTPUT_FORMATS, PATH_LABELS, Config
 from daskinfer.errors import ConfigError
-from daskinfer import redaction
 from daskinfer.redaction import redacted, redacted_override, to_yaml  # noqa: F401  (what callers use)
 
 

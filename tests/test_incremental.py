@@ -199,10 +199,9 @@ def test_bad_incremental_settings_are_one_line_errors(models, corpus, tmp_path):
         assert expected in run.stderr_lines[0], run.stderr
 
 
-def test_a_previous_run_damaged_since_is_one_line_not_a_traceback(models, corpus, tmp_path):
+def test_a_previous_run_damaged_since_is_one_line_not_a_traceback(models, corpus, tmp_path, client):
     args = (f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={corpus}", *ONE_WORKER)
-    first = run_cli(*args, f"inference.output_path={tmp_path / 'run1' / 'res.jsonl'}", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    run_api(client, models["keras"][0], corpus, tmp_path / "run1" / "res.jsonl")
     shutil.copyfile(TRAIN[0], corpus / "new.txt")
     cut, torn = tmp_path / "cut", tmp_path / "torn"
     shutil.copytree(tmp_path / "run1", cut)

@@ -207,7 +207,7 @@ def interrupted_run(slow_model_path: str, root: Path, n_docs: int = 400, extra: 
 
 def test_two_runs_on_one_output_path_the_second_refuses_with_the_holders_pid(keras_model, tmp_path):
     docs = copy_reviews(tmp_path / "docs", 200)
-    for attempt in range(3):  # a race: give it several chances to show
+    for attempt in range(2):  # a race: give it more than one chance to show
         out = tmp_path / f"attempt-{attempt}" / "res.jsonl"
         args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
                 f"inference.output_path={out}", *ONE_WORKER]
