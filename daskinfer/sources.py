@@ -13,9 +13,9 @@ import itertools
 import math
 from typing import Any, Container, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from daskinfer import object_listing, records, storage, tables
-from daskinfer.errors import ConfigError, RunFailed, root_cause
-from daskinfer.listing import Document, Listing, list_documents, size_range, version_of
+from daskinfer import object_listing, records, tables
+from daskinfer.errors import RunFailed, root_cause
+from daskinfer.listing import Document, Listing, list_documents, size_range
 from daskinfer.manifest import Manifest
 from daskinfer.object_listing import GrowingListing
 from daskinfer.partitions import Partition, group, partition_size, partition_sizes
@@ -36,10 +36,8 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
         docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options) if streamed is None else streamed
     if inf.input_format == "files":
         return FileSource(docs, inf.partition_size, inf.partition_bytes)
-    repeated = next((doc for doc in docs if doc.error), None) if inf.input_manifest else None
-    if repeated is not None:  # a table's rows are not documents of their own to file an entry for
-        raise ConfigError(f"inference.input_manifest: the table {repeated.uri} is {repeated.error.split(';')[0]}: "
-                          "list each table once")
+    if inf.input_manifest:
+        tables.check_listed_once(docs)
     columns = tables.Columns(inf.text_column, inf.id_column, inf.labels_from)
     frames = [(doc.uri, tables.frame(doc.uri, inf.input_format, columns, storage_options, inf.partition_bytes,
                                       inf.encoding))
@@ -242,15 +240,7 @@ class TableSource:
         return None
 
     def versions(self) -> Dict[str, List[int]]:
-        """Each table's size and version (listing.version_of) now: a resume continues only
-        into the same tables, as their rows are known by number."""
-        found = {}
-        for uri, _ in self.frames:
-            fs, path = storage.filesystem(uri, self.storage_options)
-            with storage.storage_errors(uri):
-                info = fs.info(path)
-            found[uri] = [info.get("size") or 0, version_of(info)]
-        return found
+        return tables.versions([uri for uri, _ in self.frames], self.storage_options)
 
     def _length(self, runner: Any, uri: str, part: Any) -> int:
         try:

@@ -11,10 +11,11 @@ scoring task, so a file read as one partition still spreads over every worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from daskinfer import reading, records, storage
 from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
+from daskinfer.listing import version_of
 
 if TYPE_CHECKING:
     from daskinfer.predict import Scored, Settings, Text
@@ -32,6 +33,27 @@ class Columns:
 
     def names(self) -> List[str]:
         return list(dict.fromkeys(c for c in (self.text, self.id, self.label) if c))
+
+
+def check_listed_once(docs: Iterable[Any]) -> None:
+    """A manifest's table listed again is refused: its rows have no entries of their own to
+    report the repeat in, and would be scored twice."""
+    repeated = next((doc for doc in docs if doc.error), None)  # a manifest's only flag
+    if repeated is not None:
+        raise ConfigError(f"inference.input_manifest: the table {repeated.uri} is {repeated.error.split(';')[0]}: "
+                          "list each table once")
+
+
+def versions(uris: Sequence[str], storage_options: Mapping[str, Any]) -> Dict[str, List[int]]:
+    """Each table's size and version (listing.version_of) now: a resume continues only into
+    the same tables, as their rows are known by number."""
+    found = {}
+    for uri in uris:
+        fs, path = storage.filesystem(uri, storage_options)
+        with storage.storage_errors(uri):
+            info = fs.info(path)
+        found[uri] = [info.get("size") or 0, version_of(info)]
+    return found
 
 
 # Integer columns with a missing value stay integers (pandas would make them floats: an id
