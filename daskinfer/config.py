@@ -148,6 +148,10 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"inference.{key}: {redaction.PASSWORD_REFUSED}")
     _check_choice("inference.input_format", inf.input_format, INPUT_FORMATS)
     _check_choice("inference.output_format", inf.output_format, OUTPUT_FORMATS)
+    named = os.path.splitext(str(inf.output_path or ""))[1].lower().lstrip(".")
+    if named in OUTPUT_FORMATS and named != inf.output_format:  # a Parquet file named .jsonl, or JSON lines .parquet
+        raise ConfigError(f"inference.output_path {inf.output_path} is named .{named}, but inference.output_format="
+                          f"{inf.output_format}: set inference.output_format={named}, or name the file .{inf.output_format}")
     if inf.resume and inf.output_format != "jsonl":
         raise ConfigError("inference.resume needs inference.output_format=jsonl (a Parquet file cut short cannot be appended to)")
     if inf.input_format == "files":
@@ -250,10 +254,23 @@ def _unknown_key_message(exc: ConfigKeyError) -> str:
     return f"unknown key '{key}'; valid keys{f' in {section}' if same else ''}: {', '.join(same or keys)}"
 
 
+_NOT_A_GROUP = re.compile(r"Merge error: \w+ is not a subclass of (\w+)Config\. value: (.*)")
+
+
 def _one_line(exc: Exception) -> str:
+    """OmegaConf's reason in one line, and in the user's terms where it speaks of its own
+    classes (a group of keys given a value, a list given a word)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[0] if lines else type(exc).__name__
     full_key = getattr(exc, "full_key", None)
+    group = _NOT_A_GROUP.match(text)
+    if group:
+        name = group.group(1).lower()
+        path = next((key.rsplit(".", 1)[0] for key in valid_keys()
+                     if f".{key}".rsplit(".", 1)[0].endswith(f".{name}")), name)
+        return f"{path} is a group of keys, not a value ({group.group(2)}): set its keys, as {path}.KEY=VALUE"
+    if "is not a ListConfig" in text and full_key:
+        return f"{full_key} is a list: write it as [a, b]"
     if full_key and full_key not in text:
         text = f"{full_key}: {text}"
     return text

@@ -713,6 +713,35 @@ def test_a_config_file_that_is_no_mapping_is_one_line(case, keras_model, tmp_pat
     assert_user_error(run, str(config), code=2)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("cluster: 5\n", "cluster is a group of keys, not a value (5): set its keys, as cluster.KEY=VALUE"),
+    ("inference:\n  mlflow: true\n",
+     "inference.mlflow is a group of keys, not a value (True): set its keys, as inference.mlflow.KEY=VALUE"),
+    ("inference:\n  labels: positive\n", "inference.labels is a list: write it as [a, b]"),
+])
+def test_a_config_file_of_the_wrong_shape_names_the_key_in_the_users_terms(text, message, tmp_path):
+    from daskinfer.config import load_config
+    from daskinfer.errors import ConfigError
+
+    config = tmp_path / "job.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_config(["inference.model_path=m", f"inference.input_data_dir={tmp_path}"], str(config))
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("name, output_format", [("res.jsonl", "parquet"), ("res.parquet", "jsonl")])
+def test_an_output_named_for_the_other_format_is_refused(name, output_format, tmp_path):
+    """A Parquet file named .jsonl (or JSON lines named .parquet) would mislead every reader."""
+    from daskinfer.config import load_config
+    from daskinfer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"is named \.{name.split('.')[1]}, but inference.output_format="
+                                          rf"{output_format}: set inference.output_format"):
+        load_config(["inference.model_path=m", f"inference.input_data_dir={tmp_path}",
+                     f"inference.output_path={tmp_path / name}", f"inference.output_format={output_format}"])
+
+
 def test_a_misspelt_storage_option_is_a_configuration_error(keras_model, tmp_path):
     run = cli(f"inference.model_path={keras_model}", "inference.input_data_dir=s3://reviews/batch/",
               "storage.options.endpont_url=http://127.0.0.1:9", cwd=tmp_path, timeout=60,
