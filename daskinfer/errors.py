@@ -47,6 +47,10 @@ def first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
+    if lines[0].startswith(_DASK_BACKEND):  # dask re-raises a reader's error with this line first
+        original = next((line for line in lines[1:] if line.startswith("Original Message: ")), None)
+        if original:
+            return original[len("Original Message: "):]
     if lines[0].endswith(":"):
         detail = next((line for line in lines[1:] if not line.startswith(_SCAFFOLDING)), None)
         if detail:
@@ -80,5 +84,6 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+_DASK_BACKEND = "An error occurred while calling the "  # ... read_json method registered to the pandas backend.
 # Lines of TensorFlow's error messages that locate the error rather than state it.
 _SCAFFOLDING = ("Detected at node", "<stack traces", "[[", "File ", "Traceback")

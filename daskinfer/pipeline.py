@@ -80,7 +80,7 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     if job.source.tables:  # rows are known by number: a table changed since would be misnumbered
         prediction["tables"] = job.source.versions()
     uri, made = (inf.output_path, None) if inf.output_path else outputs.default_output_path(inf.output_format)
-    out = _open_output(uri, made, cfg, prediction, job.source.tables)
+    out = _open_output(uri, made, cfg, prediction, job.source)
     try:
         with _cluster(cfg, job, client, pinned) as live:
             if live is not None:
@@ -145,7 +145,7 @@ def _publish(cfg: DictConfig, job: planning.Job, out: sink.OrderedSink, scoring:
 
 
 def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dict[str, Any],
-                 tables: bool) -> sink.OrderedSink:
+                 source: planning.Source) -> sink.OrderedSink:
     """The output claimed for this run; a resume checks it continues the same predictions."""
     inf, options = cfg.inference, planning.storage_options(cfg)
     held = outputs.claim(uri, options, inf.resume, made)
@@ -159,7 +159,8 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
                     f"({_differences(changed, before, prediction)}); resume with the same ones, "
                     "or choose another inference.output_path")
         held.record({**held.previous, **outputs.holder(), "prediction": prediction})
-        out = sink.OrderedSink(held, options, resume=inf.resume, output_format=inf.output_format, tables=tables)
+        out = sink.OrderedSink(held, options, resume=inf.resume, output_format=inf.output_format, tables=source.tables,
+                               column_types=source.output_types() if source.tables else {})
     except BaseException:
         held.release(keep=inf.resume)
         raise
@@ -173,7 +174,9 @@ def _differences(keys, before: Dict[str, Any], now: Dict[str, Any]) -> str:
         if key == "inference.model_path":
             return "another model"
         if key == "tables":
-            changed = [uri for uri in now[key] if (before.get(key) or {}).get(uri) != now[key][uri]]
+            if key not in before:
+                return "by a daskinfer that did not record its tables' versions"
+            changed = [uri for uri in now[key] if before[key].get(uri) != now[key][uri]]
             return f"the table {changed[0]} changed since" if changed else "other tables"
         return f"{key}={before.get(key)} now {now[key]}"
 

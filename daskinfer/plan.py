@@ -135,7 +135,9 @@ def _estimates(documents: Optional[int], fixed_s: float, probe: Optional[Dict[st
 def lines(result: Dict[str, Any]) -> List[str]:
     """The plan as a person reads it."""
     inputs = result["inputs"]
-    out = [f"inputs: {inputs['documents']} documents" + (f", {inputs['bytes']:,} bytes" if inputs["bytes"] else "")]
+    counted = (f"{inputs['documents']} documents" if inputs["documents"] is not None else
+               f"{inputs['tables']} table file(s), their rows counted only as a run reads them")
+    out = [f"inputs: {counted}" + (f", {inputs['bytes']:,} bytes" if inputs["bytes"] else "")]
     out += [f"  {bucket:>18}: {n}" for bucket, n in inputs["sizes"].items()]
     out += [f"would be errors: {n} ({why})" for why, n in inputs["skipped"].items()]
     if "incremental" in result:

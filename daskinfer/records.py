@@ -159,12 +159,35 @@ def parquet_table(records: List[Dict[str, Any]]):
 
 
 def _columns(records: List[Dict[str, Any]]):
+    """A column per key; one whose values mix types (an id column of numbers and words) as
+    text, its missing values still missing."""
+    import pyarrow
+
+    names = list(dict.fromkeys(key for record in records for key in record))
+    columns = []
+    for name in names:
+        values = [record.get(name) for record in records]
+        try:
+            columns.append(pyarrow.array(values))
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError):
+            columns.append(pyarrow.array([None if v is None else str(v) for v in values], pyarrow.string()))
+    return pyarrow.table(columns, names=names)
+
+
+def conform(table: Any, schema: Any):
+    """table in the output's schema (Parquet output has one for the whole file): a column
+    that cannot be cast, as in a file carried from an older run, is written as text when the
+    schema says text."""
     import pyarrow
 
     try:
-        return pyarrow.Table.from_pylist(records)
-    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError):
-        return pyarrow.Table.from_pylist([{k: (v if k in KEYS else str(v)) for k, v in r.items()} for r in records])
+        return table.cast(schema)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError):
+        for index, field in enumerate(schema):
+            if field.type == pyarrow.string() and table.schema.field(field.name).type != field.type:
+                values = [None if v is None else str(v) for v in table.column(field.name).to_pylist()]
+                table = table.set_column(index, field.name, pyarrow.array(values, pyarrow.string()))
+        return table.cast(schema)
 
 
 def utf8_name(name: str) -> str:

@@ -26,14 +26,17 @@ class OrderedSink:
     """
 
     def __init__(self, held: Claim, storage_options: Mapping[str, Any], resume: bool = False,
-                 output_format: str = "jsonl", tables: bool = False):
+                 output_format: str = "jsonl", tables: bool = False,
+                 column_types: Optional[Mapping[str, Any]] = None):
         self.claim, self.uri = held, held.output_uri
         self.fs, self.path = storage.filesystem(held.output_uri, storage_options)
         self.local = storage.is_local(self.fs)
         errors_path = storage.path_on(held.sidecars["errors"])
         stream = _LocalStream if self.local else _RemoteStream
-        self.results = _ParquetStream(self.fs, self.path, self.local) if output_format == "parquet" else stream(
-            self.fs, self.path, resume)
+        if output_format == "parquet":
+            self.results: Any = _ParquetStream(self.fs, self.path, self.local, column_types or {})
+        else:
+            self.results = stream(self.fs, self.path, resume)
         self.errors = stream(self.fs, errors_path, resume)
         self.done = self.results.filepaths | self.errors.filepaths
         self.notes = ledger.Notes(tables)  # where each document's lines went, for the ledger
@@ -218,8 +221,8 @@ class _ParquetStream:
     send. Like the JSONL, the file is visible under its name only once published; unlike
     it, it cannot be resumed."""
 
-    def __init__(self, fs, path: str, local: bool):
-        self.fs, self.path, self.local = fs, path, local
+    def __init__(self, fs, path: str, local: bool, column_types: Mapping[str, Any]):
+        self.fs, self.path, self.local, self.column_types = fs, path, local, column_types
         self.partial = path + ".partial" if local else path
         self.filepaths: set = set()
         self.count = self.written = 0
@@ -228,7 +231,7 @@ class _ParquetStream:
     def write(self, table: Any, n: int) -> None:
         if table is None or not n:
             return
-        self._open(table.schema).write_table(table.cast(self.writer.schema))
+        self._open(table.schema).write_table(records.conform(table, self.writer.schema))
         self.written += n
         self.count = self.written
 
@@ -259,6 +262,9 @@ class _ParquetStream:
                 self.file = open(self.partial, "wb")
             else:
                 self.file = self.fs.open(self.path, "wb", autocommit=False)
+            for name, kind in self.column_types.items():  # decided for the whole file, not by its first rows
+                if name in schema.names:
+                    schema = schema.set(schema.get_field_index(name), pyarrow.field(name, kind))
             self.writer = pyarrow.parquet.ParquetWriter(self.file, schema)
         return self.writer
 

@@ -13,7 +13,7 @@ import itertools
 import math
 from typing import Any, Container, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from daskinfer import object_listing, records, tables
+from daskinfer import object_listing, records, table_reading, tables
 from daskinfer.errors import RunFailed, root_cause
 from daskinfer.listing import Document, Listing, list_documents, size_range
 from daskinfer.manifest import Manifest
@@ -39,10 +39,10 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
     if inf.input_manifest:
         tables.check_listed_once(docs)
     columns = tables.Columns(inf.text_column, inf.id_column, inf.labels_from)
-    frames = [(doc.uri, tables.frame(doc.uri, inf.input_format, columns, storage_options, inf.partition_bytes,
-                                      inf.encoding))
-              for doc in docs]
-    return TableSource(docs, frames, columns, inf.input_format, inf.partition_size, storage_options)
+    frames = [(doc.uri, table_reading.frame(doc.uri, inf.input_format, columns, storage_options,
+                                            inf.partition_bytes, inf.encoding)) for doc in docs]
+    return TableSource(docs, [(uri, frame) for uri, frame in frames if frame is not None], columns, inf.input_format,
+                       inf.partition_size, storage_options)
 
 
 class Unit(NamedTuple):
@@ -192,9 +192,9 @@ class TableSource:
         read while this one is scored); its length, once known, decides the slices. In an
         incremental run a carried table is one unit, copied from the previous output."""
         carried = {doc.uri: flags for doc, flags in zip(self.docs, carry.tolist()) if flags} if carry is not None else {}
-        ahead = iter(uri for uri, _ in self.frames)
+        ahead = iter(doc.uri for doc in self.docs)  # an empty table has no frame, but may be carried
         client, next_row = runner.client, {}
-        for uri, part in _read_ahead(client, [(uri, frame) for uri, frame in self.frames if uri not in carried]):
+        for uri, part in table_reading.read_ahead(client, [(u, frame) for u, frame in self.frames if u not in carried]):
             if uri not in next_row:  # the first of this table's partitions
                 yield from _carried_before(uri, ahead, carried)
             n_rows = self._length(runner, uri, part)
@@ -231,7 +231,9 @@ class TableSource:
     in_key_order = False  # rows are numbered, and "t#10" sorts before "t#9"
 
     def profile(self, max_bytes: int) -> dict:
-        return {"documents": None, "bytes": None, "sizes": {}, "skipped": {}}
+        """The tables and their bytes: their rows are counted only as a run reads them."""
+        size = self.docs.total_bytes if isinstance(self.docs, Listing) else None
+        return {"documents": None, "tables": len(self.docs), "bytes": size, "sizes": {}, "skipped": {}}
 
     def sample(self, n: int) -> None:
         return None  # a table's rows are known only once read
@@ -239,8 +241,11 @@ class TableSource:
     def digest(self) -> Optional[dict]:
         return None
 
+    def output_types(self) -> Dict[str, Any]:
+        return tables.output_types([frame for _, frame in self.frames], self.columns)
+
     def versions(self) -> Dict[str, List[int]]:
-        return tables.versions([uri for uri, _ in self.frames], self.storage_options)
+        return tables.versions([doc.uri for doc in self.docs], self.storage_options)
 
     def _length(self, runner: Any, uri: str, part: Any) -> int:
         try:
@@ -249,7 +254,7 @@ class TableSource:
             raise
         except Exception as exc:
             root = root_cause(exc)
-            raise RunFailed(f"cannot read {uri}: {tables.explain(root, uri, self.fmt, self.storage_options)}") from None
+            raise RunFailed(f"cannot read {uri}: {table_reading.explain(root, uri, self.fmt, self.storage_options)}") from None
 
 
 Source = Union[FileSource, TableSource]
@@ -284,16 +289,3 @@ def _spans(docs: Iterable[Tuple[Document, int]], size: int, max_bytes: int) -> I
             span, part, part_bytes = [], Partition([], []), 0
     if span:
         yield Unit(part if part.uris else None, (), len(span), 0, span)
-
-
-def _read_ahead(client: Any, frames: List[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
-    """(uri, future of a partition's rows) for every dask partition of every table, in
-    order; the next partition is read while this one is scored."""
-    reads = ((uri, client.compute(part)) for uri, frame in frames for part in frame.to_delayed())
-    pending = next(reads, None)
-    for following in reads:
-        yield pending
-        pending = following
-    if pending is not None:
-        yield pending
-

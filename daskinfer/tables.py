@@ -1,20 +1,21 @@
-"""Table inputs: one document per row of JSONL, CSV or Parquet files, read by dask's own
-readers (dask.dataframe.read_json / read_csv / read_parquet), locally or through fsspec.
+"""Table inputs: one document per row of JSONL, CSV or Parquet files, locally or through
+fsspec (read as lazy dask DataFrames by table_reading.py).
 
 A record's `filepath` is `<table URI>#<row number>`, the row counted from 0 in its file.
-Dask reads a file in partitions (Parquet row groups, JSONL blocks; a CSV whole, since a
-quoted field may hold newlines that a block boundary would cut). The driver learns each
+A file is read in partitions (Parquet row groups, JSON-lines blocks, a CSV whole). The
+driver learns each
 partition's length once it is read, and cuts it into slices of rows: a slice is one
 scoring task, so a file read as one partition still spreads over every worker.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from daskinfer import reading, records, storage
-from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
+from daskinfer.errors import ConfigError
 from daskinfer.listing import version_of
 
 if TYPE_CHECKING:
@@ -56,66 +57,17 @@ def versions(uris: Sequence[str], storage_options: Mapping[str, Any]) -> Dict[st
     return found
 
 
-# Integer columns with a missing value stay integers (pandas would make them floats: an id
-# 1 written as 1.0, 12345678901234567 as 1.2345678901234568e+16 in a CSV).
-NULLABLE = {"dtype_backend": "numpy_nullable"}
+def output_types(frames: Sequence[Any], columns: Columns) -> Dict[str, Any]:
+    """The Parquet output's id column type, one for the whole file: the tables' own where
+    they agree (a slice whose ids are all missing included), text where they do not."""
+    if not columns.id:
+        return {}
+    import pandas as pd
+    import pyarrow
 
-
-def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int,
-          encoding: str = "utf-8"):
-    """A lazy dask DataFrame of one table file, holding only the columns the run needs; a
-    CSV or JSON-lines file is read in the given text encoding (Parquet's strings are UTF-8).
-
-    Reads the schema (a Parquet footer, the head of a CSV or JSONL file) and checks the
-    columns are there: a missing one is a one-line error before any work.
-    """
-    import dask.dataframe as dd
-
-    options = dict(storage_options)
-    try:
-        with storage.storage_errors(uri):
-            if fmt == "parquet":
-                table = dd.read_parquet(uri, split_row_groups=True, storage_options=options)
-            elif fmt == "csv":  # only an empty field is missing: a review may well read "NA" or "null"
-                table = dd.read_csv(uri, blocksize=None, storage_options=options, keep_default_na=False,
-                                    na_values=[""], encoding=encoding, **NULLABLE)
-            else:
-                table = dd.read_json(uri, lines=True, orient="records", blocksize=blocksize, storage_options=options,
-                                     encoding=encoding, **NULLABLE)
-    except (OSError, ConnectionError):
-        raise
-    except Exception as exc:  # not a table of this format: pyarrow's, pandas' or dask's own errors
-        root = root_cause(exc)
-        raise RunFailed(f"cannot read {uri} as {fmt}: {explain(root, uri, fmt, storage_options)}") from None
-    missing = [c for c in columns.names() if c not in table.columns]
-    if missing:
-        raise ConfigError(
-            f"{uri} has no column {', '.join(repr(c) for c in missing)} (inference.text_column, id_column or "
-            f"labels_from); its columns: {', '.join(map(str, table.columns))}"
-        )
-    return table[columns.names()]
-
-
-def explain(exc: BaseException, uri: str, fmt: str, storage_options: Mapping[str, Any]) -> str:
-    """Why a table could not be read, in one line; for JSON lines, which line is malformed
-    (pandas does not say), found by reading the file again on this failure path only."""
-    reason = f"{type(exc).__name__}: {first_line(exc)}"
-    if fmt != "jsonl":
-        return reason
-    import json
-
-    try:
-        fs, path = storage.filesystem(uri, storage_options)
-        with fs.open(path, "rb") as lines:
-            for number, line in enumerate(lines, 1):
-                if line.strip():
-                    try:
-                        json.loads(line)
-                    except ValueError as bad:
-                        return f"line {number} is not valid JSON ({first_line(bad)})"
-    except Exception:  # the explanation is a courtesy: the reason stands without it
-        pass
-    return reason
+    kinds = {pyarrow.Schema.from_pandas(pd.DataFrame({"id": pd.Series(dtype=frame.dtypes[columns.id])}),
+                                        preserve_index=False).field("id").type for frame in frames}
+    return {"id": kinds.pop() if len(kinds) == 1 and pyarrow.null() not in kinds else pyarrow.string()}
 
 
 def slices(n_rows: int, rows_per_slice: int) -> List[range]:
@@ -177,6 +129,8 @@ def _values(rows, column: str) -> List[Any]:
 def _text_problem(text: Any, column: str, max_bytes: int) -> Optional[str]:
     if text is None:
         return f"null text in column '{column}'"
+    if not isinstance(text, (str, numbers.Number)):  # a JSON list or object, a Parquet list
+        return f"the text in column '{column}' is a {type(text).__name__}, not a string"
     size = len(str(text).encode("utf-8"))
     if not size:
         return "empty document"

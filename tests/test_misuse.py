@@ -404,6 +404,12 @@ def test_a_resume_after_its_table_changed_is_refused(slow, tmp_path):
 
     table.write_bytes(kept)  # as it was, modification time included: the resume goes on
     os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    lock = Path(f"{out}.lock")
+    state = json.loads(lock.read_text())
+    lock.write_text(json.dumps({**state, "prediction": {k: v for k, v in state["prediction"].items() if k != "tables"}}))
+    older = cli(*args, "inference.resume=true", cwd=tmp_path)  # as a run of a daskinfer before versions left it
+    assert_user_error(older, "by a daskinfer that did not record its tables' versions", single_line=False)
+    lock.write_text(json.dumps(state))
     resumed = cli(*args, "inference.resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert filepaths(out) == [f"{table}#{i}" for i in range(400)]

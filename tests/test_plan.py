@@ -42,3 +42,17 @@ def test_plan_refuses_bad_arguments_as_a_run_does(models, test_docs, tmp_path):
     missing = run_cli("plan", f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={tmp_path}/nope",
                       cwd=tmp_path)
     assert_user_error(missing, "input folder not found", code=1)
+
+
+def test_plan_of_tables_counts_the_files_not_rows_it_has_not_read(table_files):
+    """A table's rows are known only once read: the plan counts the table files and their bytes."""
+    from daskinfer import plan, sources
+    from daskinfer.config import load_config
+
+    cfg = load_config(["inference.model_path=unused", f"inference.input_data_dir={table_files['jsonl']}",
+                       "inference.input_format=jsonl"])
+    inputs = sources.open_source(cfg.inference, {}).profile(cfg.inference.max_document_bytes)
+    lines = plan.lines({"inputs": inputs, "probe": None, "threads": 2, "start_s": 1.0, "finish_s": 0.5,
+                        "estimates": []})
+    size = table_files["jsonl"].stat().st_size
+    assert lines[0] == f"inputs: 1 table file(s), their rows counted only as a run reads them, {size:,} bytes"

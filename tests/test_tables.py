@@ -40,7 +40,7 @@ def test_ids_and_texts_come_through_as_written(fmt, client, models, tmp_path):
     inference.encoding."""
     import pandas as pd
 
-    ids = [1, None, 12345678901234567 if fmt == "csv" else 123456789, 7]  # JSON: pandas parses big ints as floats
+    ids = [1, None, 12345678901234567, 7]  # above 2**53: a float would change it
     texts = ["a fine, warm film in a café", "NA", "null", "dull and far too long"]
     table = tmp_path / f"t.{fmt}"
     frame = pd.DataFrame({"id": pd.array(ids, dtype="Int64"), "text": texts})
@@ -223,6 +223,17 @@ def test_a_table_listed_twice_in_a_manifest_is_refused_rather_than_scored_twice(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_table_missing_from_a_manifest_is_named(client, models, table_files, tmp_path):
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{table_files['jsonl']}\n{tmp_path}/gone.jsonl\n")
+    cfg = daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}",
+                                 "inference.input_format=jsonl", f"inference.output_path={tmp_path / 'out' / 'r.jsonl'}"])
+    with pytest.raises(FileNotFoundError) as missing:
+        daskinfer.run(cfg, client=client)
+    assert str(missing.value) == f"table not found: {tmp_path}/gone.jsonl"
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_manifest_is_one_clear_line(models, tmp_path):
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={tmp_path}/nope.txt",
                   cwd=tmp_path)
@@ -285,3 +296,70 @@ def test_binary_text_column_is_decoded(client, models, reviews_table, tmp_path):
     assert [abs(r["logit_prob"] - scores[t]) <= 1e-5 for r, t in zip(records, texts)] == [True] * len(texts)
     errors = read_jsonl(tmp_path / "out" / "errors.jsonl")
     assert [(e["filepath"].rsplit("#")[1], e["error"][:22]) for e in errors] == [(str(len(texts)), "ValueError: not valid ")]
+
+
+@pytest.mark.parametrize("second_ids, kind", [([5, 6, 7], "int64"), (["x", "y", "z"], "string")])
+def test_parquet_output_ids_of_every_table(second_ids, kind, client, models, tmp_path):
+    """One id column for the whole Parquet file: a first slice whose ids are all missing does
+    not fix its type, and tables whose ids differ in type are written as text, rather than
+    failing after every document was scored."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    texts = ["a fine, warm film", "dull and far too long", "the best of the year", "a waste of an evening",
+             "moving and funny", "nothing works here"]
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    first = pd.DataFrame({"id": pd.array([None, None, 3], dtype="Int64"), "text": texts[:3]})
+    first.to_json(folder / "a.jsonl", orient="records", lines=True)
+    pd.DataFrame({"id": second_ids, "text": texts[3:]}).to_json(folder / "b.jsonl", orient="records", lines=True)
+    out = tmp_path / "out" / "res.parquet"
+    result = daskinfer.run(daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
+        "inference.input_format=jsonl", "inference.id_column=id", "inference.partition_size=2",
+        "inference.output_format=parquet", f"inference.output_path={out}"]), client=client)
+    table = pq.read_table(result.output_uri)
+    assert str(table.schema.field("id").type) == kind
+    as_written = [None, None, 3, *second_ids] if kind == "int64" else [None, None, "3", *second_ids]
+    assert table.column("id").to_pylist() == as_written
+    scores = models["keras"][1](texts)
+    assert [abs(p - float(s)) <= 1e-5 for p, s in zip(table.column("logit_prob").to_pylist(), scores)] == [True] * 6
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_empty_shards_hold_no_rows(fmt, client, models, tmp_path):
+    """A folder of shards where a writer left some empty (Spark writes an empty part file for
+    an empty partition): those hold no rows; the others are scored."""
+    import pandas as pd
+
+    texts = ["a fine, warm film", "dull and far too long", "the best of the year"]
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    frame = pd.DataFrame({"text": texts})
+    (folder / f"part-0.{fmt}").write_text("")
+    full = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", lines=True)
+    (folder / f"part-1.{fmt}").write_text(full)
+    (folder / f"part-2.{fmt}").write_text("\n\n")
+    out = tmp_path / "out" / "res.jsonl"
+    result = daskinfer.run(daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
+        f"inference.input_format={fmt}", f"inference.output_path={out}"]), client=client)
+    records = read_jsonl(out)
+    assert [r["filepath"] for r in records] == [f"{folder / f'part-1.{fmt}'}#{i}" for i in range(3)]
+    assert [abs(r["logit_prob"] - float(s)) <= 1e-5 for r, s in zip(records, models["keras"][1](texts))] == [True] * 3
+    assert result.summary["errors"] == 0 and not read_jsonl(out.parent / "errors.jsonl")
+
+
+def test_a_json_list_or_object_as_text_is_an_error_entry(client, models, tmp_path):
+    """Pre-tokenized text (a list) is not scored as Python would print it."""
+    table = tmp_path / "t.jsonl"
+    table.write_text('{"text": "a fine, warm film"}\n{"text": ["a", "fine", "film"]}\n{"text": {"title": "x"}}\n'
+                     '{"text": "dull and far too long"}\n')
+    out = tmp_path / "out" / "res.jsonl"
+    daskinfer.run(daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+        "inference.input_format=jsonl", "inference.error_budget=1", f"inference.output_path={out}"]), client=client)
+    assert [r["filepath"] for r in read_jsonl(out)] == [f"{table}#0", f"{table}#3"]
+    assert [(e["filepath"], e["error"]) for e in read_jsonl(out.parent / "errors.jsonl")] == [
+        (f"{table}#1", "ValueError: the text in column 'text' is a list, not a string"),
+        (f"{table}#2", "ValueError: the text in column 'text' is a dict, not a string")]

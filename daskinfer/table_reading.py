@@ -1,0 +1,169 @@
+"""Table files as lazy dask DataFrames, one per file, holding only the columns a run needs.
+
+The driver reads a file's head only (a Parquet footer, the first lines of a CSV or JSON-lines
+file): the columns are checked before any work, and the head's types stand for the file's.
+A partition (a Parquet row group, a block of JSON lines, a whole CSV file, since a quoted
+field may hold newlines that a block boundary would cut) is then read on a worker and typed
+by itself: ids that are numbers for a while and then words are read as written, where dask's
+own CSV and JSON readers stop the run with a "metadata mismatch".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from daskinfer import storage
+from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from daskinfer.tables import Columns
+
+log = logging.getLogger("daskinfer")
+HEAD_LINES = 100  # of a CSV or JSON-lines file, read on the driver for its columns and types
+# Only an empty CSV field is missing: a review may well read "NA" or "null". Integer columns
+# with a missing value stay integers (pandas would write an id 1 as 1.0).
+CSV_OPTIONS: Dict[str, Any] = {"keep_default_na": False, "na_values": [""], "dtype_backend": "numpy_nullable"}
+
+
+def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int,
+          encoding: str = "utf-8"):
+    """A lazy dask DataFrame of one table file; a CSV or JSON-lines file read in the given
+    text encoding (Parquet's strings are UTF-8). None for a CSV or JSON-lines file that holds
+    nothing (a shard its writer left empty). A missing column is a one-line error."""
+    import dask
+    import dask.dataframe as dd
+
+    options = dict(storage_options)
+    try:
+        with storage.storage_errors(uri):
+            if fmt == "parquet":
+                table = dd.read_parquet(uri, split_row_groups=True, storage_options=options)
+                _check_columns(uri, table.columns, columns)
+                return table[columns.names()]
+            head = _head(uri, fmt, options, encoding)
+            if head is None or not len(head):  # a CSV file of a header alone included
+                log.info("%s holds no rows", uri)
+                return None
+            _check_columns(uri, head.columns, columns)
+            meta = head[columns.names()].iloc[:0]
+            with dask.config.set({"dataframe.convert-string": False}):  # which writes a JSON list as Python would
+                if fmt == "csv":
+                    return dd.from_map(read_csv, [uri], args=(columns.names(), options, encoding), meta=meta,
+                                       enforce_metadata=False)
+                return _jsonl_frame(uri, columns.names(), options, encoding, blocksize, meta)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"table not found: {uri}") from None
+    except (OSError, ConnectionError, ConfigError):
+        raise
+    except Exception as exc:  # not a table of this format: pyarrow's, pandas' or dask's own errors
+        raise RunFailed(f"cannot read {uri} as {fmt}: {explain(root_cause(exc), uri, fmt, options)}") from None
+
+
+def _check_columns(uri: str, found: Iterable[Any], columns: Columns) -> None:
+    found = [str(name) for name in found]
+    missing = [c for c in columns.names() if c not in found]
+    if missing:
+        raise ConfigError(
+            f"{uri} has no column {', '.join(repr(c) for c in missing)} (inference.text_column, id_column or "
+            f"labels_from); its columns: {', '.join(found)}"
+        )
+
+
+def _head(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Optional[pd.DataFrame]:
+    """The file's first rows, typed as pandas types them; None when it holds nothing but
+    white space."""
+    import pandas as pd
+
+    fs, path = storage.filesystem(uri, options)
+    with fs.open(path, "rb") as f:
+        if fmt == "csv":
+            try:
+                return pd.read_csv(f, nrows=HEAD_LINES, encoding=encoding, **CSV_OPTIONS)
+            except pd.errors.EmptyDataError:
+                return None
+        lines: List[bytes] = []
+        while len(lines) < HEAD_LINES:
+            line = f.readline()
+            if not line:
+                break
+            if line.strip():
+                lines.append(line)
+    if not lines:
+        return None
+    rows = [_row(line.decode(encoding)) for line in lines]
+    return pd.DataFrame.from_records(rows).convert_dtypes(dtype_backend="numpy_nullable")
+
+
+def read_csv(uri: str, names: Sequence[str], options: Mapping[str, Any], encoding: str) -> pd.DataFrame:
+    """On a worker: a CSV file's columns."""
+    import pandas as pd
+
+    fs, path = storage.filesystem(uri, options)
+    with storage.storage_errors(uri), fs.open(path, "rb") as f:
+        return pd.read_csv(f, usecols=list(names), encoding=encoding, **CSV_OPTIONS)[list(names)]
+
+
+def _jsonl_frame(uri: str, names: List[str], options: Mapping[str, Any], encoding: str, blocksize: int, meta):
+    """Blocks of whole lines (dask's read_bytes cuts at the newline after each block's end)."""
+    import dask
+    import dask.dataframe as dd
+    from dask.bytes import read_bytes
+
+    _, blocks = read_bytes(uri, delimiter=b"\n", blocksize=blocksize, sample=False, **options)
+    read = dask.delayed(read_jsonl_block, pure=True)
+    return dd.from_delayed([read(block, names, encoding) for block in blocks[0]], meta=meta, verify_meta=False)
+
+
+def read_jsonl_block(block: bytes, names: Sequence[str], encoding: str) -> pd.DataFrame:
+    """On a worker: a block's rows, each value as JSON wrote it (an id above 2**53 exactly,
+    a list as a list), a missing one as None."""
+    import pandas as pd
+
+    rows = [_row(line.decode(encoding)) for line in block.split(b"\n") if line.strip()]
+    return pd.DataFrame({name: pd.Series([row.get(name) for row in rows], dtype=object) for name in names})
+
+
+def _row(line: str) -> Dict[str, Any]:
+    row = json.loads(line.lstrip("\ufeff"))  # a byte-order mark opens some files
+    if not isinstance(row, dict):
+        raise ValueError(f"a JSON {type(row).__name__}, not an object")
+    return row
+
+
+def read_ahead(client: Any, frames: List[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
+    """(uri, future of a partition's rows) for every dask partition of every table, in
+    order; the next partition is read while this one is scored."""
+    reads = ((uri, client.compute(part)) for uri, frame in frames for part in frame.to_delayed())
+    pending = next(reads, None)
+    for following in reads:
+        yield pending
+        pending = following
+    if pending is not None:
+        yield pending
+
+
+def explain(exc: BaseException, uri: str, fmt: str, storage_options: Mapping[str, Any]) -> str:
+    """Why a table could not be read, in one line; for JSON lines, which line is malformed,
+    found by reading the file again on this failure path only (as Latin-1, which any bytes
+    are: JSON's own characters are ASCII in every encoding a run may name)."""
+    reason = f"{type(exc).__name__}: {first_line(exc)}"
+    if fmt != "jsonl":
+        return reason
+    try:
+        fs, path = storage.filesystem(uri, storage_options)
+        with fs.open(path, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        _row(line.decode("latin-1"))
+                    except json.JSONDecodeError as bad:
+                        return f"line {number} is not valid JSON ({first_line(bad)})"
+                    except ValueError as bad:
+                        return f"line {number} holds {bad}"
+    except Exception:  # the explanation is a courtesy: the reason stands without it
+        pass
+    return reason
