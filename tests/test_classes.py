@@ -65,13 +65,13 @@ def assert_evaluation(found: Dict, expected: Dict, unlabeled: int) -> None:
     assert found["unlabeled"] == unlabeled
 
 
-def test_four_class_model_with_all_scores_and_evaluation(four_class, test_docs, tmp_path):
+def test_four_class_model_with_all_scores_and_evaluation(four_class, test_docs, tmp_path, on_client):
     path, reference = four_class
     out = tmp_path / "res.jsonl"
     run = run_cli(
         f"inference.model_path={path}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}",
         f"inference.labels=[{','.join(RATING_LABELS)}]", "inference.all_scores=true", "inference.labels_from=aclimdb",
-        cwd=tmp_path,
+        *on_client, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     records = read_jsonl(out)
@@ -99,11 +99,11 @@ def test_four_class_model_with_all_scores_and_evaluation(four_class, test_docs, 
     assert log[-2:] == ["  0 documents without a label", f"Output result location: {out}"]
 
 
-def test_label_count_must_match_the_model(four_class, test_docs, tmp_path):
+def test_label_count_must_match_the_model(four_class, test_docs, tmp_path, on_client):
     out = tmp_path / "res.jsonl"
     run = run_cli(
         f"inference.model_path={four_class[0]}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}",
-        cwd=tmp_path,
+        *on_client, cwd=tmp_path,
     )
     # found when a worker loads the model, before any document is scored
     assert_user_error(run, "the model outputs 4 classes: inference.labels needs 4 labels", code=2, single_line=False)

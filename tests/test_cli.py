@@ -14,14 +14,17 @@ FORMATS = ["keras", "keras3-export", "tf-keras2-savedmodel", "mlflow"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs, reference_scores, tmp_path):
+def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs, reference_scores, tmp_path, request):
+    """On a LocalCluster of the run's own for the Keras file; the other formats on the
+    session's cluster (the same workers' code, at a quarter of the suite's time)."""
     output = tmp_path / "out" / "results.jsonl"
+    cluster = ("cluster.n_workers=2", "cluster.threads_per_worker=1") if fmt == "keras" else \
+        request.getfixturevalue("on_client")
     run = run_cli(
         f"inference.model_path={models[fmt][0]}",
         f"inference.input_data_dir={test_docs}",
         f"inference.output_path={output}",
-        "cluster.n_workers=2",
-        "cluster.threads_per_worker=1",
+        *cluster,
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr

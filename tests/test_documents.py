@@ -33,12 +33,13 @@ def make_mixed_folder(root):
     return docs, [p.name for p in good]
 
 
-def test_bad_documents_go_to_the_errors_file_and_the_rest_is_scored(models, tmp_path):
+def test_bad_documents_go_to_the_errors_file_and_the_rest_is_scored(models, tmp_path, on_client):
     docs, good = make_mixed_folder(tmp_path)
     out = tmp_path / "out" / "res.jsonl"
     run = run_cli(
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
-        f"inference.output_path={out}", "inference.max_document_bytes=20000", "inference.error_budget=0.5", cwd=tmp_path,
+        f"inference.output_path={out}", "inference.max_document_bytes=20000", "inference.error_budget=0.5", *on_client,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     records = read_jsonl(out)
@@ -54,13 +55,13 @@ def test_bad_documents_go_to_the_errors_file_and_the_rest_is_scored(models, tmp_
     assert (summary["documents"], summary["predicted"], summary["errors"]) == (34, 30, 4)
 
 
-def test_encoding_and_recursive_listing(models, tmp_path):
+def test_encoding_and_recursive_listing(models, tmp_path, on_client):
     docs, good = make_mixed_folder(tmp_path)
     out = tmp_path / "res.jsonl"
     run = run_cli(
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
         f"inference.output_path={out}", "inference.encoding=cp1252", "inference.recursive=true",
-        "inference.error_budget=0.5", cwd=tmp_path,
+        "inference.error_budget=0.5", *on_client, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     scored = {os.path.relpath(r["filepath"], docs) for r in read_jsonl(out)}
@@ -69,7 +70,7 @@ def test_encoding_and_recursive_listing(models, tmp_path):
     assert failed == {"empty.txt", "dangling.txt"}
 
 
-def test_any_file_name_round_trips_through_the_jsonl(models, tmp_path):
+def test_any_file_name_round_trips_through_the_jsonl(models, tmp_path, on_client):
     """Records are formatted without the JSON encoder on the fast path: names that need
     escaping must still come back exactly."""
     docs = tmp_path / "docs"
@@ -81,7 +82,7 @@ def test_any_file_name_round_trips_through_the_jsonl(models, tmp_path):
         (docs / name).write_text(review, encoding="utf-8")
     out = tmp_path / "res.jsonl"
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
-                  f"inference.output_path={out}", cwd=tmp_path)
+                  f"inference.output_path={out}", *on_client, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     lines = out.read_text(encoding="utf-8").split("\n")
     assert lines[-1] == "" and len(lines) == len(names) + 1  # one line per record: nothing unescaped

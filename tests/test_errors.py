@@ -118,17 +118,18 @@ def test_unreachable_http_inputs_are_one_line(model, tmp_path):
     assert_no_results(tmp_path)
 
 
-def test_corrupt_model_file_is_reported_clearly(test_docs, tmp_path):
+def test_corrupt_model_file_is_reported_clearly(test_docs, tmp_path, on_client):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"this is not a zip archive")
     out = tmp_path / "out" / "res.jsonl"
-    run = run_cli(f"inference.model_path={bad}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}", cwd=tmp_path)
+    run = run_cli(f"inference.model_path={bad}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}",
+                  *on_client, cwd=tmp_path)
     assert_user_error(run, "could not load model", str(bad), "not a zip archive", single_line=False)
     assert "File not found" not in run.stderr  # what Keras says of a file that is there
     assert_no_results(tmp_path)
 
 
-def test_keras_vocabulary_with_line_separator_is_reported_clearly(test_docs, tmp_path):
+def test_keras_vocabulary_with_line_separator_is_reported_clearly(test_docs, tmp_path, on_client):
     """Keras 3 cannot read back a vocabulary token holding U+0085 (aclImdb text has them)."""
     import models as builder
 
@@ -137,7 +138,8 @@ def test_keras_vocabulary_with_line_separator_is_reported_clearly(test_docs, tmp
     path = tmp_path / "nel.keras"
     model.save(path)
     out = tmp_path / "out" / "res.jsonl"
-    run = run_cli(f"inference.model_path={path}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}", cwd=tmp_path)
+    run = run_cli(f"inference.model_path={path}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}",
+                  *on_client, cwd=tmp_path)
     assert_user_error(run, "could not load model", str(path), single_line=False)
     assert_no_results(tmp_path)
 

@@ -143,10 +143,10 @@ def test_a_new_file_whose_name_is_not_utf8_joins_the_carried_records_in_parquet(
     assert abs(rows[odd]["logit_prob"] - float(predict([text])[0])) <= 1e-5
 
 
-def test_nothing_changed_scores_nothing_and_starts_no_cluster(models, corpus, tmp_path):
+def test_nothing_changed_scores_nothing_and_starts_no_cluster(models, corpus, tmp_path, on_client):
     model = models["keras"][0]
     args = (f"inference.model_path={model}", f"inference.input_data_dir={corpus}", *ONE_WORKER)
-    first = run_cli(*args, f"inference.output_path={tmp_path / 'a' / 'res.jsonl'}", cwd=tmp_path)
+    first = run_cli(*args, f"inference.output_path={tmp_path / 'a' / 'res.jsonl'}", *on_client, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     again = run_cli(*args, f"inference.output_path={tmp_path / 'b' / 'res.jsonl'}",
                     f"inference.incremental_from={tmp_path / 'a' / 'res.jsonl'}", cwd=tmp_path)
@@ -158,8 +158,8 @@ def test_nothing_changed_scores_nothing_and_starts_no_cluster(models, corpus, tm
     assert "300 documents carried unchanged" in again.stderr
 
 
-def test_another_model_is_refused_in_one_line_unless_rescoring(models, corpus, tmp_path):
-    args = (f"inference.input_data_dir={corpus}", *ONE_WORKER)
+def test_another_model_is_refused_in_one_line_unless_rescoring(models, corpus, tmp_path, on_client):
+    args = (f"inference.input_data_dir={corpus}", *on_client)
     first = run_cli(*args, f"inference.model_path={models['keras'][0]}",
                     f"inference.output_path={tmp_path / 'a' / 'res.jsonl'}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -244,14 +244,14 @@ def test_incremental_on_s3_uses_etags_and_writes_to_s3(models, tmp_path, s3_serv
     assert changed["logit_prob"] == pytest.approx(float(predict([TRAIN[0].read_text("utf-8")])[0]), abs=1e-5)
 
 
-def test_a_table_that_changed_is_scored_again_whole(models, table_files, tmp_path):
+def test_a_table_that_changed_is_scored_again_whole(models, table_files, tmp_path, on_client):
     folder = tmp_path / "tables"
     folder.mkdir()
     shutil.copyfile(table_files["jsonl"], folder / "a.jsonl")
     rows = [row + "\n" for row in table_files["jsonl"].read_text("utf-8").split("\n") if row]
     (folder / "b.jsonl").write_text("".join(rows[:50]), "utf-8")
     args = (f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
-            "inference.input_format=jsonl", *ONE_WORKER)
+            "inference.input_format=jsonl", *on_client)
     first = run_cli(*args, f"inference.output_path={tmp_path / '1' / 'res.jsonl'}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     (folder / "b.jsonl").write_text("".join(rows[:60]), "utf-8")
@@ -270,11 +270,11 @@ def test_a_table_that_changed_is_scored_again_whole(models, table_files, tmp_pat
         f"{folder / 'b.jsonl'}#{i}" for i in range(60)]
 
 
-def test_a_manifest_run_is_incremental_over_its_entries(models, corpus, tmp_path):
+def test_a_manifest_run_is_incremental_over_its_entries(models, corpus, tmp_path, on_client):
     paths = sorted(str(p) for p in corpus.iterdir())
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("\n".join(paths[:200]) + "\n")
-    args = (f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}", *ONE_WORKER)
+    args = (f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}", *on_client)
     first = run_cli(*args, f"inference.output_path={tmp_path / '1' / 'res.jsonl'}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     manifest.write_text("\n".join(paths[10:300]) + "\n")  # 10 gone, 100 added at the end

@@ -205,12 +205,12 @@ def interrupted_run(slow_model_path: str, root: Path, n_docs: int = 400, extra: 
 # ---------------------------------------------------------------- 1. two runs, one output
 
 
-def test_two_runs_on_one_output_path_the_second_refuses_with_the_holders_pid(keras_model, tmp_path):
+def test_two_runs_on_one_output_path_the_second_refuses_with_the_holders_pid(keras_model, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 200)
     for attempt in range(2):  # a race: give it more than one chance to show
         out = tmp_path / f"attempt-{attempt}" / "res.jsonl"
         args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
-                f"inference.output_path={out}", *ONE_WORKER]
+                f"inference.output_path={out}", *on_client]
         jobs = [start(args, tmp_path), start(args, tmp_path)]
         runs = [finish(job, 180) for job in jobs]
         assert sorted(r.returncode for r in runs) == [0, 1], [(r.returncode, r.stderr) for r in runs]
@@ -221,9 +221,9 @@ def test_two_runs_on_one_output_path_the_second_refuses_with_the_holders_pid(ker
         assert json.loads(summary_beside(out).read_text())["predicted"] == len(docs)
 
 
-def test_two_runs_with_the_default_output_in_one_folder_get_a_folder_each(keras_model, tmp_path):
+def test_two_runs_with_the_default_output_in_one_folder_get_a_folder_each(keras_model, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 100)
-    args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", *ONE_WORKER]
+    args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", *on_client]
     for attempt in range(2):  # started together, they want the same <date>/<time> folder (a race)
         cwd = tmp_path / f"attempt-{attempt}"
         cwd.mkdir()
@@ -244,10 +244,10 @@ def test_two_runs_with_the_default_output_in_one_folder_get_a_folder_each(keras_
 # ---------------------------------------------------------------- 2. sidecars
 
 
-def test_a_second_results_file_in_a_folder_gets_sidecars_of_its_own(keras_model, tmp_path):
+def test_a_second_results_file_in_a_folder_gets_sidecars_of_its_own(keras_model, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 40)
     folder = tmp_path / "results"
-    common = (f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", *ONE_WORKER)
+    common = (f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", *on_client)
     first = cli(*common, f"inference.output_path={folder / 'a.jsonl'}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     sidecars = ("errors.jsonl", "summary.json", "config.yaml", "report.html", "ledger.parquet")
@@ -274,14 +274,14 @@ def _refuse(constant: str):
     raise ValueError(f"not strict JSON: {constant}")
 
 
-def test_a_score_that_is_not_finite_is_an_error_entry_and_the_results_stay_strict_json(tmp_path):
+def test_a_score_that_is_not_finite_is_an_error_entry_and_the_results_stay_strict_json(tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 40)
     (tmp_path / "docs" / "5000_1.txt").write_text("a review the model answers NANMARK to")
     (tmp_path / "docs" / "5001_10.txt").write_text("a review the model answers INFMARK to")
     model = nonfinite_model(tmp_path / "model")
     out = tmp_path / "out" / "res.jsonl"
     run = cli(f"inference.model_path={model}", f"inference.input_data_dir={tmp_path / 'docs'}",
-              f"inference.output_path={out}", "inference.error_budget=0.5", *ONE_WORKER, cwd=tmp_path)
+              f"inference.output_path={out}", "inference.error_budget=0.5", *on_client, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     lines = out.read_text("utf-8").splitlines()
     records = [json.loads(line, parse_constant=_refuse) for line in lines]  # no NaN, no Infinity
@@ -364,7 +364,7 @@ def test_a_table_row_its_workers_die_on_stops_the_run_with_how_to_resume(killer,
 # ---------------------------------------------------------------- 4. a resume that is not the same run
 
 
-def test_a_resume_with_another_threshold_or_model_is_refused(slow, keras_model, tmp_path):
+def test_a_resume_with_another_threshold_or_model_is_refused(slow, keras_model, tmp_path, on_client):
     docs, out, args = interrupted_run(slow, tmp_path)
     partial = Path(f"{out}.partial")
     kept = partial.read_bytes()
@@ -379,12 +379,12 @@ def test_a_resume_with_another_threshold_or_model_is_refused(slow, keras_model, 
     assert "model" in last_line(model).replace(keras_model, "").replace(slow, ""), last_line(model)
     assert partial.read_bytes() == kept and not out.exists()
 
-    resumed = cli(*args, "inference.resume=true", cwd=tmp_path)
+    resumed = cli(*args, "inference.resume=true", *on_client, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert filepaths(out) == docs
 
 
-def test_a_resume_after_its_table_changed_is_refused(slow, tmp_path):
+def test_a_resume_after_its_table_changed_is_refused(slow, tmp_path, on_client):
     """A table's rows are known by number: a row added at the top would shift every one."""
     texts = [path.read_text("utf-8") for path in REVIEWS[:400]]
     table = tmp_path / "reviews.jsonl"
@@ -410,7 +410,7 @@ def test_a_resume_after_its_table_changed_is_refused(slow, tmp_path):
     older = cli(*args, "inference.resume=true", cwd=tmp_path)  # as a run of a daskinfer before versions left it
     assert_user_error(older, "by a daskinfer that did not record its tables' versions", single_line=False)
     lock.write_text(json.dumps(state))
-    resumed = cli(*args, "inference.resume=true", cwd=tmp_path)
+    resumed = cli(*args, "inference.resume=true", *on_client, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert filepaths(out) == [f"{table}#{i}" for i in range(400)]
 
@@ -418,7 +418,7 @@ def test_a_resume_after_its_table_changed_is_refused(slow, tmp_path):
 # ---------------------------------------------------------------- 5. inputs changed before the resume
 
 
-def test_a_resume_after_the_inputs_changed_writes_exactly_the_current_inputs_sorted(slow, tmp_path):
+def test_a_resume_after_the_inputs_changed_writes_exactly_the_current_inputs_sorted(slow, tmp_path, on_client):
     docs, out, args = interrupted_run(slow, tmp_path)
     done = [r["filepath"] for r in complete_lines(Path(f"{out}.partial"))]
     assert len(done) >= 20
@@ -431,7 +431,7 @@ def test_a_resume_after_the_inputs_changed_writes_exactly_the_current_inputs_sor
         shutil.copyfile(source, added[-1])
     current = sorted(set(docs) - set(removed) | set(added))
 
-    resumed = cli(*args, "inference.resume=true", cwd=tmp_path)
+    resumed = cli(*args, "inference.resume=true", *on_client, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert filepaths(out) == current  # each current input once, none of the removed, in sorted order
     summary = json.loads(summary_beside(out).read_text())
@@ -442,7 +442,7 @@ def test_a_resume_after_the_inputs_changed_writes_exactly_the_current_inputs_sor
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
-def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_utf8(output_format, models, tmp_path):
+def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_utf8(output_format, models, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 20)
     name = os.fsencode(str(tmp_path / "docs")) + b"/caf\xe9.txt"
     text = REVIEWS[500].read_text("utf-8")
@@ -451,7 +451,7 @@ def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_utf8(output
     os.close(fd)
     out = tmp_path / "out" / f"res.{output_format}"
     run = cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={tmp_path / 'docs'}",
-              f"inference.output_path={out}", f"inference.output_format={output_format}", *ONE_WORKER, cwd=tmp_path)
+              f"inference.output_path={out}", f"inference.output_format={output_format}", *on_client, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     if output_format == "jsonl":
         raw = out.read_bytes()
@@ -468,12 +468,12 @@ def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_utf8(output
     assert abs(record["logit_prob"] - float(models["keras"][1]([text])[0])) <= 1e-5
 
 
-def test_a_fifo_among_the_documents_is_an_error_entry_not_a_hang(keras_model, tmp_path):
+def test_a_fifo_among_the_documents_is_an_error_entry_not_a_hang(keras_model, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 20)
     os.mkfifo(tmp_path / "docs" / "x.txt")
     out = tmp_path / "out" / "res.jsonl"
     run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
-              f"inference.output_path={out}", "inference.error_budget=0.5", *ONE_WORKER, cwd=tmp_path, timeout=120)
+              f"inference.output_path={out}", "inference.error_budget=0.5", *on_client, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert filepaths(out) == docs
     errors = read_jsonl(out.parent / "errors.jsonl")
@@ -481,25 +481,25 @@ def test_a_fifo_among_the_documents_is_an_error_entry_not_a_hang(keras_model, tm
     assert "not a regular file" in errors[0]["error"], errors
 
 
-def test_a_link_to_itself_is_an_error_entry(keras_model, tmp_path):
+def test_a_link_to_itself_is_an_error_entry(keras_model, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 20)
     os.symlink("self.txt", tmp_path / "docs" / "self.txt")
     out = tmp_path / "out" / "res.jsonl"
     run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
-              f"inference.output_path={out}", "inference.error_budget=0.5", *ONE_WORKER, cwd=tmp_path, timeout=120)
+              f"inference.output_path={out}", "inference.error_budget=0.5", *on_client, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert_no_traceback(run)
     assert filepaths(out) == docs
     assert [Path(e["filepath"]).name for e in read_jsonl(out.parent / "errors.jsonl")] == ["self.txt"]
 
 
-def test_a_recursive_listing_goes_round_a_link_loop_once(keras_model, tmp_path):
+def test_a_recursive_listing_goes_round_a_link_loop_once(keras_model, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 20) + copy_reviews(tmp_path / "docs" / "sub", 5, offset=100)
     os.symlink("..", tmp_path / "docs" / "sub" / "loop")
     out = tmp_path / "out" / "res.jsonl"
     run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
               f"inference.output_path={out}", "inference.recursive=true", "inference.error_budget=0.5",
-              *ONE_WORKER, cwd=tmp_path, timeout=120)
+              *on_client, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert_no_traceback(run)
     assert filepaths(out) == sorted(docs)  # each real document once, none again through sub/loop/
@@ -631,11 +631,11 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_ends_the_run_with_one_line_and_how_to_resume(keras_model, small_disk, tmp_path):
+def test_a_full_disk_ends_the_run_with_one_line_and_how_to_resume(keras_model, small_disk, tmp_path, on_client):
     copy_reviews(tmp_path / "docs", 400)  # about 130 bytes of results each: 52 KB
     out = small_disk / "res.jsonl"
     run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
-              f"inference.output_path={out}", "inference.partition_size=50", *ONE_WORKER, cwd=tmp_path, timeout=120)
+              f"inference.output_path={out}", "inference.partition_size=50", *on_client, cwd=tmp_path, timeout=120)
     if out.exists():  # published: its summary with it
         json.loads(summary_beside(out).read_text())
     assert run.returncode != 0, run.stderr
@@ -899,14 +899,14 @@ def test_version(tmp_path):
     assert re.search(r"\d+\.\d+", run.stdout + run.stderr), (run.stdout, run.stderr)
 
 
-def test_a_folder_holding_a_keras_file_is_a_model(models, reference_scores, tmp_path):
+def test_a_folder_holding_a_keras_file_is_a_model(models, reference_scores, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 40)
     folder = tmp_path / "model-dir"
     folder.mkdir()
     shutil.copyfile(models["keras"][0], folder / "model.keras")
     out = tmp_path / "out" / "res.jsonl"
     run = cli(f"inference.model_path={folder}", f"inference.input_data_dir={tmp_path / 'docs'}",
-              f"inference.output_path={out}", *ONE_WORKER, cwd=tmp_path)
+              f"inference.output_path={out}", *on_client, cwd=tmp_path)
     if run.returncode != 0:  # refusing is fine, if the line says which file it found
         assert_user_error(run, str(folder / "model.keras"), single_line=False)
         return

@@ -10,15 +10,14 @@ from conftest import run_cli
 from test_errors import assert_user_error
 
 
-def test_plan_counts_the_inputs_times_the_model_and_writes_nothing(models, test_docs, tmp_path):
+def test_plan_counts_the_inputs_times_the_model_and_writes_nothing(models, test_docs, tmp_path, on_client):
     docs = tmp_path / "docs"
     shutil.copytree(test_docs, docs)
     os.mkfifo(docs / "pipe.txt")
     (docs / "huge.txt").write_text("word " * 30_000)
     sizes = [p.stat().st_size for p in docs.glob("*.txt") if p.is_file()]
     run = run_cli("plan", f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
-                  "inference.max_document_bytes=100000", "cluster.n_workers=2", "cluster.threads_per_worker=1",
-                  cwd=tmp_path)
+                  "inference.max_document_bytes=100000", *on_client, cwd=tmp_path)  # two workers of a thread
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == f"inputs: {len(sizes) + 1} documents, {sum(sizes):,} bytes"

@@ -37,7 +37,7 @@ def poisoned_model(path: Path) -> None:
     tf.saved_model.save(scorer, str(path), signatures={"serving_default": scorer.serve})
 
 
-def test_a_document_the_model_fails_on_is_isolated(tmp_path):
+def test_a_document_the_model_fails_on_is_isolated(tmp_path, on_client):
     docs = tmp_path / "docs"
     docs.mkdir()
     for source in sorted((IMDB / "test" / "pos").glob("*.txt"))[:40]:
@@ -48,7 +48,8 @@ def test_a_document_the_model_fails_on_is_isolated(tmp_path):
     out = tmp_path / "res.jsonl"
     run = run_cli(
         f"inference.model_path={tmp_path / 'model'}", f"inference.input_data_dir={docs}",
-        f"inference.output_path={out}", "inference.batch_size=16", "inference.error_budget=0.1", cwd=tmp_path,
+        f"inference.output_path={out}", "inference.batch_size=16", "inference.error_budget=0.1", *on_client,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     errors = read_jsonl(tmp_path / "errors.jsonl")
@@ -61,10 +62,10 @@ def test_a_document_the_model_fails_on_is_isolated(tmp_path):
         assert abs(r["logit_prob"] - 1 / (1 + np.exp(-(length - 900.0) / 300.0))) < 1e-5
 
 
-def test_error_budget(models, tmp_path):
+def test_error_budget(models, tmp_path, on_client):
     docs, _ = make_mixed_folder(tmp_path)  # 34 documents, 4 of them bad: 11.8 %
     common = (f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
-              "inference.max_document_bytes=20000")
+              "inference.max_document_bytes=20000", *on_client)
     strict = run_cli(*common, f"inference.output_path={tmp_path}/strict/res.jsonl", cwd=tmp_path)
     assert strict.returncode == 3
     assert "Traceback" not in strict.stderr

@@ -15,10 +15,10 @@ from conftest import free_port, read_jsonl, run_cli
 from misuse_fakes import slow_model
 
 
-def test_report_html_renders_offline_and_agrees_with_the_summary(models, test_docs, tmp_path):
+def test_report_html_renders_offline_and_agrees_with_the_summary(models, test_docs, tmp_path, on_client):
     first = tmp_path / "first" / "res.jsonl"
     common = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
-              "inference.labels_from=aclimdb"]
+              "inference.labels_from=aclimdb", *on_client]
     assert run_cli(*common, f"inference.output_path={first}", cwd=tmp_path).returncode == 0
     out = tmp_path / "second" / "res.jsonl"
     run = run_cli(*common, f"inference.output_path={out}", f"inference.reference={first}", "inference.threshold=0.3",

@@ -57,11 +57,12 @@ def test_ids_and_texts_come_through_as_written(fmt, client, models, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_tables_on_the_command_line(fmt, models, table_files, reviews_table, tmp_path):
+def test_tables_on_the_command_line(fmt, models, table_files, reviews_table, tmp_path, on_client):
     out = tmp_path / "res.jsonl"
     run = run_cli(
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files[fmt]}",
-        f"inference.input_format={fmt}", "inference.id_column=id", f"inference.output_path={out}", cwd=tmp_path,
+        f"inference.input_format={fmt}", "inference.id_column=id", f"inference.output_path={out}", *on_client,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     assert_rows(read_jsonl(out), read_jsonl(tmp_path / "errors.jsonl"), str(table_files[fmt]), reviews_table)
