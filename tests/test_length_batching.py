@@ -5,7 +5,6 @@ bring (keras-hub), and models daskinfer cannot feed, refused in one line."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -215,7 +214,7 @@ def test_keras_hub_classifier_scored_end_to_end(tmp_path):
     assert loader.predictor(loader.ModelSpec(str(model))).fixed_length  # its packer pads to sequence_length
 
 
-def test_a_model_that_takes_token_ids_is_refused_in_one_line(test_docs, tmp_path):
+def test_a_model_that_takes_token_ids_is_refused_in_one_line(test_docs, tmp_path, on_client):
     import tensorflow as tf
 
     class TokenIds(tf.Module):
@@ -226,14 +225,14 @@ def test_a_model_that_takes_token_ids_is_refused_in_one_line(test_docs, tmp_path
     module = TokenIds()
     tf.saved_model.save(module, str(tmp_path / "ids-model"), signatures={"serving_default": module.serve})
     run = run_cli(f"inference.model_path={tmp_path / 'ids-model'}", f"inference.input_data_dir={test_docs}",
-                  f"inference.output_path={tmp_path / 'res.jsonl'}", cwd=tmp_path)
+                  f"inference.output_path={tmp_path / 'res.jsonl'}", *on_client, cwd=tmp_path)
     assert_user_error(run, "input_ids: int32, not one string input", "tokenizes it inside", code=2, single_line=False)
     assert not (tmp_path / "res.jsonl").exists()
 
 
-def test_a_model_needing_a_package_the_workers_lack_names_it(test_docs, tmp_path):
+def test_a_model_needing_a_package_the_workers_lack_names_it(test_docs, tmp_path, on_client, monkeypatch):
     """A .keras model with a custom layer from a package of its own, loaded where that package
-    is not installed: one line naming the package."""
+    is not installed (built here, where it is importable): one line naming the package."""
     package = tmp_path / "pkg" / "reviewlayers"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(textwrap.dedent("""
@@ -245,20 +244,16 @@ def test_a_model_needing_a_package_the_workers_lack_names_it(test_docs, tmp_path
                 import tensorflow as tf
                 return tf.strings.lower(x)
     """))
-    code = textwrap.dedent("""
-        import os, sys
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        import keras, reviewlayers
-        vectorize = keras.layers.TextVectorization(max_tokens=50, output_sequence_length=8, vocabulary=["good", "bad"])
-        inputs = keras.Input(shape=(1,), dtype="string")
-        x = keras.layers.Embedding(52, 4)(vectorize(reviewlayers.Lower()(inputs)))
-        outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling1D()(x))
-        keras.Model(inputs, outputs).save(sys.argv[1])
-    """)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    import keras
+    import reviewlayers
+
+    vectorize = keras.layers.TextVectorization(max_tokens=50, output_sequence_length=8, vocabulary=["good", "bad"])
+    inputs = keras.Input(shape=(1,), dtype="string")
+    x = keras.layers.Embedding(52, 4)(vectorize(reviewlayers.Lower()(inputs)))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling1D()(x))
     model = tmp_path / "custom.keras"
-    built = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")})
-    assert built.returncode == 0, built.stderr[-3000:]
+    keras.Model(inputs, outputs).save(model)
     run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}",
-                  f"inference.output_path={tmp_path / 'res.jsonl'}", cwd=tmp_path)
+                  f"inference.output_path={tmp_path / 'res.jsonl'}", *on_client, cwd=tmp_path)
     assert_user_error(run, "needs the Python package 'reviewlayers'", code=1, single_line=False)

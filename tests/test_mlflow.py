@@ -32,7 +32,7 @@ def score(server, uri: str, folder: Path, name: str, *extra: str, docs: Path, en
     (machine / "home").mkdir(parents=True, exist_ok=True)
     return run_cli(f"inference.model_path={uri}", f"inference.input_data_dir={docs}",
                    f"inference.output_path={folder}/{name}/res.jsonl", f"inference.model_cache_dir={machine}/cache",
-                   *extra, cwd=folder, env={**server.env, "HOME": str(machine / "home"), **(env or {})})
+                   "cluster.n_workers=1", *extra, cwd=folder, env={**server.env, "HOME": str(machine / "home"), **(env or {})})
 
 
 @pytest.fixture(scope="module")
