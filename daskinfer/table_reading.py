@@ -123,7 +123,7 @@ def read_jsonl_block(block: bytes, names: Sequence[str], encoding: str) -> pd.Da
     a list as a list), a missing one as None."""
     import pandas as pd
 
-    rows = [_row(line.decode(encoding)) for line in block.split(b"\n") if line.strip()]
+    rows = [_row(line) for line in block.decode(encoding).split("\n") if line.strip()]  # not splitlines: U+2028
     return pd.DataFrame({name: pd.Series([row.get(name) for row in rows], dtype=object) for name in names})
 
 
