@@ -8,10 +8,10 @@ TextVectorization without a fixed length (each batch padded to its longest docum
 masked embeddings, two encoder blocks (self-attention and a feed-forward layer, residuals,
 layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sample:
   (a) daskinfer, default settings (length-aware batching on)
-  (b) daskinfer with inference.length_batching=false (batches of up to 256 in input order,
-      within the budget)
-  (f) daskinfer with length-aware batching off altogether, the first version's batching: batches
-      of --peer-batch documents in input order, no budget (inference.max_batch_chars=2^62)
+  (b) daskinfer with length-aware batching off (inference.length_batching=false): batches of
+      --peer-batch documents in input order, no budget, as daskinfer batched before
+  (f) daskinfer with inference.length_batching=false and the default budget set by hand
+      (inference.max_batch_chars=16384): input order within the budget
   (c) the single process users write: read all, predict in batches of 256 in input order
   (d) Ray Data (map_batches on an actor pool, arrival order), when ray is installed
   (e) the model alone on one core, texts in memory, the same documents cut into partitions
@@ -144,9 +144,10 @@ def _model_on_one_core(model_path: str):
 
 def _batched(texts, cuts, predict):
     """The model's batches, as daskinfer forms them within each partition of cuts' sizes."""
+    from daskinfer.model import ModelSpec
     from daskinfer.predict import Settings, Text, batch_budget, batches
 
-    formed, start, budget = [], 0, batch_budget(None, predict)
+    formed, start, budget = [], 0, batch_budget(Settings(model=ModelSpec("")), predict)
     for size in cuts:
         part = [Text(str(i), t, i) for i, t in enumerate(texts[start:start + size])]
         formed.extend(batches(part, Settings.batch_size, budget))
@@ -230,9 +231,10 @@ def measure(args, only, work: Path) -> None:
     daskinfer = [PY, "-m", "daskinfer", f"inference.model_path={model}", f"inference.input_data_dir={docs}"]
     runs = {
         "a": lambda i: [*daskinfer, f"inference.output_path={work}/a{i}/out.jsonl"],
-        "b": lambda i: [*daskinfer, f"inference.output_path={work}/b{i}/out.jsonl", "inference.length_batching=false"],
+        "b": lambda i: [*daskinfer, f"inference.output_path={work}/b{i}/out.jsonl", "inference.length_batching=false",
+                        f"inference.batch_size={args.peer_batch}"],
         "f": lambda i: [*daskinfer, f"inference.output_path={work}/f{i}/out.jsonl", "inference.length_batching=false",
-                        f"inference.max_batch_chars={2**62}", f"inference.batch_size={args.peer_batch}"],
+                        "inference.max_batch_chars=16384"],
         "c": lambda i: [*me, "single", model, str(docs), f"{work}/c{i}.jsonl", str(args.peer_batch)],
         "d": lambda i: [PY, str(HERE / "peers.py"), "ray", model, str(docs), f"{work}/d{i}", str(args.peer_batch)],
     }

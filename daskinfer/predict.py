@@ -46,10 +46,12 @@ LENGTH_PADDED_BUDGET = 2**14
 FIXED_LENGTH_BUDGET = 2**17
 
 
-def batch_budget(configured: Optional[int], predict: Any) -> int:
-    """The padded-size budget of predict's batches: as configured, else by the model's kind."""
-    if configured is not None:
-        return configured
+def batch_budget(settings: Settings, predict: Any) -> Optional[int]:
+    """The padded-size budget of predict's batches: as configured, else by the model's kind,
+    or none with length-aware batching off (batches of batch_size in input order, as batch
+    scripts form them), unless one is configured."""
+    if settings.max_batch_chars is not None or not settings.length_batching:
+        return settings.max_batch_chars
     return FIXED_LENGTH_BUDGET if getattr(predict, "fixed_length", False) else LENGTH_PADDED_BUDGET
 
 
@@ -115,8 +117,7 @@ def score_texts(ready: Sequence[Text], settings: Settings, out: Scored) -> None:
     predict = model.predictor(settings.model)
     check_labels(predict.output_shape, settings.labels)
     _given[settings.model.uri] = _given.get(settings.model.uri, 0) + len(ready)
-    budget = batch_budget(settings.max_batch_chars, predict)
-    for batch in batches(ready, settings.batch_size, budget, settings.length_batching):
+    for batch in batches(ready, settings.batch_size, batch_budget(settings, predict), settings.length_batching):
         _score_batch(predict, batch, settings, out)
 
 
@@ -129,10 +130,12 @@ def batches(ready: Sequence[Text], batch_size: int, max_chars: Optional[int],
 
     A model that pads a batch to its longest document (a TextVectorization without a fixed
     length, a transformer's tokenizer) then pays for short documents at their own length,
-    and a batch of very long ones holds few of them, so its memory stays bounded, in input
-    order too (batches of 256 reviews in input order took a worker past its memory limit).
-    Models of a fixed length lose nothing but the sort. Records go back in input order
-    (Scored.records).
+    and a batch of very long ones holds few of them, so its memory stays bounded (in input
+    order too, when max_chars is given). Models of a fixed length lose nothing but the sort.
+    Records go back in input order (Scored.records). With max_chars None, batches are
+    batch_size documents whatever their lengths: a transformer's memory then follows
+    batch_size x the longest document's length (batches of 256 IMDb reviews in input order
+    took a worker past its memory limit).
     """
     batch: List[Text] = []
     longest = 0  # the batch's padded length so far

@@ -67,7 +67,7 @@ def test_batches_hold_similar_lengths_within_the_budget():
     assert [len(b) for b in formed if len(b[0].text) == 3][0] == 256  # short ones travel in full batches
     in_order = list(batches(texts, batch_size=256, max_chars=None, by_length=False))
     assert [t.position for b in in_order for t in b] == list(range(3000)) and len(in_order) == 12
-    # length batching off: input order, and still no batch past the budget (a worker's memory)
+    # input order within a configured budget: no batch past it (a worker's memory)
     bounded = list(batches(texts, batch_size=256, max_chars=100_000, by_length=False))
     assert [t.position for b in bounded for t in b] == list(range(3000))
     assert all(len(b) * max(len(t.text) for t in b) <= 100_000 or len(b) == 1 for b in bounded)
@@ -91,7 +91,7 @@ def test_the_batch_budget_follows_how_the_model_pads(models, attention, tmp_path
     SavedModel; a model of fixed length keeps large ones; a configured budget wins."""
     import keras
     from daskinfer import model as loader
-    from daskinfer.predict import FIXED_LENGTH_BUDGET, LENGTH_PADDED_BUDGET, batch_budget
+    from daskinfer.predict import FIXED_LENGTH_BUDGET, LENGTH_PADDED_BUDGET, Settings, batch_budget
 
     inputs = keras.Input(shape=(1,), dtype="string")
     words = keras.Sequential([keras.layers.TextVectorization(vocabulary=["good", "bad"], output_mode="tf_idf",
@@ -102,9 +102,12 @@ def test_the_batch_budget_follows_how_the_model_pads(models, attention, tmp_path
                 models["keras3-export"][0]: FIXED_LENGTH_BUDGET, models["tf-keras2-savedmodel"][0]: FIXED_LENGTH_BUDGET,
                 attention[0]: LENGTH_PADDED_BUDGET, tmp_path / "attention-export": LENGTH_PADDED_BUDGET}
     for path, budget in expected.items():
-        predict = loader.predictor(loader.ModelSpec(str(path)))
-        assert batch_budget(None, predict) == budget, path
-        assert batch_budget(1000, predict) == 1000
+        predict, spec = loader.predictor(loader.ModelSpec(str(path))), loader.ModelSpec(str(path))
+        assert batch_budget(Settings(model=spec), predict) == budget, path
+        assert batch_budget(Settings(model=spec, max_batch_chars=1000), predict) == 1000
+        # length-aware batching off: input order, no budget unless one is configured
+        assert batch_budget(Settings(model=spec, length_batching=False), predict) is None
+        assert batch_budget(Settings(model=spec, length_batching=False, max_batch_chars=1000), predict) == 1000
     assert LENGTH_PADDED_BUDGET < FIXED_LENGTH_BUDGET
 
 
@@ -133,7 +136,7 @@ def test_a_vectorizer_inside_a_custom_layer_is_seen():
 
 def test_tasks_batch_within_the_model_budget(models, attention, monkeypatch):
     """What a task does with the budget: the batches that reach each model keep within the
-    model's own budget, or the configured one."""
+    model's own budget, or the configured one; with length-aware batching off, no budget."""
     from daskinfer import model as loader
     from daskinfer import predict as scoring
 
@@ -158,6 +161,14 @@ def test_tasks_batch_within_the_model_budget(models, attention, monkeypatch):
         formed = seen.pop()
         assert all(padded(b) <= budget or len(b) == 1 for b in formed), path
         assert max(map(padded, formed)) > budget // 2  # this budget, not a smaller one
+    # length-aware batching off: batches of batch_size in input order, as batch scripts form them
+    settings = scoring.Settings(model=loader.ModelSpec(str(attention[0])), batch_size=64, length_batching=False)
+    out = scoring.Scored()
+    scoring.score_texts([scoring.Text(str(i), t, i) for i, t in enumerate(texts)], settings, out)
+    formed = seen.pop()
+    assert [len(b) for b in formed] == [64, 64, 64, 8]
+    assert [t.position for b in formed for t in b] == list(range(len(texts)))
+    assert max(map(padded, formed)) > scoring.LENGTH_PADDED_BUDGET  # no budget cut them
 
 
 def test_keras_hub_classifier_scored_end_to_end(tmp_path):
