@@ -9,7 +9,8 @@ masked embeddings, two encoder blocks (self-attention and a feed-forward layer, 
 layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sample:
   (a) daskinfer, default settings (length-aware batching on)
   (b) daskinfer with length-aware batching off (inference.length_batching=false): batches of
-      --peer-batch documents in input order, no budget, as daskinfer batched before
+      --peer-batch documents in input order, as daskinfer batched before (only the memory guard of
+      2^20 padded characters, which batches of 64 IMDb reviews never reach)
   (f) daskinfer with inference.length_batching=false and the default budget set by hand
       (inference.max_batch_chars=16384): input order within the budget
   (c) the single process users write: read all, predict in batches of 256 in input order

@@ -44,14 +44,21 @@ class Settings:
 # keeps a batch of huge documents from being tokenized at once.
 LENGTH_PADDED_BUDGET = 2**14
 FIXED_LENGTH_BUDGET = 2**17
+# With length-aware batching off, batches keep input order and batch_size, as batch scripts
+# form them, with only this guard on their padded size: batches of 256 IMDb reviews took the
+# benchmark transformer's workers past their memory (a 10,000-review run, 302 s of deaths and
+# retries one by one); under 2^20 none died (116 s), and batches of 64 reviews (at most 10,321
+# characters each) are never cut.
+MEMORY_GUARD_BUDGET = 2**20
 
 
-def batch_budget(settings: Settings, predict: Any) -> Optional[int]:
+def batch_budget(settings: Settings, predict: Any) -> int:
     """The padded-size budget of predict's batches: as configured, else by the model's kind,
-    or none with length-aware batching off (batches of batch_size in input order, as batch
-    scripts form them), unless one is configured."""
-    if settings.max_batch_chars is not None or not settings.length_batching:
+    or with length-aware batching off, only a guard of a worker's memory."""
+    if settings.max_batch_chars is not None:
         return settings.max_batch_chars
+    if not settings.length_batching:
+        return MEMORY_GUARD_BUDGET
     return FIXED_LENGTH_BUDGET if getattr(predict, "fixed_length", False) else LENGTH_PADDED_BUDGET
 
 
@@ -133,9 +140,7 @@ def batches(ready: Sequence[Text], batch_size: int, max_chars: Optional[int],
     and a batch of very long ones holds few of them, so its memory stays bounded (in input
     order too, when max_chars is given). Models of a fixed length lose nothing but the sort.
     Records go back in input order (Scored.records). With max_chars None, batches are
-    batch_size documents whatever their lengths: a transformer's memory then follows
-    batch_size x the longest document's length (batches of 256 IMDb reviews in input order
-    took a worker past its memory limit).
+    batch_size documents whatever their lengths.
     """
     batch: List[Text] = []
     longest = 0  # the batch's padded length so far

@@ -91,7 +91,8 @@ def test_the_batch_budget_follows_how_the_model_pads(models, attention, tmp_path
     SavedModel; a model of fixed length keeps large ones; a configured budget wins."""
     import keras
     from daskinfer import model as loader
-    from daskinfer.predict import FIXED_LENGTH_BUDGET, LENGTH_PADDED_BUDGET, Settings, batch_budget
+    from daskinfer.predict import (FIXED_LENGTH_BUDGET, LENGTH_PADDED_BUDGET, MEMORY_GUARD_BUDGET, Settings,
+                                   batch_budget)
 
     inputs = keras.Input(shape=(1,), dtype="string")
     words = keras.Sequential([keras.layers.TextVectorization(vocabulary=["good", "bad"], output_mode="tf_idf",
@@ -105,10 +106,10 @@ def test_the_batch_budget_follows_how_the_model_pads(models, attention, tmp_path
         predict, spec = loader.predictor(loader.ModelSpec(str(path))), loader.ModelSpec(str(path))
         assert batch_budget(Settings(model=spec), predict) == budget, path
         assert batch_budget(Settings(model=spec, max_batch_chars=1000), predict) == 1000
-        # length-aware batching off: input order, no budget unless one is configured
-        assert batch_budget(Settings(model=spec, length_batching=False), predict) is None
+        # length-aware batching off: input order, only a memory guard unless a budget is configured
+        assert batch_budget(Settings(model=spec, length_batching=False), predict) == MEMORY_GUARD_BUDGET
         assert batch_budget(Settings(model=spec, length_batching=False, max_batch_chars=1000), predict) == 1000
-    assert LENGTH_PADDED_BUDGET < FIXED_LENGTH_BUDGET
+    assert LENGTH_PADDED_BUDGET < FIXED_LENGTH_BUDGET < MEMORY_GUARD_BUDGET
 
 
 def test_a_vectorizer_inside_a_custom_layer_is_seen():
@@ -161,14 +162,18 @@ def test_tasks_batch_within_the_model_budget(models, attention, monkeypatch):
         formed = seen.pop()
         assert all(padded(b) <= budget or len(b) == 1 for b in formed), path
         assert max(map(padded, formed)) > budget // 2  # this budget, not a smaller one
-    # length-aware batching off: batches of batch_size in input order, as batch scripts form them
+    # length-aware batching off: batches of batch_size in input order, as batch scripts form
+    # them, within the memory guard alone
     settings = scoring.Settings(model=loader.ModelSpec(str(attention[0])), batch_size=64, length_batching=False)
     out = scoring.Scored()
     scoring.score_texts([scoring.Text(str(i), t, i) for i, t in enumerate(texts)], settings, out)
     formed = seen.pop()
     assert [len(b) for b in formed] == [64, 64, 64, 8]
     assert [t.position for b in formed for t in b] == list(range(len(texts)))
-    assert max(map(padded, formed)) > scoring.LENGTH_PADDED_BUDGET  # no budget cut them
+    assert max(map(padded, formed)) > scoring.FIXED_LENGTH_BUDGET  # the model's own budget did not cut them
+    huge = [scoring.Text(str(i), "x" * 20_000, i) for i in range(64)]  # 64 x 20,000 characters, one word each
+    scoring.score_texts(huge, settings, scoring.Scored())
+    assert all(padded(b) <= scoring.MEMORY_GUARD_BUDGET for b in seen.pop())
 
 
 def test_keras_hub_classifier_scored_end_to_end(tmp_path):
