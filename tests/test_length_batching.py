@@ -103,7 +103,8 @@ def test_the_batch_budget_follows_how_the_model_pads(models, attention, tmp_path
                 models["keras3-export"][0]: FIXED_LENGTH_BUDGET, models["tf-keras2-savedmodel"][0]: FIXED_LENGTH_BUDGET,
                 attention[0]: LENGTH_PADDED_BUDGET, tmp_path / "attention-export": LENGTH_PADDED_BUDGET}
     for path, budget in expected.items():
-        predict, spec = loader.predictor(loader.ModelSpec(str(path))), loader.ModelSpec(str(path))
+        spec = loader.ModelSpec(str(path))
+        predict = loader.predictor(spec)
         assert batch_budget(Settings(model=spec), predict) == budget, path
         assert batch_budget(Settings(model=spec, max_batch_chars=1000), predict) == 1000
         # length-aware batching off: input order, only a memory guard unless a budget is configured
@@ -137,7 +138,7 @@ def test_a_vectorizer_inside_a_custom_layer_is_seen():
 
 def test_tasks_batch_within_the_model_budget(models, attention, monkeypatch):
     """What a task does with the budget: the batches that reach each model keep within the
-    model's own budget, or the configured one; with length-aware batching off, no budget."""
+    model's own budget, or the configured one; with length-aware batching off, the memory guard."""
     from daskinfer import model as loader
     from daskinfer import predict as scoring
 
