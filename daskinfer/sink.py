@@ -3,8 +3,9 @@ under their final names only when the run completes.
 
 Locally the files grow under a `.partial` name, flushed and fsynced as each unit is
 written, and are renamed at the end; on object stores (s3://) fsspec's multipart upload
-is completed only at commit. The commit publishes the sidecars first and the results
-last, so a published results file always has its summary beside it.
+is completed only at commit (a Parquet file grows in a local spool file, uploaded then:
+see parquet_stream). The commit publishes the sidecars first and the results last, so a
+published results file always has its summary beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from typing import Any, Container, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 from daskinfer import ledger, records, storage
+from daskinfer.parquet_stream import ParquetStream
 from daskinfer.outputs import Claim
 
 
@@ -34,7 +36,7 @@ class OrderedSink:
         errors_path = storage.path_on(held.sidecars["errors"])
         stream = _LocalStream if self.local else _RemoteStream
         if output_format == "parquet":
-            self.results: Any = _ParquetStream(self.fs, self.path, self.local, column_types or {})
+            self.results: Any = ParquetStream(self.fs, self.path, self.local, column_types or {})
         else:
             self.results = stream(self.fs, self.path, resume)
         self.errors = stream(self.fs, errors_path, resume)
@@ -214,59 +216,6 @@ class _RemoteStream:
 
     def abandon(self, keep: bool) -> None:
         self.file.discard()
-
-
-class _ParquetStream:
-    """Results as one Parquet file, a row group per unit, from the columns the workers
-    send. Like the JSONL, the file is visible under its name only once published; unlike
-    it, it cannot be resumed."""
-
-    def __init__(self, fs, path: str, local: bool, column_types: Mapping[str, Any]):
-        self.fs, self.path, self.local, self.column_types = fs, path, local, column_types
-        self.partial = path + ".partial" if local else path
-        self.filepaths: set = set()
-        self.count = self.written = 0
-        self.file = self.writer = None
-
-    def write(self, table: Any, n: int) -> None:
-        if table is None or not n:
-            return
-        self._open(table.schema).write_table(records.conform(table, self.writer.schema))
-        self.written += n
-        self.count = self.written
-
-    def publish(self) -> None:
-        self._open(records.parquet_schema()).close()
-        self.file.close()
-        if self.local:
-            os.replace(self.partial, self.path)
-        else:
-            self.file.commit()
-
-    def abandon(self, keep: bool) -> None:
-        if self.file is not None:
-            with contextlib.suppress(Exception):  # else its __del__ writes to the closed file, noisily
-                self.writer.close()
-            if self.local:
-                self.file.close()
-                os.unlink(self.partial)
-            else:
-                self.file.discard()
-
-    def _open(self, schema):
-        if self.writer is None:
-            import pyarrow.parquet
-
-            if self.local:
-                os.makedirs(os.path.dirname(self.partial) or ".", exist_ok=True)
-                self.file = open(self.partial, "wb")
-            else:
-                self.file = self.fs.open(self.path, "wb", autocommit=False)
-            for name, kind in self.column_types.items():  # decided for the whole file, not by its first rows
-                if name in schema.names:
-                    schema = schema.set(schema.get_field_index(name), pyarrow.field(name, kind))
-            self.writer = pyarrow.parquet.ParquetWriter(self.file, schema)
-        return self.writer
 
 
 def _recover(path: str) -> Tuple[set, int]:
