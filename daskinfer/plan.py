@@ -47,7 +47,7 @@ def plan(cfg: DictConfig) -> Dict[str, Any]:
     if increment:
         result["incremental"] = {"carried": increment.carried, "to_score": increment.to_score,
                                  "removed": increment.removed, "retried": increment.retried}
-    to_score = increment.to_score if increment else inputs["documents"]
+    to_score = increment.to_score if increment else inputs["documents"] or inputs.get("rows")
     result["estimates"] = _estimates(to_score, ready + result["finish_s"], probe, threads,
                                      result["threads_per_worker"])
     return result
@@ -59,14 +59,14 @@ def _since_process_start() -> float:
     return max(0.0, time.time() - psutil.Process().create_time())
 
 
-def _probe(client: Any, nthreads: Dict[str, int], sample: Partition, settings: predict.Settings) -> Dict[str, Any]:
+def _probe(client: Any, nthreads: Dict[str, int], sample: Any, settings: predict.Settings) -> Dict[str, Any]:
     """The model's load on every worker, then every thread scoring its own slice of the
     sample at once, results sent back as a run sends them: the rate measured this way
     already pays for the threads, the driver and other tenants sharing the cores."""
-    warm_up = Partition.of(sample[:WARM_UP])  # of(): each document keeps what the listing knows of it
+    warm_up = _cut(sample, slice(WARM_UP))
     loads = client.gather([client.submit(_load, warm_up, settings, workers=[w], pure=False) for w in nthreads])
     slots = [worker for worker, n in sorted(nthreads.items()) for _ in range(n)]
-    slices = [Partition.of(sample[i::len(slots)]) for i in range(len(slots))]
+    slices = [_cut(sample, slice(i, None, len(slots))) for i in range(len(slots))]
     began = time.perf_counter()
     scored = client.gather([client.submit(_score_for, piece, settings, PROBE_S, workers=[worker], pure=False)
                             for worker, piece in zip(slots, slices) if len(piece)])
@@ -88,14 +88,21 @@ def _load(warm_up: Partition, settings: predict.Settings) -> Dict[str, Any]:
             "rss_before_load_mib": round(before, 1)}
 
 
-def _score_for(piece: Partition, settings: predict.Settings, seconds: float) -> Tuple[int, List[Any]]:
+def _score_for(piece: Any, settings: predict.Settings, seconds: float) -> Tuple[int, List[Any]]:
     """Score piece as a run does, a chunk at a time, until it is done or seconds have passed."""
     began, results, done = time.perf_counter(), [], 0
     while done < len(piece) and time.perf_counter() - began < seconds:
-        chunk = Partition.of(piece[done:done + CHUNK])
+        chunk = _cut(piece, slice(done, done + CHUNK))
         results.append(predict.score(chunk, settings))
         done += len(chunk)
     return done, results
+
+
+def _cut(sample: Any, part: slice) -> Any:
+    """sample[part] as a piece to score: a Partition's slice is a list of its documents, of()
+    keeps what the listing knows of each; a sample of table rows slices as itself."""
+    cut = sample[part]
+    return Partition.of(cut) if isinstance(sample, Partition) else cut
 
 
 def _publishing_s(source: Any) -> float:
@@ -135,8 +142,11 @@ def _estimates(documents: Optional[int], fixed_s: float, probe: Optional[Dict[st
 def lines(result: Dict[str, Any]) -> List[str]:
     """The plan as a person reads it."""
     inputs = result["inputs"]
-    counted = (f"{inputs['documents']} documents" if inputs["documents"] is not None else
-               f"{inputs['tables']} table file(s), their rows counted only as a run reads them")
+    if inputs["documents"] is not None:
+        counted = f"{inputs['documents']} documents"
+    else:
+        rows = f"{inputs['rows']:,} rows" if inputs["rows_exact"] else f"about {inputs['rows']:,} rows"
+        counted = f"{inputs['tables']} table file(s), {rows}"
     out = [f"inputs: {counted}" + (f", {inputs['bytes']:,} bytes" if inputs["bytes"] else "")]
     out += [f"  {bucket:>18}: {n}" for bucket, n in inputs["sizes"].items()]
     out += [f"would be errors: {n} ({why})" for why, n in inputs["skipped"].items()]

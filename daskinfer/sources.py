@@ -42,7 +42,7 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
     frames = [(doc.uri, table_reading.frame(doc.uri, inf.input_format, columns, storage_options,
                                             inf.partition_bytes, inf.encoding)) for doc in docs]
     return TableSource(docs, [(uri, frame) for uri, frame in frames if frame is not None], columns, inf.input_format,
-                       inf.partition_size, storage_options)
+                       inf.partition_size, storage_options, inf.encoding)
 
 
 class Unit(NamedTuple):
@@ -169,9 +169,10 @@ class TableSource:
     learned as its partitions are read, so the count is None until the end."""
 
     def __init__(self, docs: Union[Listing, Manifest], frames: List[Tuple[str, Any]], columns: tables.Columns,
-                 fmt: str, configured_size: Optional[int], storage_options: Optional[dict] = None):
+                 fmt: str, configured_size: Optional[int], storage_options: Optional[dict] = None,
+                 encoding: str = "utf-8"):
         self.docs, self.frames, self.columns, self.fmt = docs, frames, columns, fmt
-        self.configured_size, self.storage_options = configured_size, storage_options or {}
+        self.configured_size, self.storage_options, self.encoding = configured_size, storage_options or {}, encoding
 
     count: Optional[int] = None
     tables = True  # a record's filepath is `<table>#<row>`; a table file is the document
@@ -231,12 +232,19 @@ class TableSource:
     in_key_order = False  # rows are numbered, and "t#10" sorts before "t#9"
 
     def profile(self, max_bytes: int) -> dict:
-        """The tables and their bytes: their rows are counted only as a run reads them."""
-        size = self.docs.total_bytes if isinstance(self.docs, Listing) else None
-        return {"documents": None, "tables": len(self.docs), "bytes": size, "sizes": {}, "skipped": {}}
+        """The tables, their bytes, and their rows as tables.estimate_rows counts them (a run
+        learns them only as it reads)."""
+        listed = isinstance(self.docs, Listing)
+        sizes = {doc.uri: doc.size for doc in self.docs} if listed else None
+        uris = [uri for uri, _ in self.frames]  # the empty ones left out
+        rows, exact = tables.estimate_rows(uris, [sizes[u] for u in uris] if sizes else None, self.fmt,
+                                           self.storage_options, self.encoding)
+        return {"documents": None, "tables": len(self.docs), "rows": rows, "rows_exact": exact,
+                "bytes": self.docs.total_bytes if listed else None, "sizes": {}, "skipped": {}}
 
-    def sample(self, n: int) -> None:
-        return None  # a table's rows are known only once read
+    def sample(self, n: int) -> Optional[tables.Sampled]:
+        return tables.sample([uri for uri, _ in self.frames], self.fmt, self.columns, self.storage_options,
+                             self.encoding, n)
 
     def digest(self) -> Optional[dict]:
         return None

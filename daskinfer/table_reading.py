@@ -10,6 +10,10 @@ own CSV and JSON readers stop the run with a "metadata mismatch".
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
+import itertools
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("daskinfer")
 HEAD_LINES = 100  # of a CSV or JSON-lines file, read on the driver for its columns and types
+ESTIMATE_BYTES = 4 * 2**20  # of a CSV or JSON-lines file, read by a plan to estimate its rows
 # Only an empty CSV field is missing: a review may well read "NA" or "null". Integer columns
 # with a missing value stay integers (pandas would write an id 1 as 1.0).
 CSV_OPTIONS: Dict[str, Any] = {"keep_default_na": False, "na_values": [""], "dtype_backend": "numpy_nullable"}
@@ -132,6 +137,52 @@ def _row(line: str) -> Dict[str, Any]:
     if not isinstance(row, dict):
         raise ValueError(f"a JSON {type(row).__name__}, not an object")
     return row
+
+
+def count_rows(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Tuple[int, bool]:
+    """A table's rows for a plan, and whether the count is exact: a Parquet file's footer
+    says; a CSV or JSON-lines file's records are counted, scaled from its first 4 MiB when
+    it is bigger."""
+    fs, path = storage.filesystem(uri, options)
+    with storage.storage_errors(uri), fs.open(path, "rb") as f:
+        if fmt == "parquet":
+            import pyarrow.parquet
+
+            return pyarrow.parquet.ParquetFile(f).metadata.num_rows, True
+        block = f.read(ESTIMATE_BYTES + 1)
+    whole = len(block) <= ESTIMATE_BYTES
+    if not whole:
+        block = block[:block.rfind(b"\n") + 1]
+    seen = _csv_records(block, encoding) if fmt == "csv" else sum(1 for line in block.split(b"\n") if line.strip())
+    return (seen, True) if whole else (round(seen * fs.size(path) / max(len(block), 1)), False)
+
+
+def _csv_records(block: bytes, encoding: str) -> int:
+    """The records after the header, as csv reads them: a quoted field may hold newlines."""
+    reader = csv.reader(io.StringIO(block.decode(encoding, errors="replace"), newline=""))
+    seen = 0
+    with contextlib.suppress(csv.Error):  # a block cut inside a quoted field: what came before counts
+        seen = sum(1 for row in reader if row)
+    return max(0, seen - 1)
+
+
+def head_rows(uri: str, fmt: str, names: Sequence[str], options: Mapping[str, Any], encoding: str,
+              n: int) -> pd.DataFrame:
+    """A table's first n rows, its columns as a run reads them: a plan's sample."""
+    import pandas as pd
+
+    names = list(names)
+    fs, path = storage.filesystem(uri, options)
+    with storage.storage_errors(uri), fs.open(path, "rb") as f:
+        if fmt == "parquet":
+            import pyarrow.parquet
+
+            batch = next(pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=n, columns=names), None)
+            return batch.to_pandas() if batch is not None else pd.DataFrame(columns=names)
+        if fmt == "csv":
+            return pd.read_csv(f, nrows=n, usecols=names, encoding=encoding, **CSV_OPTIONS)[names]
+        lines = itertools.islice((line for line in f if line.strip()), n)
+        return read_jsonl_block(b"".join(lines), names, encoding)
 
 
 def read_ahead(client: Any, frames: List[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:

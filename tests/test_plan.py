@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 
+import pytest
+
 from conftest import run_cli
 from test_errors import assert_user_error
 
@@ -43,15 +45,46 @@ def test_plan_refuses_bad_arguments_as_a_run_does(models, test_docs, tmp_path):
     assert_user_error(missing, "input folder not found", code=1)
 
 
-def test_plan_of_tables_counts_the_files_not_rows_it_has_not_read(table_files):
-    """A table's rows are known only once read: the plan counts the table files and their bytes."""
-    from daskinfer import plan, sources
-    from daskinfer.config import load_config
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_plan_of_tables_counts_their_rows_and_estimates_from_a_sample_of_them(fmt, table_files, reviews_table,
+                                                                             models, tmp_path, on_client):
+    """Rows counted as a run reads them: a Parquet footer's count, a text file's records (a
+    CSV field's own newlines are not rows), then the first rows scored as a run's would be."""
+    rows, _ = reviews_table
+    table = table_files[fmt]
+    run = run_cli("plan", f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                  f"inference.input_format={fmt}", *on_client, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"inputs: 1 table file(s), {len(rows):,} rows, {table.stat().st_size:,} bytes"
+    sample = re.search(r"^sample: (\d+) documents on 2 thread\(s\) at once", run.stdout, re.M)
+    assert sample and int(sample.group(1)) > 100
+    estimates = re.findall(r"^\s+this cluster:\s+([\d,]+) docs/s, about ([\d.,]+) s$", run.stdout, re.M)
+    assert len(estimates) == 1 and float(estimates[0][1].replace(",", "")) > 0
+    assert not (tmp_path / "outputs").exists()
 
-    cfg = load_config(["inference.model_path=unused", f"inference.input_data_dir={table_files['jsonl']}",
-                       "inference.input_format=jsonl"])
-    inputs = sources.open_source(cfg.inference, {}).profile(cfg.inference.max_document_bytes)
-    lines = plan.lines({"inputs": inputs, "probe": None, "threads": 2, "start_s": 1.0, "finish_s": 0.5,
-                        "estimates": []})
-    size = table_files["jsonl"].stat().st_size
-    assert lines[0] == f"inputs: 1 table file(s), their rows counted only as a run reads them, {size:,} bytes"
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_rows_of_big_and_many_tables_are_estimated_and_said_to_be(fmt, reviews_table, tmp_path):
+    """Past 4 MiB a text table's rows are scaled from its head; past 32 tables, from 32 of them."""
+    import pandas as pd
+
+    from daskinfer import tables
+
+    rows, _ = reviews_table
+    big = pd.DataFrame(rows * 12)
+    path = tmp_path / f"big.{fmt}"
+    big.to_csv(path, index=False) if fmt == "csv" else big.to_json(path, orient="records", lines=True)
+    assert path.stat().st_size > 5 * 2**20
+    estimate, exact = tables.estimate_rows([str(path)], None, fmt, {}, "utf-8")
+    assert not exact and abs(estimate - len(big)) <= 0.05 * len(big), (estimate, len(big))
+    small = [tmp_path / f"t{i:02}.{fmt}" for i in range(40)]
+    for i, table in enumerate(small):
+        part = pd.DataFrame(rows[: 10 + i])
+        part.to_csv(table, index=False) if fmt == "csv" else part.to_json(table, orient="records", lines=True)
+    estimate, exact = tables.estimate_rows([str(p) for p in small], [p.stat().st_size for p in small], fmt, {},
+                                           "utf-8")
+    truth = sum(10 + i for i in range(40))
+    assert not exact and abs(estimate - truth) <= 0.1 * truth, (estimate, truth)
+    assert tables.estimate_rows([str(p) for p in small[:32]], None, fmt, {}, "utf-8") == (
+        sum(10 + i for i in range(32)), True)
