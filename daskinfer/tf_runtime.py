@@ -12,6 +12,7 @@ preload, before the worker runs any task: no other thread's message is hidden.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -41,7 +42,7 @@ def import_tensorflow():
     logs afterwards)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules:
-        with _stderr_silenced():
+        with _stderr_silenced(), _collector_paused():
             import tensorflow  # noqa: F401
     import tensorflow as tf
 
@@ -69,6 +70,21 @@ def hidden(*packages: str) -> Iterator[None]:
         for name in hide:
             if sys.modules.get(name, 0) is None:
                 del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection inside. TensorFlow's import makes some 500,000 objects that live
+    as long as the process, and the collector scans them again and again as they are made:
+    without it the import takes 2.7 s rather than 3.2 s here (median of 8 interleaved), on the
+    way to a run's first result. The cycles it leaves uncollected hold 2 MiB."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager
