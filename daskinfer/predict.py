@@ -107,8 +107,12 @@ def score(piece: Any, settings: Settings, *data: Any) -> records.PartitionResult
 
 
 def score_records(piece: Any, settings: Settings, *data: Any) -> List[Dict[str, Any]]:
-    """The records themselves, for a notebook's bag."""
-    return score_piece(piece, settings, *data).records
+    """The records themselves, for a notebook's bag. A file name that is not valid UTF-8 is
+    given as Parquet output gives it (records.utf8_name): pandas' and dask's string columns
+    are Arrow's, which cannot hold it otherwise."""
+    found = score_piece(piece, settings, *data).records
+    return [r if r["filepath"] == (name := records.utf8_name(r["filepath"])) else {**r, "filepath": name}
+            for r in found]
 
 
 def score_piece(piece: Any, settings: Settings, *data: Any) -> Scored:

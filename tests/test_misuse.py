@@ -442,28 +442,36 @@ def test_a_resume_after_the_inputs_changed_writes_exactly_the_current_inputs_sor
 # ---------------------------------------------------------------- 6-8. odd files
 
 
-@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
-def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_utf8(output_format, models, tmp_path, on_client):
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet", "a notebook's DataFrame"])
+def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_valid_utf8(output_format, models, tmp_path, client,
+                                                                          on_client):
     docs = copy_reviews(tmp_path / "docs", 20)
     name = os.fsencode(str(tmp_path / "docs")) + b"/caf\xe9.txt"
     text = REVIEWS[500].read_text("utf-8")
     fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, text.encode("utf-8"))
     os.close(fd)
-    out = tmp_path / "out" / f"res.{output_format}"
-    run = cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={tmp_path / 'docs'}",
-              f"inference.output_path={out}", f"inference.output_format={output_format}", *on_client, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    if output_format == "jsonl":
-        raw = out.read_bytes()
-        raw.decode("utf-8")  # strict: no lone surrogate written raw
-        records = [json.loads(line) for line in raw.splitlines()]
-        odd = os.fsdecode(name)  # '.../caf\udce9.txt', written by json as \udce9
-    else:  # Parquet strings are UTF-8: the byte as Python shows it
-        import pyarrow.parquet
+    args = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={tmp_path / 'docs'}"]
+    shown = str(tmp_path / "docs") + "/caf\\xe9.txt"  # the byte as Python shows it: Arrow's strings are UTF-8
+    if output_format == "a notebook's DataFrame":
+        import daskinfer
 
-        records = pyarrow.parquet.read_table(out).to_pylist()
-        odd = str(tmp_path / "docs") + "/caf\\xe9.txt"
+        records = daskinfer.records_bag(daskinfer.load_config(args)).to_dataframe().compute().to_dict("records")
+        odd = shown
+    else:
+        out = tmp_path / "out" / f"res.{output_format}"
+        run = cli(*args, f"inference.output_path={out}", f"inference.output_format={output_format}", *on_client,
+                  cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        if output_format == "jsonl":
+            raw = out.read_bytes()
+            raw.decode("utf-8")  # strict: no lone surrogate written raw
+            records = [json.loads(line) for line in raw.splitlines()]
+            odd = os.fsdecode(name)  # '.../caf\udce9.txt', written by json as \udce9
+        else:
+            import pyarrow.parquet
+
+            records, odd = pyarrow.parquet.read_table(out).to_pylist(), shown
     assert sorted(r["filepath"] for r in records) == sorted(docs + [odd])
     record = next(r for r in records if r["filepath"] == odd)
     assert abs(record["logit_prob"] - float(models["keras"][1]([text])[0])) <= 1e-5
