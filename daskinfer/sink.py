@@ -10,14 +10,13 @@ published results file always has its summary beside it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any, Container, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 from daskinfer import ledger, records, storage
-from daskinfer.parquet_stream import ParquetStream
 from daskinfer.outputs import Claim
+from daskinfer.parquet_stream import ParquetStream
 
 
 class OrderedSink:

@@ -162,7 +162,8 @@ def _csv_records(block: bytes, encoding: str) -> int:
     reader = csv.reader(io.StringIO(block.decode(encoding, errors="replace"), newline=""))
     seen = 0
     with contextlib.suppress(csv.Error):  # a block cut inside a quoted field: what came before counts
-        seen = sum(1 for row in reader if row)
+        for row in reader:
+            seen += bool(row)
     return max(0, seen - 1)
 
 
