@@ -31,7 +31,7 @@ class ParquetStream:
         writer = self._open(table.schema)
         try:
             table = records.conform(table, writer.schema)
-        except (ValueError, NotImplementedError):  # pyarrow's ArrowInvalid and ArrowNotImplementedError
+        except (ValueError, TypeError, NotImplementedError):  # pyarrow's ArrowInvalid, ArrowTypeError, ...
             table = records.conform(table, self._widen(table.schema).schema)
         self.writer.write_table(table)
         self.written += n

@@ -144,7 +144,7 @@ def count_rows(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) ->
     says; a CSV or JSON-lines file's records are counted, scaled from its first 4 MiB when
     it is bigger."""
     fs, path = storage.filesystem(uri, options)
-    with storage.storage_errors(uri), fs.open(path, "rb") as f:
+    with _read_errors(uri, fmt, options), fs.open(path, "rb") as f:
         if fmt == "parquet":
             import pyarrow.parquet
 
@@ -174,7 +174,7 @@ def head_rows(uri: str, fmt: str, names: Sequence[str], options: Mapping[str, An
 
     names = list(names)
     fs, path = storage.filesystem(uri, options)
-    with storage.storage_errors(uri), fs.open(path, "rb") as f:
+    with _read_errors(uri, fmt, options), fs.open(path, "rb") as f:
         if fmt == "parquet":
             import pyarrow.parquet
 
@@ -184,6 +184,19 @@ def head_rows(uri: str, fmt: str, names: Sequence[str], options: Mapping[str, An
             return pd.read_csv(f, nrows=n, usecols=names, encoding=encoding, **CSV_OPTIONS)[names]
         lines = itertools.islice((line for line in f if line.strip()), n)
         return read_jsonl_block(b"".join(lines), names, encoding)
+
+
+@contextlib.contextmanager
+def _read_errors(uri: str, fmt: str, options: Mapping[str, Any]) -> Iterator[None]:
+    """Storage errors as storage_errors maps them; anything else (a malformed line, a file
+    that is no table of this format) as one line, as a run says it."""
+    try:
+        with storage.storage_errors(uri):
+            yield
+    except (OSError, ConnectionError):
+        raise
+    except Exception as exc:
+        raise RunFailed(f"cannot read {uri} as {fmt}: {explain(root_cause(exc), uri, fmt, options)}") from None
 
 
 def read_ahead(client: Any, frames: List[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
