@@ -30,6 +30,8 @@ class ParquetStream:
             return
         writer = self._open(table.schema)
         try:
+            if _booleans_meet_others(writer.schema, table.schema):
+                raise TypeError("Arrow would cast true to 1, or 1 to true")
             table = records.conform(table, writer.schema)
         except (ValueError, TypeError, NotImplementedError):  # pyarrow's ArrowInvalid, ArrowTypeError, ...
             table = records.conform(table, self._widen(table.schema).schema)
@@ -75,7 +77,8 @@ class ParquetStream:
         self.writer = pyarrow.parquet.ParquetWriter(self.file, schema)
 
     def _widen(self, incoming):
-        """The writer again, with text where the file's columns and incoming's disagree, and
+        """The writer again, with text where the file's columns and incoming's disagree
+        (incoming's type where the file's column has held only missing values so far), and
         the row groups written so far copied into it."""
         import pyarrow
         import pyarrow.parquet
@@ -83,7 +86,8 @@ class ParquetStream:
         schema, fixed = self.writer.schema, {name for name, _ in records.PARQUET_TYPES}
         for index, field in enumerate(schema):
             if field.name not in fixed and field.name in incoming.names and incoming.field(field.name).type != field.type:
-                schema = schema.set(index, pyarrow.field(field.name, pyarrow.string()))
+                kind = incoming.field(field.name).type if field.type == pyarrow.null() else pyarrow.string()
+                schema = schema.set(index, pyarrow.field(field.name, kind))
         self.writer.close()
         self.file.close()
         written = self.spool + ".widening"
@@ -94,3 +98,17 @@ class ParquetStream:
                 self.writer.write_table(records.conform(pyarrow.Table.from_batches([batch]), schema))
         os.unlink(written)
         return self.writer
+
+
+def _booleans_meet_others(schema: Any, incoming: Any) -> bool:
+    """Whether a column of booleans meets one of other values (missing ones and text aside)."""
+    import pyarrow.types as kinds
+
+    def other(kind) -> bool:
+        return not (kinds.is_boolean(kind) or kinds.is_null(kind) or kinds.is_string(kind))
+
+    for name in set(schema.names) & set(incoming.names):
+        mine, theirs = schema.field(name).type, incoming.field(name).type
+        if (kinds.is_boolean(mine) and other(theirs)) or (kinds.is_boolean(theirs) and other(mine)):
+            return True
+    return False

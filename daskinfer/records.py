@@ -169,8 +169,8 @@ def _columns(records: List[Dict[str, Any]]):
         values = [record.get(name) for record in records]
         try:
             columns.append(pyarrow.array(values))
-        except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError):
-            columns.append(pyarrow.array([None if v is None else str(v) for v in values], pyarrow.string()))
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError, OverflowError):  # an id above 2**63
+            columns.append(pyarrow.array([as_text(v) for v in values], pyarrow.string()))
     return pyarrow.table(columns, names=names)
 
 
@@ -185,9 +185,19 @@ def conform(table: Any, schema: Any):
     except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError):
         for index, field in enumerate(schema):
             if field.type == pyarrow.string() and table.schema.field(field.name).type != field.type:
-                values = [None if v is None else str(v) for v in table.column(field.name).to_pylist()]
+                values = [as_text(v) for v in table.column(field.name).to_pylist()]
                 table = table.set_column(index, field.name, pyarrow.array(values, pyarrow.string()))
         return table.cast(schema)
+
+
+def as_text(value: Any) -> Optional[str]:
+    """A value of a column that mixes types, as text: as the JSONL writes it (true, 1.5,
+    {"a": 1}), a string as itself, a date or decimal as str() gives it; missing stays so."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float, list, tuple, dict)):
+        return _ENCODER.encode(value)
+    return str(value)
 
 
 def utf8_name(name: str) -> str:

@@ -68,7 +68,10 @@ def output_types(frames: Sequence[Any], columns: Columns) -> Dict[str, Any]:
 
     kinds = {pyarrow.Schema.from_pandas(pd.DataFrame({"id": pd.Series(dtype=frame.dtypes[columns.id])}),
                                         preserve_index=False).field("id").type for frame in frames}
-    return {"id": kinds.pop() if len(kinds) == 1 and pyarrow.null() not in kinds else pyarrow.string()}
+    kinds -= {pyarrow.null()}  # a head whose ids are all missing (typed null or object) decides nothing
+    if not kinds:
+        return {}  # the rows will tell: parquet_stream takes the first type that comes
+    return {"id": kinds.pop() if len(kinds) == 1 else pyarrow.string()}
 
 
 def slices(n_rows: int, rows_per_slice: int) -> List[range]:

@@ -366,6 +366,30 @@ def test_a_json_list_or_object_as_text_is_an_error_entry(client, models, tmp_pat
         (f"{table}#2", "ValueError: the text in column 'text' is a dict, not a string")]
 
 
+@pytest.mark.parametrize("ids, kind, expected", [
+    ([None] * 200 + list(range(200, 240)), "int64", None),  # missing in the head: it decides nothing
+    ([*range(200), *(2**64 + i for i in range(40))], "string", [str(i) for i in [*range(200), *range(2**64, 2**64 + 40)]]),
+    ([*range(200), *(i % 2 == 0 for i in range(40))], "string",
+     [*map(str, range(200)), *(("true", "false") * 20)]),  # as the JSONL writes them
+], ids=["missing-then-numbers", "above-2**63", "numbers-then-booleans"])
+def test_parquet_output_gives_ids_one_type_for_the_whole_file(ids, kind, expected, client, models, test_docs,
+                                                              tmp_path):
+    import pyarrow.parquet
+
+    texts = [p.read_text("utf-8") for p in sorted(test_docs.glob("*.txt"))[:240]]
+    table = tmp_path / "t.jsonl"
+    table.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(ids, texts)), "utf-8")
+    out = tmp_path / "out" / "res.parquet"
+    daskinfer.run(daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}", "inference.id_column=id",
+        "inference.input_format=jsonl", "inference.partition_bytes=65536", "inference.output_format=parquet",
+        f"inference.output_path={out}"]), client=client)
+    written = pyarrow.parquet.read_table(out)
+    assert str(written.schema.field("id").type) == kind
+    assert written.column("id").to_pylist() == (ids if expected is None else expected)
+    assert written.column("filepath").to_pylist() == [f"{table}#{n}" for n in range(240)]
+
+
 @pytest.mark.parametrize("fmt,output", [("jsonl", "jsonl"), ("csv", "jsonl"), ("jsonl", "parquet")])
 def test_ids_that_turn_from_numbers_to_words_after_the_head_are_read_as_written(fmt, output, client, models,
                                                                                  test_docs, tmp_path):
