@@ -17,6 +17,7 @@ def test_plan_counts_the_inputs_times_the_model_and_writes_nothing(models, test_
     shutil.copytree(test_docs, docs)
     os.mkfifo(docs / "pipe.txt")
     (docs / "huge.txt").write_text("word " * 30_000)
+    (docs / "empty.txt").write_bytes(b"")
     sizes = [p.stat().st_size for p in docs.glob("*.txt") if p.is_file()]
     run = run_cli("plan", f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
                   "inference.max_document_bytes=100000", *on_client, cwd=tmp_path)  # two workers of a thread
@@ -27,6 +28,7 @@ def test_plan_counts_the_inputs_times_the_model_and_writes_nothing(models, test_
     assert sum(histogram.values()) == len(sizes) + 1
     assert "would be errors: 1 (not a regular file (a FIFO))" in lines
     assert "would be errors: 1 (above inference.max_document_bytes)" in lines
+    assert "would be errors: 1 (empty document)" in lines  # as the run's error entry says
     assert re.search(r"^model: loaded in [\d.]+ s on a worker, which then holds \d+ MiB$", run.stdout, re.M)
     sample = re.search(r"^sample: (\d+) documents on 2 thread\(s\) at once, ([\d,]+) docs/s a thread$", run.stdout, re.M)
     assert sample and int(sample.group(1)) > 500
