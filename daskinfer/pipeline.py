@@ -38,16 +38,12 @@ def check(cfg: DictConfig) -> None:
 def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
     """A lazy bag of prediction records (dicts), for notebooks: `.to_dataframe()`, `.filter()`...
 
-    Failed documents are left out; run() reports them in errors.jsonl. Document files only:
-    a table's rows are numbered only as it is read, which run() does.
+    Failed documents are left out; run() reports them in errors.jsonl.
     """
     import dask
     import dask.bag as db
 
     planning.check(cfg)
-    if cfg.inference.input_format != "files":
-        raise ConfigError(f"records_bag reads document files, not inference.input_format={cfg.inference.input_format}: "
-                          "for tables, run() writes the records (read its output with pandas)")
     job = planning.prepare(cfg, planning.pinned_uri(planning.resolve_model(cfg), cfg.inference.model_path))
     score = dask.delayed(predict.score_records, pure=False)
     return db.from_delayed([score(piece, job.settings, *data) for piece, data in job.source.pieces(n_threads)])

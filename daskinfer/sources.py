@@ -214,6 +214,19 @@ class TableSource:
             part.release()
         yield from _carried_before(None, ahead, carried)
 
+    def pieces(self, n_threads: int) -> Iterator[Tuple[Any, Tuple[Any, ...]]]:
+        """A piece per dask partition, for a notebook's bag; the row numbers need every
+        partition's length first, so the tables are read once more to count them."""
+        import dask
+
+        parts = [(uri, part) for uri, frame in self.frames for part in frame.to_delayed()]
+        lengths = dask.compute(*[dask.delayed(len)(part) for _, part in parts])
+        next_row: dict = {}
+        for (uri, part), n_rows in zip(parts, lengths):
+            first = next_row.get(uri, 0)
+            next_row[uri] = first + n_rows
+            yield tables.Rows(uri, first, (), self.columns), (part,)
+
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key.rpartition("#")[0] in {uri for uri, _ in self.frames}
 

@@ -70,12 +70,12 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
 
 def _check_columns(uri: str, found: Iterable[Any], columns: Columns) -> None:
     found = [str(name) for name in found]
-    missing = [c for c in columns.names() if c not in found]
+    named = (("inference.text_column", columns.text), ("inference.id_column", columns.id),
+             ("inference.labels_from", columns.label))
+    missing = [f"{column!r} ({', '.join(key for key, value in named if value == column)})"
+               for column in columns.names() if column not in found]
     if missing:
-        raise ConfigError(
-            f"{uri} has no column {', '.join(repr(c) for c in missing)} (inference.text_column, id_column or "
-            f"labels_from); its columns: {', '.join(found)}"
-        )
+        raise ConfigError(f"{uri} has no column {', '.join(missing)}; its columns: {', '.join(found)}")
 
 
 def _head(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Optional[pd.DataFrame]:
@@ -113,14 +113,25 @@ def read_csv(uri: str, names: Sequence[str], options: Mapping[str, Any], encodin
 
 
 def _jsonl_frame(uri: str, names: List[str], options: Mapping[str, Any], encoding: str, blocksize: int, meta):
-    """Blocks of whole lines (dask's read_bytes cuts at the newline after each block's end)."""
-    import dask
+    """Blocks of whole lines, one dask partition each."""
     import dask.dataframe as dd
-    from dask.bytes import read_bytes
 
-    _, blocks = read_bytes(uri, delimiter=b"\n", blocksize=blocksize, sample=False, **options)
-    read = dask.delayed(read_jsonl_block, pure=True)
-    return dd.from_delayed([read(block, names, encoding) for block in blocks[0]], meta=meta, verify_meta=False)
+    fs, path = storage.filesystem(uri, options)
+    offsets = list(range(0, fs.size(path), blocksize)) or [0]
+    return dd.from_map(read_jsonl_part, offsets, args=(uri, names, options, encoding, blocksize), meta=meta,
+                       enforce_metadata=False)
+
+
+def read_jsonl_part(offset: int, uri: str, names: Sequence[str], options: Mapping[str, Any], encoding: str,
+                    blocksize: int) -> pd.DataFrame:
+    """On a worker: the lines that end within [offset, offset + blocksize), the one cut at
+    offset left to the block before (fsspec's read_block, as dask's read_bytes cuts)."""
+    from fsspec.utils import read_block
+
+    fs, path = storage.filesystem(uri, options)
+    with storage.storage_errors(uri), fs.open(path, "rb") as f:
+        block = read_block(f, offset, blocksize, delimiter=b"\n")
+    return read_jsonl_block(block, names, encoding)
 
 
 def read_jsonl_block(block: bytes, names: Sequence[str], encoding: str) -> pd.DataFrame:
@@ -216,6 +227,8 @@ def explain(exc: BaseException, uri: str, fmt: str, storage_options: Mapping[str
     found by reading the file again on this failure path only (as Latin-1, which any bytes
     are: JSON's own characters are ASCII in every encoding a run may name)."""
     reason = f"{type(exc).__name__}: {first_line(exc)}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{reason} (inference.encoding names the file's text encoding)"
     if fmt != "jsonl":
         return reason
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import assert_predictions, local_docs, read_jsonl
 
 import daskinfer
@@ -35,11 +34,3 @@ def test_records_bag_explores_lazily(client, models, test_docs, reference_scores
     assert_predictions(records, local_docs(test_docs), reference_scores["tf-keras2-savedmodel"])
     frame = bag.to_dataframe().compute()
     assert list(frame.columns) == ["time", "filepath", "logit_prob", "sentiment"] and len(frame) == 1600
-
-
-def test_records_bag_of_tables_is_refused_in_one_line(models, table_files):
-    """A table's rows are numbered only as it is read: run() does that, a bag cannot."""
-    cfg = daskinfer.load_config([f"inference.model_path={models['keras'][0]}",
-                                 f"inference.input_data_dir={table_files['jsonl']}", "inference.input_format=jsonl"])
-    with pytest.raises(daskinfer.ConfigError, match=r"^records_bag reads document files, not inference\.input_format=jsonl"):
-        daskinfer.records_bag(cfg)

@@ -54,6 +54,11 @@ def test_ids_and_texts_come_through_as_written(fmt, client, models, tmp_path):
     assert [r["id"] for r in records] == ids and [type(r["id"]) for r in records if r["id"]] == [int] * 3
     scores = models["keras"][1](texts)
     assert all(abs(r["logit_prob"] - float(score)) <= 1e-5 for r, score in zip(records, scores))
+    # read as UTF-8, the default: the error says which key names the encoding
+    with pytest.raises(daskinfer.RunFailed, match=r"UnicodeDecodeError: .* \(inference\.encoding names the file's"):
+        daskinfer.run(daskinfer.load_config([f"inference.model_path={models['keras'][0]}",
+                                             f"inference.input_data_dir={table}", f"inference.input_format={fmt}",
+                                             f"inference.output_path={tmp_path}/utf8.jsonl"]), client=client)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -70,20 +75,25 @@ def test_tables_on_the_command_line(fmt, models, table_files, reviews_table, tmp
     assert (summary["documents"], summary["predicted"], summary["errors"]) == (1603, 1600, 3)
 
 
-def test_records_bag_scores_a_table(client, models, table_files, reviews_table):
-    """The notebook API takes tables too: every row once, numbered as the command line does."""
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_records_bag_scores_a_table(fmt, client, models, table_files, reviews_table):
+    """The notebook API takes tables too: every row once, numbered as the command line does,
+    and a DataFrame of them."""
     cfg = daskinfer.load_config([
-        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files['parquet']}",
-        "inference.input_format=parquet", "inference.id_column=id",
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files[fmt]}",
+        f"inference.input_format={fmt}", "inference.id_column=id", "inference.partition_bytes=400000",
     ])
     bag = daskinfer.records_bag(cfg, n_threads=2)
-    assert bag.npartitions == 5  # a partition per row group
+    blocks = -(-table_files[fmt].stat().st_size // 400_000)  # of whole lines, for JSON lines
+    assert bag.npartitions == {"parquet": 5, "jsonl": blocks, "csv": 1}[fmt] > 0  # row groups; blocks; a whole CSV
     records = bag.compute()
     rows, _ = reviews_table
-    null_rows = [{"filepath": f"{table_files['parquet']}#{i}", "error": "ValueError: null text in column 'text'"}
+    null_rows = [{"filepath": f"{table_files[fmt]}#{i}", "error": "ValueError: null text in column 'text'"}
                  for i in NULL_ROWS]
-    assert_rows(records, null_rows, str(table_files["parquet"]), reviews_table)
+    assert_rows(records, null_rows, str(table_files[fmt]), reviews_table)
     assert len(records) == len(rows) - len(NULL_ROWS)
+    frame = bag.to_dataframe().compute()
+    assert frame["filepath"].tolist() == [r["filepath"] for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +174,7 @@ def test_missing_text_column_is_one_clear_line(models, table_files, tmp_path):
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files['parquet']}",
         "inference.input_format=parquet", "inference.text_column=review", cwd=tmp_path,
     )
-    assert_user_error(run, "has no column 'review' (inference.text_column", "its columns: text, id, label", code=2)
+    assert_user_error(run, "has no column 'review' (inference.text_column); its columns: text, id, label", code=2)
     assert not list(tmp_path.rglob("*.jsonl*"))
 
 
