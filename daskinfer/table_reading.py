@@ -10,6 +10,7 @@ own CSV and JSON readers stop the run with a "metadata mismatch".
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import io
@@ -210,16 +211,15 @@ def _read_errors(uri: str, fmt: str, options: Mapping[str, Any]) -> Iterator[Non
         raise RunFailed(f"cannot read {uri} as {fmt}: {explain(root_cause(exc), uri, fmt, options)}") from None
 
 
-def read_ahead(client: Any, frames: List[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
+def read_ahead(client: Any, frames: List[Tuple[str, Any]], depth: int = 1) -> Iterator[Tuple[str, Any]]:
     """(uri, future of a partition's rows) for every dask partition of every table, in
-    order; the next partition is read while this one is scored."""
+    order, with `depth` more partitions being read while this one is cut and scored."""
     reads = ((uri, client.compute(part)) for uri, frame in frames for part in frame.to_delayed())
-    pending = next(reads, None)
+    pending = collections.deque(itertools.islice(reads, depth))
     for following in reads:
-        yield pending
-        pending = following
-    if pending is not None:
-        yield pending
+        yield pending.popleft()
+        pending.append(following)
+    yield from pending
 
 
 def explain(exc: BaseException, uri: str, fmt: str, storage_options: Mapping[str, Any]) -> str:
