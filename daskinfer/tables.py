@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from daskinfer.predict import Scored, Settings, Text
 
 COUNTED = 32  # tables a plan counts the rows of; more are estimated from these
+COUNTED_FOOTERS = 512  # Parquet files: a footer is a small read, and exact
 DEFAULT_GLOBS = {"files": "*.txt", "jsonl": "*.jsonl", "csv": "*.csv", "parquet": "*.parquet"}
 
 
@@ -86,9 +87,10 @@ def take_rows(part, start: int, stop: int):
 def estimate_rows(uris: Sequence[str], sizes: Optional[Sequence[int]], fmt: str, options: Mapping[str, Any],
                   encoding: str) -> Tuple[int, bool]:
     """All the tables' rows for a plan, and whether the figure is exact: each table counted
-    (table_reading.count_rows), or, above COUNTED tables, COUNTED of them spread evenly,
-    scaled by their bytes (by their number when the sizes are not known)."""
-    step = max(1, -(-len(uris) // COUNTED))
+    (table_reading.count_rows), or, above COUNTED tables (COUNTED_FOOTERS Parquet files),
+    that many of them spread evenly, scaled by their bytes (by their number when the sizes
+    are not known)."""
+    step = max(1, -(-len(uris) // (COUNTED_FOOTERS if fmt == "parquet" else COUNTED)))
     chosen = range(0, len(uris), step)
     counts = [table_reading.count_rows(uris[i], fmt, options, encoding) for i in chosen]
     rows, exact = sum(n for n, _ in counts), all(whole for _, whole in counts)

@@ -68,7 +68,7 @@ def test_plan_of_tables_counts_their_rows_and_estimates_from_a_sample_of_them(fm
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_rows_of_big_and_many_tables_are_estimated_and_said_to_be(fmt, reviews_table, tmp_path):
-    """Past 4 MiB a text table's rows are scaled from its head; past 32 tables, from 32 of them."""
+    """Past 4 MiB a text table's rows are scaled from its head; past 32 text tables, from 32 of them."""
     import pandas as pd
 
     from daskinfer import tables
@@ -90,6 +90,11 @@ def test_rows_of_big_and_many_tables_are_estimated_and_said_to_be(fmt, reviews_t
     assert not exact and abs(estimate - truth) <= 0.1 * truth, (estimate, truth)
     assert tables.estimate_rows([str(p) for p in small[:32]], None, fmt, {}, "utf-8") == (
         sum(10 + i for i in range(32)), True)
+    # Parquet footers hold the exact count: 40 files are all read
+    footers = [tmp_path / f"t{i:02}.parquet" for i in range(40)]
+    for i, table in enumerate(footers):
+        pd.DataFrame(rows[: 10 + i]).to_parquet(table)
+    assert tables.estimate_rows([str(p) for p in footers], None, "parquet", {}, "utf-8") == (truth, True)
 
 
 def test_plan_of_a_table_with_a_malformed_line_past_its_head_says_which_line(table_files, models, tmp_path,
