@@ -191,10 +191,8 @@ class TableSource:
     def units(self, runner: Any, done: Container[str], n_threads: int, carry: Optional[Sequence[int]] = None
               ) -> Iterator[Unit]:
         """One unit per slice of rows. Each dask partition is read on a worker (two per thread
-        read ahead while this one is scored: a table of small row groups is bound by each read's
-        round trip, 24.2 s against 21.6 s on 41 tables of 20-row groups, medians of 4 interleaved
-        runs); its length, once known, decides the slices. In an
-        incremental run a carried table is one unit, copied from the previous output."""
+        read ahead: table_reading.read_ahead); its length, once known, decides the slices. In
+        an incremental run a carried table is one unit, copied from the previous output."""
         carried = {doc.uri: flags for doc, flags in zip(self.docs, carry.tolist()) if flags} if carry is not None else {}
         ahead = iter(doc.uri for doc in self.docs)  # an empty table has no frame, but may be carried
         client, next_row = runner.client, {}
