@@ -67,10 +67,10 @@ class Notes:
 
 
 def tables_with_results(unit: Any, part: Any) -> List[str]:
-    """The tables of which a unit wrote results (tables are carried or scored whole)."""
+    """The tables of which a unit wrote results: carried whole, or rows scored."""
     if unit.carried is not None:
         return [uri for uri, flags in unit.carried if flags & IN_RESULTS]
-    return [unit.piece.uri] if part.n_results else []
+    return list(part.tables)
 
 
 def encode(docs: Iterable[Any], notes: Notes) -> bytes:

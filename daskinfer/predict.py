@@ -100,9 +100,11 @@ def score(piece: Any, settings: Settings, *data: Any) -> records.PartitionResult
     out = score_piece(piece, settings, *data)
     errors = [entry for _, entry in sorted(out.errors, key=lambda e: e[0])]
     predicted = out.records
+    of_tables = getattr(piece, "tables_with_results", None)  # rows of tables (tables.Slices)
     return records.PartitionResult(
         records.encode(predicted, settings.output_format), records.jsonl(errors),
         len(predicted), len(errors), out.tally, _worker_address(), records.stats(predicted, errors),
+        tables=of_tables(p for p, _ in out.predicted) if of_tables else (),
     )
 
 

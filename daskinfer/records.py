@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # UTC, as the original script wrote it
 KEYS = ("time", "filepath", "logit_prob", "sentiment")  # every prediction has exactly these (and extras asked for)
@@ -44,6 +44,7 @@ class PartitionResult(NamedTuple):
     worker: str
     stats: Optional[Dict[str, Any]] = None  # for the run report: score histogram, labels, errors by kind
     carried: int = 0  # of documents, those whose lines an incremental run copied from the previous one
+    tables: Tuple[str, ...] = ()  # of a table's rows: the tables the results are rows of
 
     @property
     def documents(self) -> int:

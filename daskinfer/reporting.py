@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from daskinfer import evaluation, records
 from daskinfer.errors import ErrorBudgetExceeded
-from daskinfer.sources import Unit
+from daskinfer.units import Unit
 
 log = logging.getLogger("daskinfer")
 

@@ -18,7 +18,7 @@ from daskinfer import cluster, predict, records
 from daskinfer.cluster import adaptive
 from daskinfer.background import InBackground
 from daskinfer.errors import WorkersDied, first_line
-from daskinfer.sources import NOT_YET, Unit
+from daskinfer.units import NOT_YET, Unit
 
 log = logging.getLogger("daskinfer")
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from typing import Any, Container, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Container, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from daskinfer import object_listing, records, table_reading, tables
-from daskinfer.errors import RunFailed, root_cause
+from daskinfer import object_listing, table_reading, tables
 from daskinfer.listing import Document, Listing, list_documents, size_range
 from daskinfer.manifest import Manifest
 from daskinfer.object_listing import GrowingListing
 from daskinfer.partitions import Partition, group, partition_size, partition_sizes
+from daskinfer.table_source import TableSource
+from daskinfer.units import NOT_YET, Unit
+
+__all__ = ["FileSource", "NOT_YET", "Source", "TableSource", "Unit", "open_source"]
 
 
 def open_source(inf: Any, storage_options: dict) -> "Source":
@@ -45,22 +48,6 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
                        inf.partition_size, storage_options, inf.encoding)
 
 
-class Unit(NamedTuple):
-    """One step of the output: piece (None when all of it was done before a resume, or is
-    carried) with the data it reads, standing for `documents` inputs of which `skipped`
-    were done. carried: in an incremental run, every document of the unit in order, (uri,
-    plan flags) each: flags 0 for those piece scores, else its lines are copied from the
-    previous run's output (see carrying.py)."""
-
-    piece: Any
-    data: Tuple[Any, ...]
-    documents: int
-    skipped: int
-    carried: Optional[List[Tuple[str, int]]] = None
-
-
-# No unit ready yet (a bucket still being listed): the runner writes what it has meanwhile.
-NOT_YET = Unit(None, (), 0, 0)
 SPAN = 5000  # documents of an incremental run's unit, carried and scored, at most
 
 
@@ -165,119 +152,7 @@ class FileSource:
         return {"count": len(self.docs), "bytes": self.docs.total_bytes, "sha256": sha.hexdigest()}
 
 
-class TableSource:
-    """Rows of table files, read by dask's readers on the workers: a table's row count is
-    learned as its partitions are read, so the count is None until the end."""
-
-    def __init__(self, docs: Union[Listing, Manifest], frames: List[Tuple[str, Any]], columns: tables.Columns,
-                 fmt: str, configured_size: Optional[int], storage_options: Optional[dict] = None,
-                 encoding: str = "utf-8"):
-        self.docs, self.frames, self.columns, self.fmt = docs, frames, columns, fmt
-        self.configured_size, self.storage_options, self.encoding = configured_size, storage_options or {}, encoding
-
-    count: Optional[int] = None
-    tables = True  # a record's filepath is `<table>#<row>`; a table file is the document
-
-    def documents(self) -> Iterable[Document]:
-        return self.docs
-
-    @property
-    def sorted(self) -> bool:
-        return isinstance(self.docs, Listing)
-
-    def describe(self) -> str:
-        return f"the rows of {len(self.frames)} {self.fmt} file(s)"
-
-    def units(self, runner: Any, done: Container[str], n_threads: int, carry: Optional[Sequence[int]] = None
-              ) -> Iterator[Unit]:
-        """One unit per slice of rows. Each dask partition is read on a worker (two per thread
-        read ahead: table_reading.read_ahead); its length, once known, decides the slices. In
-        an incremental run a carried table is one unit, copied from the previous output."""
-        carried = {doc.uri: flags for doc, flags in zip(self.docs, carry.tolist()) if flags} if carry is not None else {}
-        ahead = iter(doc.uri for doc in self.docs)  # an empty table has no frame, but may be carried
-        client, next_row = runner.client, {}
-        kept = [(u, frame) for u, frame in self.frames if u not in carried]
-        for uri, part in table_reading.read_ahead(client, kept, 2 * n_threads):
-            if uri not in next_row:  # the first of this table's partitions
-                yield from _carried_before(uri, ahead, carried)
-            n_rows = self._length(runner, uri, part)
-            first = next_row.get(uri, 0)
-            next_row[uri] = first + n_rows
-            per_slice = self.configured_size or partition_size(n_rows, n_threads, None)
-            for rows in tables.slices(n_rows, per_slice):
-                numbers = range(first + rows.start, first + rows.stop)
-                skip = tuple(n for n in numbers if records.row_key(uri, n) in done) if done else ()
-                if len(skip) == len(rows):
-                    yield Unit(None, (), len(rows), len(skip))
-                    continue
-                piece = client.submit(tables.take_rows, part, rows.start, rows.stop, pure=False)
-                yield Unit(tables.Rows(uri, numbers.start, skip, self.columns), (piece,), len(rows), len(skip))
-            part.release()
-        yield from _carried_before(None, ahead, carried)
-
-    def pieces(self, n_threads: int) -> Iterator[Tuple[Any, Tuple[Any, ...]]]:
-        """A piece per dask partition, for a notebook's bag; the row numbers need every
-        partition's length first, so the tables are read once more to count them."""
-        import dask
-
-        parts = [(uri, part) for uri, frame in self.frames for part in frame.to_delayed()]
-        lengths = dask.compute(*[dask.delayed(len)(part) for _, part in parts])
-        next_row: dict = {}
-        for (uri, part), n_rows in zip(parts, lengths):
-            first = next_row.get(uri, 0)
-            next_row[uri] = first + n_rows
-            yield tables.Rows(uri, first, (), self.columns), (part,)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.rpartition("#")[0] in {uri for uri, _ in self.frames}
-
-    in_key_order = False  # rows are numbered, and "t#10" sorts before "t#9"
-
-    def profile(self, max_bytes: int) -> dict:
-        """The tables, their bytes, and their rows as tables.estimate_rows counts them (a run
-        learns them only as it reads)."""
-        listed = isinstance(self.docs, Listing)
-        sizes = {doc.uri: doc.size for doc in self.docs} if listed else None
-        uris = [uri for uri, _ in self.frames]  # the empty ones left out
-        rows, exact = tables.estimate_rows(uris, [sizes[u] for u in uris] if sizes else None, self.fmt,
-                                           self.storage_options, self.encoding)
-        return {"documents": None, "tables": len(self.docs), "rows": rows, "rows_exact": exact,
-                "bytes": self.docs.total_bytes if listed else None, "sizes": {}, "skipped": {}}
-
-    def sample(self, n: int) -> Optional[tables.Sampled]:
-        return tables.sample([uri for uri, _ in self.frames], self.fmt, self.columns, self.storage_options,
-                             self.encoding, n)
-
-    def digest(self) -> Optional[dict]:
-        return None
-
-    def output_types(self) -> Dict[str, Any]:
-        return tables.output_types([frame for _, frame in self.frames], self.columns)
-
-    def versions(self) -> Dict[str, List[int]]:
-        return tables.versions([doc.uri for doc in self.docs], self.storage_options)
-
-    def _length(self, runner: Any, uri: str, part: Any) -> int:
-        try:
-            return runner.result(runner.client.submit(len, part))
-        except (TimeoutError, ConnectionError):
-            raise
-        except Exception as exc:
-            root = root_cause(exc)
-            raise RunFailed(f"cannot read {uri}: {table_reading.explain(root, uri, self.fmt, self.storage_options)}") from None
-
-
 Source = Union[FileSource, TableSource]
-
-
-def _carried_before(uri: Optional[str], ahead: Iterator[str], carried: dict) -> Iterator[Unit]:
-    """A unit for each carried table that comes before uri (None: all that are left); ahead
-    walks the tables in order, and stops after uri once it is reached."""
-    for table in ahead:
-        if table in carried:
-            yield Unit(None, (), 0, 0, [(table, carried[table])])
-        if table == uri:
-            return
 
 
 def _spans(docs: Iterable[Tuple[Document, int]], size: int, max_bytes: int) -> Iterator[Unit]:

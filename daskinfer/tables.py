@@ -3,13 +3,17 @@ fsspec (read as lazy dask DataFrames by table_reading.py).
 
 A record's `filepath` is `<table URI>#<row number>`, the row counted from 0 in its file.
 A file is read in partitions (Parquet row groups, JSON-lines blocks, a CSV whole). The
-driver learns each
-partition's length once it is read, and cuts it into slices of rows: a slice is one
-scoring task, so a file read as one partition still spreads over every worker.
+driver learns each partition's length once it is read, and cuts the rows of all the
+tables, in order, into units of about as many rows as a folder's partition holds
+documents: a big partition spreads over every worker, and small ones (row groups of a few
+rows, small tables) are gathered into one scoring task, whose batches then find similar
+lengths as a big table's do.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -75,10 +79,6 @@ def output_types(frames: Sequence[Any], columns: Columns) -> Dict[str, Any]:
     return {"id": kinds.pop() if len(kinds) == 1 else pyarrow.string()}
 
 
-def slices(n_rows: int, rows_per_slice: int) -> List[range]:
-    return [range(start, min(start + rows_per_slice, n_rows)) for start in range(0, n_rows, rows_per_slice)]
-
-
 def take_rows(part, start: int, stop: int):
     """Rows [start, stop) of a partition (a pandas DataFrame): what one scoring task receives."""
     return part.iloc[start:stop]
@@ -141,9 +141,9 @@ class Rows(NamedTuple):
     skip: Tuple[int, ...]
     columns: Columns
 
-    def texts(self, settings: Settings, out: Scored, rows) -> List[Text]:
-        """On the worker: the rows' texts. A null or empty text, or one above
-        max_document_bytes, becomes an error entry."""
+    def texts(self, settings: Settings, out: Scored, rows, offset: int = 0) -> List[Text]:
+        """On the worker: the rows' texts, at positions from offset in the task. A null or
+        empty text, or one above max_document_bytes, becomes an error entry."""
         from daskinfer.predict import Text
 
         columns = self.columns
@@ -153,24 +153,68 @@ class Rows(NamedTuple):
         skipped = set(self.skip)
         ready = []
         for i, text in enumerate(texts):
-            number = self.first_row + i
+            number, position = self.first_row + i, offset + i
             if number in skipped:
                 continue
             key = records.row_key(self.uri, number)
             if isinstance(text, bytes):  # a binary column (Parquet BYTE_ARRAY without a string type)
                 text = reading.decode(text, settings.encoding)
                 if isinstance(text, Exception):
-                    out.fail(i, key, text)
+                    out.fail(position, key, text)
                     continue
             problem = _text_problem(text, columns.text, settings.max_document_bytes)
             if problem:
-                out.fail(i, key, ValueError(problem))
+                out.fail(position, key, ValueError(problem))
                 continue
             extra = {"id": ids[i]} if ids is not None else {}
             label = _label(labels[i], settings.labels) if labels is not None else None
-            ready.append(Text(key, str(text), i, label, extra))
+            ready.append(Text(key, str(text), position, label, extra))
         return ready
 
+
+
+class Slices(NamedTuple):
+    """Consecutive slices of rows, of one table or several, as one scoring task's piece:
+    each slice's Rows and its number of rows, the task's data being their frames in order."""
+
+    parts: Tuple[Rows, ...]
+    counts: Tuple[int, ...]
+
+    def texts(self, settings: Settings, out: Scored, *frames) -> List[Text]:
+        ready: List[Text] = []
+        for rows, offset, frame in zip(self.parts, itertools.accumulate(self.counts, initial=0), frames):
+            ready += rows.texts(settings, out, frame, offset)
+        return ready
+
+    def tables_with_results(self, positions: Iterable[int]) -> Tuple[str, ...]:
+        """The tables that records at these positions (in the task) are rows of."""
+        ends = list(itertools.accumulate(self.counts))
+        return tuple(dict.fromkeys(self.parts[bisect.bisect_right(ends, p)].uri for p in sorted(positions)))
+
+
+class Gathered:
+    """Slices of rows gathered on the driver until they make a unit of target rows: (rows,
+    how many, the future of the slice's frame, None when every row was done before a resume)."""
+
+    def __init__(self) -> None:
+        self.slices: List[Tuple[Rows, int, Any]] = []
+        self.rows = self.skipped = self.target = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.slices)
+
+    def add(self, rows: Rows, count: int, frame: Any) -> None:
+        self.slices.append((rows, count, frame))
+        self.rows += count
+        self.skipped += len(rows.skip)
+
+    def take(self) -> Tuple[Optional[Slices], Tuple[Any, ...], int, int]:
+        """(piece or None, its data, rows, rows done before) of what was gathered; empty again."""
+        scored = [(rows, count, frame) for rows, count, frame in self.slices if frame is not None]
+        piece = Slices(tuple(r for r, _, _ in scored), tuple(c for _, c, _ in scored)) if scored else None
+        taken = piece, tuple(frame for _, _, frame in scored), self.rows, self.skipped
+        self.slices, self.rows, self.skipped = [], 0, 0
+        return taken
 
 def _values(rows, column: str) -> List[Any]:
     """A column of the slice as Python values, None where missing (NaN, NA, None alike),

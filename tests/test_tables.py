@@ -12,6 +12,7 @@ from test_classes import assert_evaluation, expected_evaluation
 from test_errors import assert_user_error
 
 import daskinfer
+from daskinfer import ledger
 
 FORMATS = ("jsonl", "csv", "parquet")
 
@@ -422,3 +423,56 @@ def test_ids_that_turn_from_numbers_to_words_after_the_head_are_read_as_written(
     assert [r["id"] for r in records] == (ids if fmt == output == "jsonl" else [str(i) for i in ids])
     scores = models["keras"][1](texts)
     assert [abs(r["logit_prob"] - float(s)) <= 1e-5 for r, s in zip(records, scores)] == [True] * len(texts)
+
+
+def test_small_tables_of_small_row_groups_are_scored_together(client, models, reviews_table, tmp_path):
+    """Shards of 20 rows in row groups of five, one all-null shard among them: every row once,
+    in order, with the model's own score, in a few tasks that span tables (a task per row
+    group would score batches of five at most). An incremental run after one shard changed
+    carries the others, the all-null one's error entries included."""
+    import distributed
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, scores = reviews_table
+    good = [row for row in rows if row["text"]]
+    shards = [good[i:i + 20] for i in range(0, 240, 20)]
+    shards.insert(3, [{"text": None, "id": f"blank-{i}", "label": 0} for i in range(2)])  # within the error budget
+    folder = tmp_path / "shards"
+    folder.mkdir()
+
+    def write(n: int, shard: List[dict]) -> None:
+        pq.write_table(pa.Table.from_pandas(pd.DataFrame(shard), preserve_index=False),
+                       folder / f"part-{n:02d}.parquet", row_group_size=5)
+
+    for n, shard in enumerate(shards):
+        write(n, shard)
+    args = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
+            "inference.input_format=parquet", "inference.id_column=id"]
+    with distributed.get_task_stream(client) as stream:
+        daskinfer.run(daskinfer.load_config([*args, f"inference.output_path={tmp_path}/1/res.jsonl"]), client=client)
+    scoring = {task["key"] for task in stream.data if "daskinfer-partition" in str(task["key"])}
+    assert 2 <= len(scoring) <= 12  # 49 row groups, 242 rows
+
+    def assert_every_row_once(out: Path, shards: List[List[dict]], scores: dict) -> None:
+        records, errors = read_jsonl(out / "res.jsonl"), read_jsonl(out / "errors.jsonl")
+        keys = [(f"{folder / f'part-{n:02d}.parquet'}#{i}", row) for n, shard in enumerate(shards)
+                for i, row in enumerate(shard)]
+        assert [r["filepath"] for r in records] == [key for key, row in keys if row["text"]]
+        assert [e["filepath"] for e in errors] == [key for key, row in keys if not row["text"]]
+        by_key = dict(keys)
+        assert all(r["id"] == by_key[r["filepath"]]["id"] for r in records)
+        assert all(abs(r["logit_prob"] - scores[by_key[r["filepath"]]["text"]]) <= 1e-5 for r in records)
+
+    assert_every_row_once(tmp_path / "1", shards, scores)
+    ledger_rows = pq.read_table(tmp_path / "1" / "ledger.parquet").to_pydict()
+    flags = dict(zip(ledger_rows["filepath"], ledger_rows["flags"]))
+    assert [flags[str(folder / f"part-{n:02d}.parquet").encode()] for n in range(len(shards))] == [
+        ledger.IN_ERRORS if n == 3 else ledger.IN_RESULTS for n in range(len(shards))]
+    shards[5] = good[300:320]
+    write(5, shards[5])
+    second = daskinfer.run(daskinfer.load_config([*args, f"inference.output_path={tmp_path}/2/res.jsonl",
+                                                  f"inference.incremental_from={tmp_path / '1'}"]), client=client)
+    assert (second.summary["carried"], second.summary["scored"]) == (222, 20)
+    assert_every_row_once(tmp_path / "2", shards, scores)
