@@ -50,17 +50,18 @@ class TableSource:
         n_parts, read = sum(frame.npartitions for _, frame in kept), [0, 0]  # rows, partitions
         size = partition_sizes(lambda: round(read[0] * n_parts / max(read[1], 1)), n_threads, self.configured_size)
         gathered, next_row = tables.Gathered(), {}
-        for uri, part in table_reading.read_ahead(runner.client, kept, 2 * n_threads):
+        for uri, part, length in table_reading.read_ahead(runner.client, kept, 2 * n_threads):
             if uri not in next_row:  # the first of this table's partitions
                 before = list(_carried_before(uri, ahead, carried))
                 if before and gathered:
                     yield Unit(*gathered.take())
                 yield from before
-            n_rows = self._length(runner, uri, part)
+            n_rows = self._length(runner, uri, length)
             first = next_row.get(uri, 0)
             next_row[uri], read[0], read[1] = first + n_rows, read[0] + n_rows, read[1] + 1
             yield from self._cut(runner.client, uri, part, first, n_rows, gathered, size, done)
             part.release()
+            length.release()
         if gathered:
             yield Unit(*gathered.take())
         yield from _carried_before(None, ahead, carried)
@@ -123,9 +124,10 @@ class TableSource:
     def versions(self) -> Dict[str, List[int]]:
         return tables.versions([doc.uri for doc in self.docs], self.storage_options)
 
-    def _length(self, runner: Any, uri: str, part: Any) -> int:
+    def _length(self, runner: Any, uri: str, length: Any) -> int:
+        """The partition's number of rows (a future); a partition that cannot be read is one line."""
         try:
-            return runner.result(runner.client.submit(len, part))
+            return runner.result(length)
         except (TimeoutError, ConnectionError):
             raise
         except Exception as exc:
