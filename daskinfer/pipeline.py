@@ -7,6 +7,7 @@ Notebooks get the same units as a lazy dask bag of records (records_bag)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 from omegaconf import DictConfig
 
 from daskinfer import (carrying, cluster, config, ledger, model, outputs, planning, predict, reporting, run_report,
-                       scheduling, sink)
+                       scheduling, sink, storage)
 from daskinfer.errors import ConfigError, Incomplete, Interrupted, WorkersDied, first_line
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
     inf, options = cfg.inference, planning.storage_options(cfg)
     held = outputs.claim(uri, options, inf.resume, made)
     try:
-        before = held.previous.get("prediction")
+        before = held.previous.get("prediction") or (inf.resume and _finished_prediction(held, source.tables))
         if inf.resume and before:
             changed = [key for key, value in prediction.items() if before.get(key) != value]
             if changed:
@@ -169,6 +170,19 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
     return out
 
 
+def _finished_prediction(held: outputs.Claim, tables: bool) -> Optional[Dict[str, Any]]:
+    """What a finished output that a resume adds to was scored with (None: nothing finished
+    there); a resume is local, and so are its sidecars."""
+    try:
+        with open(storage.path_on(held.sidecars["summary"]), encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    versions = {name: [size, version] for name, size, version, _ in ledger.read(held.sidecars["ledger"], {})
+                } if tables else None
+    return planning.recorded_prediction(summary, versions)
+
+
 def _differences(keys, before: Dict[str, Any], now: Dict[str, Any]) -> str:
     def difference(key: str) -> str:
         if key == "inference.model_path":
@@ -176,11 +190,17 @@ def _differences(keys, before: Dict[str, Any], now: Dict[str, Any]) -> str:
         if key == "tables":
             if key not in before:
                 return "by a daskinfer that did not record its tables' versions"
-            changed = [uri for uri in now[key] if before[key].get(uri) != now[key][uri]]
-            return f"the table {changed[0]} changed since" if changed else "other tables"
+            return _tables_differ(before[key], now[key])
         return f"{key}={before.get(key)} now {now[key]}"
 
     return ", ".join(difference(key) for key in keys)
+
+
+def _tables_differ(before: Dict[str, Any], now: Dict[str, Any]) -> str:
+    """The first table that changed, is new, or is gone, of each kind."""
+    found = {"changed": [uri for uri in now if uri in before and before[uri] != now[uri]],
+             "is new": [uri for uri in now if uri not in before], "is gone": [uri for uri in before if uri not in now]}
+    return ", ".join(f"the table {uris[0]} {how} since" for how, uris in found.items() if uris)
 
 
 def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.Scoring:

@@ -4,7 +4,7 @@ the settings every task gets, and the checks that fail fast, before any cluster 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -126,18 +126,24 @@ def pinned_uri(described: Dict[str, Any], given: str) -> str:
     return (described.get("resolved") or {}).get("uri") or given
 
 
+# What changes a document's record, besides the model (inference.model_path: its digest).
+PREDICTION_KEYS = ("threshold", "labels", "all_scores", "encoding", "input_format", "text_column", "id_column",
+                   "max_document_bytes")
+
+
 def prediction_settings(cfg: DictConfig, model_digest: Optional[str]) -> Dict[str, Any]:
     """Everything that changes what a document's record says: two runs that differ here
     cannot share one output (a resume refuses, naming the difference)."""
-    inf = cfg.inference
-    return {
-        "inference.model_path": model_digest or inf.model_path,
-        "inference.threshold": inf.threshold,
-        "inference.labels": list(inf.labels),
-        "inference.all_scores": inf.all_scores,
-        "inference.encoding": inf.encoding,
-        "inference.input_format": inf.input_format,
-        "inference.text_column": inf.text_column,
-        "inference.id_column": inf.id_column,
-        "inference.max_document_bytes": inf.max_document_bytes,
-    }
+    inf = OmegaConf.to_container(cfg.inference, resolve=True)
+    return {"inference.model_path": model_digest or inf["model_path"],
+            **{f"inference.{key}": inf[key] for key in PREDICTION_KEYS}}
+
+
+def recorded_prediction(summary: Dict[str, Any], tables: Optional[Dict[str, List[int]]]) -> Dict[str, Any]:
+    """prediction_settings as a finished run's summary.json recorded them, with its tables'
+    versions from its ledger: what a resume that adds to a finished output must match, as a
+    resume of an interrupted one matches what its lock file recorded."""
+    model, settings = summary.get("model") or {}, summary.get("settings") or {}
+    found = {"inference.model_path": model.get("sha256") or model.get("uri"),
+             **{f"inference.{key}": settings[key] for key in PREDICTION_KEYS if key in settings}}
+    return {**found, "tables": tables} if tables is not None else found

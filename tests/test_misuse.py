@@ -416,6 +416,37 @@ def test_a_resume_after_its_table_changed_is_refused(slow, tmp_path, on_client):
     assert filepaths(out) == [f"{table}#{i}" for i in range(400)]
 
 
+def test_a_resume_that_adds_to_a_finished_output_is_held_to_its_settings_and_tables(keras_model, tmp_path, on_client):
+    """A finished output has no lock file left to record what made it: its summary and ledger
+    say, and a resume with another threshold, or after a table changed, refuses as it would
+    for an interrupted run, leaving the results as they were."""
+    docs = copy_reviews(tmp_path / "docs", 30)
+    out = tmp_path / "out" / "res.jsonl"
+    args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+            f"inference.output_path={out}", *on_client]
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    finished = out.read_bytes()
+    refused = cli(*args, "inference.resume=true", "inference.threshold=0.9", cwd=tmp_path)
+    assert_user_error(refused, "inference.threshold=0.5 now 0.9", single_line=False)
+    assert out.read_bytes() == finished and json.loads(summary_beside(out).read_text())["settings"]["threshold"] == 0.5
+    added = copy_reviews(tmp_path / "docs", 5, offset=30)
+    resumed = cli(*args, "inference.resume=true", cwd=tmp_path)  # the same settings: what is new is added
+    assert resumed.returncode == 0, resumed.stderr
+    assert filepaths(out) == sorted(docs + added)
+
+    table = tmp_path / "reviews.jsonl"
+    table.write_text("".join(json.dumps({"text": path.read_text("utf-8")}) + "\n" for path in REVIEWS[:20]))
+    table_out = tmp_path / "tables" / "res.jsonl"
+    table_args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={table}",
+                  "inference.input_format=jsonl", f"inference.output_path={table_out}", *on_client]
+    assert cli(*table_args, cwd=tmp_path).returncode == 0
+    finished = table_out.read_bytes()
+    table.write_text(json.dumps({"text": "a new first row"}) + "\n" + table.read_text())
+    refused = cli(*table_args, "inference.resume=true", cwd=tmp_path)
+    assert_user_error(refused, f"the table {table} changed since", single_line=False)
+    assert table_out.read_bytes() == finished
+
+
 # ---------------------------------------------------------------- 5. inputs changed before the resume
 
 
