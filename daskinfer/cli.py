@@ -73,9 +73,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except config.ConfigError as exc:
         return fail(str(exc), EXIT_CONFIG_ERROR)
     except Interrupted as exc:
-        return fail(f"{exc}; to resume: {resume_command(argv, exc.output_uri)}", EXIT_INTERRUPTED)
+        return fail(f"{exc}; {resume_hint(argv, exc.output_uri)}", EXIT_INTERRUPTED)
     except Incomplete as exc:
-        hint = f"partial results kept; to resume: {resume_command(argv, exc.output_uri)}"
+        hint = f"partial results kept; {resume_hint(argv, exc.output_uri)}"
         if exc.hint_apart:
             print(f"daskinfer: {hint}", file=sys.stderr, flush=True)
             return fail(str(exc), EXIT_USER_ERROR)
@@ -105,10 +105,21 @@ def entry() -> None:
     os._exit(code)
 
 
-def resume_command(argv: List[str], output_uri: str) -> str:
-    """The same command, told to resume into the same output, with secrets left out."""
-    kept = [redaction.redacted_override(a) for a in argv if not a.startswith(("inference.resume=", "inference.output_path="))]
-    return shlex.join(["daskinfer", *kept, "inference.resume=true", f"inference.output_path={output_uri}"])
+def resume_hint(argv: List[str], output_uri: str) -> str:
+    """`to resume: ` and the same command, told to resume into the same output. An override
+    holding a secret is left out, and named: a command that passed *** for it would fail."""
+    kept, secret = [], []
+    for arg in argv:
+        if arg.startswith(("inference.resume=", "inference.output_path=")):
+            continue
+        if redaction.redacted_override(arg) == arg:
+            kept.append(arg)
+        else:
+            secret.append(arg.partition("=")[0])
+    command = shlex.join(["daskinfer", *kept, "inference.resume=true", f"inference.output_path={output_uri}"])
+    if secret:
+        return f"to resume, add back {', '.join(secret)} (left out as secret) to: {command}"
+    return f"to resume: {command}"
 
 
 def _version() -> str:

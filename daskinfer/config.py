@@ -146,6 +146,9 @@ def check(cfg: DictConfig) -> None:
                 "model_cache_dir"):
         if not OmegaConf.is_missing(inf, key) and isinstance(inf[key], str) and redaction.has_password(inf[key]):
             raise ConfigError(f"inference.{key}: {redaction.PASSWORD_REFUSED}")
+    if isinstance(cfg.cluster.address, str) and redaction.has_password(cfg.cluster.address):
+        raise ConfigError("cluster.address: a scheduler address with a password in it is refused (and not shown): "
+                          "dask authenticates with TLS certificates (cluster.tls), not passwords")
     _check_choice("inference.input_format", inf.input_format, INPUT_FORMATS)
     _check_choice("inference.output_format", inf.output_format, OUTPUT_FORMATS)
     named = os.path.splitext(str(inf.output_path or ""))[1].lower().lstrip(".")

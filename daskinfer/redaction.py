@@ -3,6 +3,7 @@ written to config.yaml, a log line or a resume command, with secret-looking valu
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 SECRET_WORDS = ("key", "secret", "token", "password")
+ENVIRONMENT = re.compile(r"\$\{oc\.env:\w+\}")  # an override naming a variable (no default): ${oc.env:NAME}
 
 
 def has_password(uri: str) -> bool:
@@ -42,7 +44,7 @@ def redacted(value: Any) -> Any:
 def redacted_override(item: str) -> str:
     """A key=value override as it may be echoed (a resume command): secrets as ***."""
     key, sep, value = item.partition("=")
-    if not sep:
+    if not sep or ENVIRONMENT.fullmatch(value):  # where the secret is, not the secret
         return item
     if any(word in key.rsplit(".", 1)[-1].lower() for word in SECRET_WORDS):
         return f"{key}=***"

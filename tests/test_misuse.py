@@ -711,6 +711,26 @@ def test_secrets_never_reach_the_terminal_or_the_output_folder(options, slow, tm
         assert secret not in run.stderr and secret not in run.stdout, run.stderr
         leaked = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
         assert leaked == []
+    resume = [line for line in run.stderr_lines if "to resume" in line]
+    if resume:  # named as left out, not passed as *** (which would fail the resume)
+        assert "add back storage.options" in resume[0] and "***" not in resume[0], resume[0]
+
+
+def test_a_resume_command_names_the_secrets_it_leaves_out_and_keeps_those_from_variables():
+    from daskinfer.cli import resume_hint
+
+    hint = resume_hint(["storage.options.key=${oc.env:AWS_KEY}", "storage.options.secret=S3CR3T"], "o.jsonl")
+    assert "add back storage.options.secret (left out as secret)" in hint and "S3CR3T" not in hint
+    assert resume_args(hint.replace("to resume, add back storage.options.secret (left out as secret) to:",
+                                    "to resume:")) == [
+        "storage.options.key=${oc.env:AWS_KEY}", "inference.resume=true", "inference.output_path=o.jsonl"]
+
+
+def test_a_scheduler_address_with_a_password_is_refused_without_showing_it(keras_model, tmp_path):
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path}",
+              "cluster.address=tcp://bob:SUPERSECRET123@127.0.0.1:1", cwd=tmp_path)
+    assert_user_error(run, "cluster.address: a scheduler address with a password in it is refused")
+    assert "SUPERSECRET123" not in run.stderr + run.stdout
 
 
 @pytest.mark.parametrize("where", ["model_path", "input_data_dir", "reference", "a manifest line"])
