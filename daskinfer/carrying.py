@@ -80,10 +80,11 @@ class Carrier:
         self.output_format = output_format
 
     def take(self, span: Sequence[Tuple[str, int]], scored: Optional[records.PartitionResult],
-             done: Container[str] = ()) -> records.PartitionResult:
+             done: Container[str] = ()) -> Tuple[records.PartitionResult, int]:
         """A unit's output: its documents ((uri, plan flags) each, in order) with the lines of
         the carried ones copied and those of the scored ones (flags 0) from scored, the
-        worker's result; lines already in the output (done, on a resume) left out."""
+        worker's result; and how many lines it left out as already in the output (done, on a
+        resume: a carried table's rows, which the unit did not count as done)."""
         fresh = _by_key(scored)
         predicted: Lines = []
         failed: Lines = []
@@ -97,6 +98,7 @@ class Carrier:
             predicted += found
             failed += self.errors.take(uri) if flags & ledger.IN_ERRORS else []
             carried += [record for _, record in found]
+        before = len(predicted) + len(failed)
         if done:
             predicted = [line for line in predicted if line[1]["filepath"] not in done]
             failed = [line for line in failed if line[1]["filepath"] not in done]
@@ -115,7 +117,7 @@ class Carrier:
         return records.PartitionResult(
             results, b"".join(line for line, _ in failed), len(predicted), len(failed), tally,
             scored.worker if scored is not None else "", records.stats(records_, [entry for _, entry in failed]),
-            carried=len(predicted) + len(failed) - n_scored)
+            carried=len(predicted) + len(failed) - n_scored), before - len(predicted) - len(failed)
 
     def close(self) -> None:
         self.results.close()

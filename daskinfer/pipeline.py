@@ -217,7 +217,8 @@ def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.S
     try:
         for unit, part in runner.in_order(units, scheduling.tasks_ahead(n_threads, job.cfg.cluster)):
             if unit.carried is not None:
-                part = carrier.take(unit.carried, part, out.done)
+                part, done_before = carrier.take(unit.carried, part, out.done)
+                unit = unit._replace(skipped=unit.skipped + done_before)
             if part is not None:
                 _write(out, part, ledger.tables_with_results(unit, part) if job.source.tables else ())
             scoring.add(unit, part)

@@ -34,7 +34,8 @@ class Scoring:
 
     def add(self, unit: Unit, part: Optional[records.PartitionResult]) -> None:
         incremental = unit.carried is not None and part is not None
-        self.documents += part.documents if incremental else unit.documents  # a carried table's rows: as read
+        # a carried table's rows: as read (those left out as done before a resume are skipped)
+        self.documents += part.documents + unit.skipped if incremental else unit.documents
         self.skipped += unit.skipped
         if part is None:
             return

@@ -303,19 +303,7 @@ def test_an_incremental_run_killed_mid_way_resumes_with_every_document_once(tmp_
 
     out = tmp_path / "2" / "res.jsonl"
     incremental = [*args, f"inference.output_path={out}", f"inference.incremental_from={tmp_path / '1'}"]
-    job = subprocess.Popen([sys.executable, "-m", "daskinfer", *incremental], cwd=tmp_path, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    partial = Path(f"{out}.partial")
-    deadline = time.monotonic() + 180
-    try:
-        while not (partial.exists() and partial.read_bytes().count(b"\n") >= 100):
-            assert job.poll() is None, job.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the incremental run wrote nothing"
-            time.sleep(0.05)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-    assert not out.exists()
+    killed_after_lines(incremental, out, 100, tmp_path)
 
     resumed = run_cli(*incremental, "inference.resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -324,6 +312,57 @@ def test_an_incremental_run_killed_mid_way_resumes_with_every_document_once(tmp_
     old = lines_by_key(tmp_path / "1" / "res.jsonl")
     new = lines_by_key(out)
     assert all(new[key] == line for key, line in old.items())
+    summary = json.loads((tmp_path / "2" / "summary.json").read_text())
+    assert summary["documents"] == summary["predicted"] + summary["errors"] == 300, summary
+
+
+def test_an_incremental_run_of_tables_killed_mid_way_resumes_with_every_row_once_and_counted(tmp_path):
+    """The carried tables' lines written before the kill are skipped on the resume, and counted so."""
+    from misuse_fakes import slow_model
+
+    model = slow_model(tmp_path / "slow")
+    folder = tmp_path / "tables"
+    folder.mkdir()
+
+    def write(n: int, reviews) -> None:
+        (folder / f"t{n}.jsonl").write_text("".join(json.dumps({"text": p.read_text("utf-8")}) + "\n" for p in reviews))
+
+    for n in range(10):
+        write(n, TEST[30 * n:30 * n + 30])
+    args = [f"inference.model_path={model}", f"inference.input_data_dir={folder}", "inference.input_format=jsonl",
+            "inference.batch_size=4", "inference.partition_size=20", *ONE_WORKER]
+    first = run_cli(*args, f"inference.output_path={tmp_path / '1' / 'res.jsonl'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    for n in range(5, 10):  # changed: scored again, after the five carried tables
+        write(n, TEST[300 + 30 * n:330 + 30 * n])
+    out = tmp_path / "2" / "res.jsonl"
+    incremental = [*args, f"inference.output_path={out}", f"inference.incremental_from={tmp_path / '1'}"]
+    killed_after_lines(incremental, out, 170, tmp_path)
+
+    resumed = run_cli(*incremental, "inference.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["filepath"] for r in read_jsonl(out)] == [f"{folder / f't{n}.jsonl'}#{i}" for n in range(10)
+                                                        for i in range(30)]
+    summary = json.loads((tmp_path / "2" / "summary.json").read_text())
+    assert summary["documents"] == summary["predicted"] + summary["errors"] == 300, summary
+    assert summary["skipped"] >= 170 and summary["skipped"] + summary["scored"] + summary["carried"] == 300, summary
+
+
+def killed_after_lines(args, out: Path, lines: int, cwd: Path) -> None:
+    """Start a run and kill it, workers and all, once its output holds lines lines."""
+    job = subprocess.Popen([sys.executable, "-m", "daskinfer", *args], cwd=cwd, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = Path(f"{out}.partial")
+    deadline = time.monotonic() + 180
+    try:
+        while not (partial.exists() and partial.read_bytes().count(b"\n") >= lines):
+            assert job.poll() is None, job.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the incremental run wrote too little"
+            time.sleep(0.05)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert not out.exists()
 
 
 def test_errors_that_may_pass_are_marked_transient():
