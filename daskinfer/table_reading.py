@@ -31,8 +31,12 @@ log = logging.getLogger("daskinfer")
 HEAD_LINES = 100  # of a CSV or JSON-lines file, read on the driver for its columns and types
 ESTIMATE_BYTES = 4 * 2**20  # of a CSV or JSON-lines file, read by a plan to estimate its rows
 # Only an empty CSV field is missing: a review may well read "NA" or "null". Integer columns
-# with a missing value stay integers (pandas would write an id 1 as 1.0).
-CSV_OPTIONS: Dict[str, Any] = {"keep_default_na": False, "na_values": [""], "dtype_backend": "numpy_nullable"}
+# with a missing value stay integers (pandas would write an id 1 as 1.0). Bytes the encoding
+# cannot decode are kept as lone surrogates (DECODE_ERRORS), for their row alone to become an
+# error entry (tables.Rows), not the whole table.
+DECODE_ERRORS = "surrogateescape"
+CSV_OPTIONS: Dict[str, Any] = {"keep_default_na": False, "na_values": [""], "dtype_backend": "numpy_nullable",
+                               "encoding_errors": DECODE_ERRORS}
 
 
 def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int,
@@ -88,7 +92,8 @@ def _head(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Opti
     with fs.open(path, "rb") as f:
         if fmt == "csv":
             try:
-                return pd.read_csv(f, nrows=HEAD_LINES, encoding=encoding, **CSV_OPTIONS)
+                with _python_strings():
+                    return pd.read_csv(f, nrows=HEAD_LINES, encoding=encoding, **CSV_OPTIONS)
             except pd.errors.EmptyDataError:
                 return None
         lines: List[bytes] = []
@@ -100,8 +105,9 @@ def _head(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Opti
                 lines.append(line)
     if not lines:
         return None
-    rows = [_row(line.decode(encoding)) for line in lines]
-    return pd.DataFrame.from_records(rows).convert_dtypes(dtype_backend="numpy_nullable")
+    rows = [_row(line.decode(encoding, DECODE_ERRORS)) for line in lines]
+    with _python_strings():
+        return pd.DataFrame.from_records(rows).convert_dtypes(dtype_backend="numpy_nullable")
 
 
 def read_csv(uri: str, names: Sequence[str], options: Mapping[str, Any], encoding: str) -> pd.DataFrame:
@@ -109,8 +115,16 @@ def read_csv(uri: str, names: Sequence[str], options: Mapping[str, Any], encodin
     import pandas as pd
 
     fs, path = storage.filesystem(uri, options)
-    with storage.storage_errors(uri), fs.open(path, "rb") as f:
+    with storage.storage_errors(uri), fs.open(path, "rb") as f, _python_strings():
         return pd.read_csv(f, usecols=list(names), encoding=encoding, **CSV_OPTIONS)[list(names)]
+
+
+def _python_strings():
+    """pandas' string columns held as Python strings, not Arrow's: a byte the encoding could not
+    decode (a lone surrogate, DECODE_ERRORS) is no UTF-8, and would fail the whole table."""
+    import pandas as pd
+
+    return pd.option_context("mode.string_storage", "python")
 
 
 def _jsonl_frame(uri: str, names: List[str], options: Mapping[str, Any], encoding: str, blocksize: int, meta):
@@ -140,7 +154,7 @@ def read_jsonl_block(block: bytes, names: Sequence[str], encoding: str) -> pd.Da
     a list as a list), a missing one as None."""
     import pandas as pd
 
-    rows = [_row(line) for line in block.decode(encoding).split("\n") if line.strip()]  # not splitlines: U+2028
+    rows = [_row(line) for line in block.decode(encoding, DECODE_ERRORS).split("\n") if line.strip()]  # not splitlines
     return pd.DataFrame({name: pd.Series([row.get(name) for row in rows], dtype=object) for name in names})
 
 
@@ -193,7 +207,8 @@ def head_rows(uri: str, fmt: str, names: Sequence[str], options: Mapping[str, An
             batch = next(pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=n, columns=names), None)
             return batch.to_pandas() if batch is not None else pd.DataFrame(columns=names)
         if fmt == "csv":
-            return pd.read_csv(f, nrows=n, usecols=names, encoding=encoding, **CSV_OPTIONS)[names]
+            with _python_strings():
+                return pd.read_csv(f, nrows=n, usecols=names, encoding=encoding, **CSV_OPTIONS)[names]
         lines = itertools.islice((line for line in f if line.strip()), n)
         return read_jsonl_block(b"".join(lines), names, encoding)
 

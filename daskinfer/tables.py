@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import numbers
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -162,7 +163,8 @@ class Rows(NamedTuple):
                 if isinstance(text, Exception):
                     out.fail(position, key, text)
                     continue
-            problem = _text_problem(text, columns.text, settings.max_document_bytes)
+            problem = (_undecodable((text, ids and ids[i], labels and labels[i]), columns, settings.encoding)
+                       or _text_problem(text, columns.text, settings.max_document_bytes))
             if problem:
                 out.fail(position, key, ValueError(problem))
                 continue
@@ -233,6 +235,19 @@ def _text_problem(text: Any, column: str, max_bytes: int) -> Optional[str]:
         return "empty document"
     if size > max_bytes:
         return f"document is {size} bytes, above inference.max_document_bytes={max_bytes}"
+    return None
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte the encoding could not decode (table_reading.DECODE_ERRORS)
+
+
+def _undecodable(values: Tuple[Any, ...], columns: Columns, encoding: str) -> Optional[str]:
+    """Why a row's text, id or label cannot be read in the encoding, if it cannot."""
+    for value, column in zip(values, (columns.text, columns.id, columns.label)):
+        bad = _ESCAPED.search(value) if isinstance(value, str) else None
+        if bad:
+            return (f"not valid {encoding} in column '{column}': byte 0x{ord(bad.group()) - 0xDC00:02x} at character "
+                    f"{bad.start()} (inference.encoding names the file's text encoding)")
     return None
 
 

@@ -55,11 +55,15 @@ def test_ids_and_texts_come_through_as_written(fmt, client, models, tmp_path):
     assert [r["id"] for r in records] == ids and [type(r["id"]) for r in records if r["id"]] == [int] * 3
     scores = models["keras"][1](texts)
     assert all(abs(r["logit_prob"] - float(score)) <= 1e-5 for r, score in zip(records, scores))
-    # read as UTF-8, the default: the error says which key names the encoding
-    with pytest.raises(daskinfer.RunFailed, match=r"UnicodeDecodeError: .* \(inference\.encoding names the file's"):
-        daskinfer.run(daskinfer.load_config([f"inference.model_path={models['keras'][0]}",
-                                             f"inference.input_data_dir={table}", f"inference.input_format={fmt}",
-                                             f"inference.output_path={tmp_path}/utf8.jsonl"]), client=client)
+    # read as UTF-8, the default: the row that is not valid UTF-8 is an error entry that says
+    # which key names the encoding, the others are scored
+    daskinfer.run(daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                                         f"inference.input_format={fmt}", "inference.error_budget=0.5",
+                                         f"inference.output_path={tmp_path}/utf8/res.jsonl"]), client=client)
+    assert [r["filepath"] for r in read_jsonl(tmp_path / "utf8" / "res.jsonl")] == [f"{table}#{i}" for i in (1, 2, 3)]
+    assert [(e["filepath"], e["error"]) for e in read_jsonl(tmp_path / "utf8" / "errors.jsonl")] == [
+        (f"{table}#0", "ValueError: not valid utf-8 in column 'text': byte 0xe9 at character 26 "
+                       "(inference.encoding names the file's text encoding)")]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -476,3 +480,33 @@ def test_small_tables_of_small_row_groups_are_scored_together(client, models, re
                                                   f"inference.incremental_from={tmp_path / '1'}"]), client=client)
     assert (second.summary["carried"], second.summary["scored"]) == (222, 20)
     assert_every_row_once(tmp_path / "2", shards, scores)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_row_that_is_not_valid_in_the_encoding_is_an_error_entry(fmt, client, models, reviews_table, tmp_path):
+    """Past the head the driver reads, in the text or in the id: that row alone fails."""
+    rows, _ = reviews_table
+    good = [row for row in rows if row["text"]][:300]
+    texts = [row["text"].replace("\n", " ") for row in good]
+    lines = [b"id,text\n"] if fmt == "csv" else []
+    for n, (row, text) in enumerate(zip(good, texts)):
+        raw_text = text.encode("utf-8") + (b" \xff" if n == 150 else b"")
+        raw_id = row["id"].encode("utf-8") + (b"\xfe" if n == 160 else b"")
+        if fmt == "csv":
+            lines.append(b'%s,"%s"\n' % (raw_id, raw_text.replace(b'"', b'""')))
+        else:
+            escaped = {"id": raw_id.decode("utf-8", "surrogateescape"), "text": raw_text.decode("utf-8", "surrogateescape")}
+            lines.append(json.dumps(escaped, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n")
+    table = tmp_path / f"t.{fmt}"
+    table.write_bytes(b"".join(lines))
+    out = tmp_path / "out" / "res.jsonl"
+    daskinfer.run(daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                                         f"inference.input_format={fmt}", "inference.id_column=id",
+                                         f"inference.output_path={out}"]), client=client)
+    records, errors = read_jsonl(out), read_jsonl(out.parent / "errors.jsonl")
+    assert [r["filepath"] for r in records] == [f"{table}#{n}" for n in range(300) if n not in (150, 160)]
+    assert [e["filepath"] for e in errors] == [f"{table}#150", f"{table}#160"]
+    assert "not valid utf-8 in column 'text': byte 0xff" in errors[0]["error"]
+    assert "not valid utf-8 in column 'id': byte 0xfe" in errors[1]["error"]
+    expected = models["keras"][1](texts[:50])
+    assert [abs(r["logit_prob"] - float(e)) <= 1e-5 for r, e in zip(records[:50], expected)] == [True] * 50
