@@ -5,9 +5,11 @@ loop) is listed with the reason, to become an error entry; it never stops the li
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import fnmatch
 import hashlib
+import logging
 import os
 import re
 import stat
@@ -19,6 +21,8 @@ import numpy as np
 from fsspec.spec import AbstractFileSystem
 
 from daskinfer import compat, storage
+
+log = logging.getLogger("daskinfer")
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,11 @@ def list_documents(
     glob: str = "*.txt",
     recursive: bool = False,
     storage_options: Optional[Mapping[str, Any]] = None,
+    leave_out: Tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> Listing:
     """Every non-folder entry under url whose name matches glob, in sorted order; url
-    itself when it names a file.
+    itself when it names a file; but for leave_out, (folders, files) as records name them:
+    daskinfer's own outputs (outputs.own_files), which a run in the input folder writes.
 
     Dangling links and unreadable files are listed too: they fail when read and are
     reported then, never dropped here.
@@ -141,7 +147,7 @@ def list_documents(
         if fs.isfile(root):
             folder, info = storage.parent(root), fs.info(root)
             return Listing(storage.full_uri(fs, folder).rstrip("/") + "/", [root[len(folder):].lstrip("/")],
-                           [int(info.get("size") or 0)], versions=[version_of(info)])
+                           [int(info.get("size") or 0)], versions=[file_version(fs, root, info)])
         errors: Dict[str, str] = {}
         if not _folder_exists(fs, root, url):
             entries: Iterator[Tuple[str, int, int]] = iter(())
@@ -151,9 +157,9 @@ def list_documents(
             entries = _find_remote(fs, root, recursive)
         prefix = storage.full_uri(fs, root).rstrip("/") + "/"
         names, sizes, versions = [], array("q"), array("q")
-        matches = name_matcher(glob)
+        matches, own = name_matcher(glob), _own_outputs(prefix, leave_out)
         for relative, size, version in entries:
-            if matches(relative) or relative in errors:
+            if (matches(relative) or relative in errors) and not own(relative):
                 names.append(relative)
                 sizes.append(size)
                 versions.append(version)
@@ -163,11 +169,36 @@ def list_documents(
     return Listing(prefix, names, sizes, errors, versions)
 
 
+def _own_outputs(prefix: str, leave_out: Tuple[Sequence[str], Sequence[str]]) -> Callable[[str], bool]:
+    """Whether a listed path (under prefix) is one of leave_out's folders and files; logged once."""
+    folders = tuple(folder.rstrip("/")[len(prefix):] + "/" for folder in leave_out[0] if folder.startswith(prefix))
+    files = {uri[len(prefix):] for uri in leave_out[1] if uri.startswith(prefix)}
+    told = []
+
+    def own(relative: str) -> bool:
+        found = relative in files or relative.startswith(folders)
+        if found and not told:
+            told.append(relative)
+            log.info("Leaving out daskinfer's own outputs among the inputs (%s%s, ...)", prefix, relative)
+        return found
+
+    return own
+
+
 def name_matcher(glob: str) -> Callable[[str], bool]:
     """Whether a listed path's file name matches glob (case-sensitively, as fnmatchcase),
     with the pattern compiled once: a million calls of fnmatchcase cost 0.8 s."""
     match = re.compile(fnmatch.translate(glob)).match
     return lambda path: match(path.rpartition("/")[2]) is not None
+
+
+def file_version(fs: AbstractFileSystem, path: str, info: Mapping[str, Any]) -> int:
+    """version_of a file fs.info described; a local file's modification time in nanoseconds
+    as a folder's listing reads it (fsspec's is a float, which keeps microseconds only)."""
+    if storage.is_local(fs):
+        with contextlib.suppress(OSError):
+            return os.stat(path).st_mtime_ns
+    return version_of(info)
 
 
 def version_of(info: Mapping[str, Any]) -> int:

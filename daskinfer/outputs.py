@@ -23,7 +23,7 @@ import posixpath
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from daskinfer import storage
 from daskinfer.errors import ConfigError
@@ -52,6 +52,18 @@ def default_output_path(output_format: str = "jsonl", now: Optional[float] = Non
             continue
         return os.path.join(folder, name), made or folder
     raise FileExistsError(f"no free run folder for {base} in {day}")
+
+
+def own_files(output_uri: Optional[str], storage_options: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
+    """What daskinfer writes that a listing of inputs must not take for inputs, as records name
+    files: (folders, files): the default run folders (outputs/ here), and the output named
+    with its .partial, its lock and its sidecars."""
+    files: List[str] = []
+    if output_uri:
+        fs, path = storage.filesystem(output_uri, storage_options)
+        uri = storage.full_uri(fs, path)
+        files = [uri, f"{uri}.partial", f"{uri}.lock", *_plain(uri).values(), *_named(uri).values()]
+    return [os.path.abspath("outputs")], files
 
 
 def _first_missing(folder: str) -> Optional[str]:

@@ -13,7 +13,7 @@ import itertools
 import math
 from typing import Any, Container, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from daskinfer import object_listing, table_reading, tables
+from daskinfer import object_listing, outputs, table_reading, tables
 from daskinfer.listing import Document, Listing, list_documents, size_range
 from daskinfer.manifest import Manifest
 from daskinfer.object_listing import GrowingListing
@@ -36,7 +36,11 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
         streamed = None
         if inf.input_format == "files" and not inf.resume and not inf.incremental_from:
             streamed = object_listing.open_listing(inf.input_data_dir, glob, inf.recursive, storage_options)
-        docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options) if streamed is None else streamed
+        if streamed is None:
+            own = outputs.own_files(inf.output_path, storage_options)
+            docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options, leave_out=own)
+        else:
+            docs = streamed
     if inf.input_format == "files":
         return FileSource(docs, inf.partition_size, inf.partition_bytes)
     if inf.input_manifest:

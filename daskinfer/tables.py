@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, NamedTuple
 
 from daskinfer import reading, records, storage, table_reading
 from daskinfer.errors import ConfigError
-from daskinfer.listing import version_of
+from daskinfer.listing import file_version
 
 if TYPE_CHECKING:
     from daskinfer.predict import Scored, Settings, Text
@@ -53,14 +53,14 @@ def check_listed_once(docs: Iterable[Any]) -> None:
 
 
 def versions(uris: Sequence[str], storage_options: Mapping[str, Any]) -> Dict[str, List[int]]:
-    """Each table's size and version (listing.version_of) now: a resume continues only into
+    """Each table's size and version (listing.file_version) now: a resume continues only into
     the same tables, as their rows are known by number."""
     found = {}
     for uri in uris:
         fs, path = storage.filesystem(uri, storage_options)
         with storage.storage_errors(uri):
             info = fs.info(path)
-        found[uri] = [info.get("size") or 0, version_of(info)]
+        found[uri] = [info.get("size") or 0, file_version(fs, path, info)]
     return found
 
 

@@ -510,3 +510,28 @@ def test_a_row_that_is_not_valid_in_the_encoding_is_an_error_entry(fmt, client, 
     assert "not valid utf-8 in column 'id': byte 0xfe" in errors[1]["error"]
     expected = models["keras"][1](texts[:50])
     assert [abs(r["logit_prob"] - float(e)) <= 1e-5 for r, e in zip(records[:50], expected)] == [True] * 50
+
+
+def test_a_runs_own_outputs_in_the_input_folder_are_not_taken_for_inputs(models, table_files, tmp_path, on_client):
+    """Run in the folder of the tables, the default outputs/ (JSON lines too) and a results file
+    named beside the tables are left out of the next run's inputs; a finished folder of tables
+    resumes as unchanged."""
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    rows = table_files["jsonl"].read_text("utf-8").splitlines(keepends=True)[10:50]  # no null text
+    (folder / "reviews.jsonl").write_text("".join(rows), "utf-8")
+    args = [f"inference.model_path={models['keras'][0]}", "inference.input_data_dir=.", "inference.input_format=jsonl",
+            "inference.recursive=true", *on_client]
+    expected = [f"{folder / 'reviews.jsonl'}#{i}" for i in range(40)]
+    for _ in range(2):
+        run = run_cli(*args, cwd=folder)
+        assert run.returncode == 0, run.stderr
+        results = Path(run.stderr_lines[-1].split("Output result location: ")[1])
+        assert [r["filepath"] for r in read_jsonl(results)] + [
+            e["filepath"] for e in read_jsonl(results.parent / "errors.jsonl")] == expected
+    named = [*args, f"inference.output_path={folder / 'res.jsonl'}"]
+    assert run_cli(*named, cwd=folder).returncode == 0
+    again = run_cli(*named, "inference.resume=true", cwd=folder)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["documents"], summary["scored"], summary["skipped"]) == (40, 0, 40)
