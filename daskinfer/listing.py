@@ -127,6 +127,14 @@ class Listing(Sequence[Document]):
         self.sized()
         return int(np.frombuffer(self.sizes, dtype=np.int64).clip(min=0).sum()) if len(self) else 0
 
+    def digest(self) -> Dict[str, Any]:
+        """count, bytes and a sha256 of the sorted names with their sizes: the same inputs
+        give the same digest on any machine."""
+        sha = hashlib.sha256()
+        for name, size in self.digest_rows():
+            sha.update(f"{name}\t{size}\n".encode("utf-8", "surrogateescape"))
+        return {"count": len(self), "bytes": self.total_bytes, "sha256": sha.hexdigest()}
+
 
 def list_documents(
     url: str,

@@ -8,7 +8,6 @@ summary and the progress bar never ask which kind of source they have.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 from typing import Any, Container, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -146,14 +145,8 @@ class FileSource:
         return Partition.of(itertools.islice(iter(self.docs), n))
 
     def digest(self) -> Optional[dict]:
-        """count, bytes and a sha256 of the sorted names with their sizes: the same inputs
-        give the same digest on any machine. None for a manifest (its entries are not sized)."""
-        if not isinstance(self.docs, Listing):
-            return None
-        sha = hashlib.sha256()
-        for name, size in self.docs.digest_rows():
-            sha.update(f"{name}\t{size}\n".encode("utf-8", "surrogateescape"))
-        return {"count": len(self.docs), "bytes": self.docs.total_bytes, "sha256": sha.hexdigest()}
+        """Listing.digest of the inputs; None for a manifest (its entries are not sized)."""
+        return self.docs.digest() if isinstance(self.docs, Listing) else None
 
 
 Source = Union[FileSource, TableSource]

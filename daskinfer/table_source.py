@@ -116,7 +116,8 @@ class TableSource:
                              self.encoding, n)
 
     def digest(self) -> Optional[dict]:
-        return None
+        """Listing.digest of the table files; None for a manifest's."""
+        return self.docs.digest() if isinstance(self.docs, Listing) else None
 
     def output_types(self) -> Dict[str, Any]:
         return tables.output_types([frame for _, frame in self.frames], self.columns)

@@ -455,7 +455,11 @@ def test_small_tables_of_small_row_groups_are_scored_together(client, models, re
     args = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
             "inference.input_format=parquet", "inference.id_column=id"]
     with distributed.get_task_stream(client) as stream:
-        daskinfer.run(daskinfer.load_config([*args, f"inference.output_path={tmp_path}/1/res.jsonl"]), client=client)
+        first = daskinfer.run(daskinfer.load_config([*args, f"inference.output_path={tmp_path}/1/res.jsonl"]),
+                              client=client)
+    files = sorted(folder.iterdir())
+    assert {key: first.summary["inputs"][key] for key in ("count", "bytes")} == {
+        "count": len(files), "bytes": sum(path.stat().st_size for path in files)}
     scoring = {task["key"] for task in stream.data if "daskinfer-partition" in str(task["key"])}
     assert 2 <= len(scoring) <= 12  # 49 row groups, 242 rows
 
