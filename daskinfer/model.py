@@ -8,6 +8,7 @@ import importlib
 import json
 import re
 import threading
+import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -54,6 +55,7 @@ Predictor = Callable[[list], Any]
 _lock = threading.Lock()
 _loaded: Dict[str, Predictor] = {}
 _load_counts: Dict[str, int] = {}
+_load_seconds: Dict[str, float] = {}
 
 
 def predictor(spec: ModelSpec) -> Predictor:
@@ -64,14 +66,22 @@ def predictor(spec: ModelSpec) -> Predictor:
         return found
     with _lock:
         if key not in _loaded:
+            began = time.perf_counter()
             _loaded[key] = _load(spec)
             _load_counts[spec.uri] = _load_counts.get(spec.uri, 0) + 1
+            _load_seconds[spec.uri] = time.perf_counter() - began
         return _loaded[key]
 
 
 def load_count(uri: str) -> int:
     """How many times this process loaded the model at uri (1 when all is well)."""
     return _load_counts.get(uri, 0)
+
+
+def load_seconds(uri: str) -> float:
+    """How long this process's last load of the model at uri took (0 before any): a
+    preload's too, which a task that finds the model loaded does not see."""
+    return _load_seconds.get(uri, 0.0)
 
 
 def _load(spec: ModelSpec) -> Predictor:

@@ -80,9 +80,8 @@ def _probe(client: Any, nthreads: Dict[str, int], sample: Any, settings: predict
 def _load(warm_up: Partition, settings: predict.Settings) -> Dict[str, Any]:
     """On one worker: the model's load (time, memory) and the graph's first calls."""
     before = _rss_mib()
-    loading = time.perf_counter()
-    model.predictor(settings.model)  # loaded once per process: its load, or the wait for its preload
-    load_s = time.perf_counter() - loading
+    model.predictor(settings.model)  # loaded once per process, here or by the worker's preload
+    load_s = model.load_seconds(settings.model.uri)
     predict.score(warm_up, settings)
     return {"model_load_s": round(load_s, 3), "worker_rss_mib": round(_rss_mib(), 1),
             "rss_before_load_mib": round(before, 1)}

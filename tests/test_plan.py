@@ -59,6 +59,9 @@ def test_plan_of_tables_counts_their_rows_and_estimates_from_a_sample_of_them(fm
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == f"inputs: 1 table file(s), {len(rows):,} rows, {table.stat().st_size:,} bytes"
+    # the load itself, not the wait for a load done before (the workers have the model already)
+    load = re.search(r"^model: loaded in ([\d.]+) s on a worker", run.stdout, re.M)
+    assert load and float(load.group(1)) >= 0.01, run.stdout
     sample = re.search(r"^sample: (\d+) documents on 2 thread\(s\) at once", run.stdout, re.M)
     assert sample and int(sample.group(1)) > 100
     estimates = re.findall(r"^\s+this cluster:\s+([\d,]+) docs/s, about ([\d.,]+) s$", run.stdout, re.M)
