@@ -177,7 +177,10 @@ def claim(uri: str, storage_options: Mapping[str, Any], resume: bool, made: Opti
 def _lock_new(lock_path: str, path: str, uri: str):
     """A new run: the lock file appears, already locked, or the claim fails."""
     staging = f"{lock_path}.{os.getpid()}"
-    fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:  # the folder takes no files: say so of the output, not of the lock's staging name
+        raise OSError(exc.errno, f"cannot write the output {uri}: {exc.strerror}") from None
     fcntl.flock(fd, fcntl.LOCK_EX)
     os.pwrite(fd, json.dumps(holder()).encode(), 0)
     try:

@@ -565,6 +565,14 @@ def test_an_output_path_that_is_a_folder_is_a_configuration_error(case, keras_mo
     assert not (tmp_path / "outputs").exists()
 
 
+def test_an_output_path_where_no_file_can_be_made_is_named_in_one_line(keras_model, tmp_path):
+    copy_reviews(tmp_path / "docs", 5)
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              "inference.output_path=/proc/daskinfer-res.jsonl", cwd=tmp_path, timeout=60)
+    assert_user_error(run, "cannot write the output /proc/daskinfer-res.jsonl")
+    assert ".lock" not in last_line(run)
+
+
 # ---------------------------------------------------------------- 10. a cluster.address that is no scheduler
 
 
