@@ -27,7 +27,7 @@ BATCH = 65536
 class Row(NamedTuple):
     filepath: str  # the document (a table file for table inputs), as records name it
     size: int  # -1: not known (a manifest's entries)
-    version: int  # listing.version_of: modification time or a hash of the ETag; 0: not known
+    version: int  # folder_walk.version_of: modification time or a hash of the ETag; 0: not known
     flags: int  # IN_RESULTS | IN_ERRORS
 
 

@@ -5,22 +5,20 @@ loop) is listed with the reason, to become an error entry; it never stops the li
 from __future__ import annotations
 
 import bisect
-import contextlib
-import errno
 import fnmatch
 import hashlib
 import logging
 import os
 import re
-import stat
 from array import array
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from fsspec.spec import AbstractFileSystem
 
 from daskinfer import compat, storage
+from daskinfer.folder_walk import file_version, walk_local, walk_remote
 
 log = logging.getLogger("daskinfer")
 
@@ -33,7 +31,7 @@ class Document:
     uri: str
     size: int
     error: Optional[str] = None
-    version: int = 0  # what changes when the file does (see version_of); 0: not known
+    version: int = 0  # what changes when the file does (folder_walk.version_of); 0: not known
 
 
 class Listing(Sequence[Document]):
@@ -160,9 +158,9 @@ def list_documents(
         if not _folder_exists(fs, root, url):
             entries: Iterator[Tuple[str, int, int]] = iter(())
         elif storage.is_local(fs):
-            entries = _scan_local(root, recursive, errors)
+            entries = walk_local(root, recursive, errors)
         else:
-            entries = _find_remote(fs, root, recursive)
+            entries = walk_remote(fs, root, recursive)
         prefix = storage.full_uri(fs, root).rstrip("/") + "/"
         names, sizes, versions = [], array("q"), array("q")
         matches, own = name_matcher(glob), _own_outputs(prefix, leave_out)
@@ -198,90 +196,6 @@ def name_matcher(glob: str) -> Callable[[str], bool]:
     with the pattern compiled once: a million calls of fnmatchcase cost 0.8 s."""
     match = re.compile(fnmatch.translate(glob)).match
     return lambda path: match(path.rpartition("/")[2]) is not None
-
-
-def file_version(fs: AbstractFileSystem, path: str, info: Mapping[str, Any]) -> int:
-    """version_of a file fs.info described; a local file's modification time in nanoseconds
-    as a folder's listing reads it (fsspec's is a float, which keeps microseconds only)."""
-    if storage.is_local(fs):
-        with contextlib.suppress(OSError):
-            return os.stat(path).st_mtime_ns
-    return version_of(info)
-
-
-def version_of(info: Mapping[str, Any]) -> int:
-    """What changes when a file does, as a number: the modification time in nanoseconds
-    for local files; for object stores a hash of the ETag (S3, and what GCS calls md5Hash)
-    or, failing that, of the modification time. An incremental run compares it, with the
-    size, to what the previous run recorded."""
-    for key in ("ETag", "etag", "md5Hash", "LastModified", "last_modified", "updated", "mtime", "created"):
-        value = info.get(key)
-        if value is not None:
-            if isinstance(value, float) and key == "mtime":
-                return int(value * 1e9)
-            digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
-            return int.from_bytes(digest, "little", signed=True) or 1
-    return 0
-
-
-def _scan_local(root: str, recursive: bool, errors: Dict[str, str], relative: str = "",
-                seen: Optional[Set[Tuple[int, int]]] = None) -> Iterator[Tuple[str, int, int]]:
-    """(path under root, size, modification time in ns) of every non-folder entry, lazily
-    (os.scandir). A regular file is named only (size -1, see Listing.sized): the entry's
-    type comes with its name on most file systems, so listing it costs no system call.
-
-    Only regular files (and links to them) are documents: anything else, a FIFO that
-    would block its reader for ever or a link to itself, is listed with the reason in
-    errors. With recursive, a folder reached again through a link is walked once.
-    """
-    if seen is None:
-        seen = {_identity(os.stat(root))}
-    with os.scandir(os.path.join(root, relative)) as entries:
-        for entry in entries:
-            name = f"{relative}{entry.name}"
-            try:
-                info = None if entry.is_file() else entry.stat()
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    errors[name] = "a symbolic link loop, not a file"
-                yield name, 0, 0  # a dangling link: listed, and reported when read
-                continue
-            if info is None:
-                yield name, -1, 0
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                if recursive:
-                    if _identity(info) in seen:
-                        errors[name] = "a link to a folder already listed (a folder link loop): walked once"
-                        yield name, 0, 0
-                        continue
-                    seen.add(_identity(info))
-                    yield from _scan_local(root, recursive, errors, name + "/", seen)
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                errors[name] = f"not a regular file ({_kind(info.st_mode)})"
-            yield name, info.st_size, info.st_mtime_ns
-
-
-def _identity(info: os.stat_result) -> Tuple[int, int]:
-    return info.st_dev, info.st_ino
-
-
-def _kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return kind
-    return "a special file"
-
-
-def _find_remote(fs: AbstractFileSystem, root: str, recursive: bool) -> Iterator[Tuple[str, int, int]]:
-    base = root.rstrip("/") + "/"
-    found = fs.find(root, maxdepth=None if recursive else 1, withdirs=True, detail=True)
-    fs.invalidate_cache(root)  # s3fs keeps every listed entry (1 KB a key) for the process's life
-    for path, info in found.items():
-        if info.get("type") != "directory" and path.startswith(base):
-            yield path[len(base):], int(info.get("size") or 0), version_of(info)
 
 
 def has_objects(fs: AbstractFileSystem, root: str) -> bool:

@@ -20,7 +20,8 @@ import numpy as np
 
 from daskinfer import compat, storage
 from daskinfer.errors import RunFailed
-from daskinfer.listing import Document, Listing, has_objects, name_matcher, version_of
+from daskinfer.folder_walk import version_of
+from daskinfer.listing import Document, Listing, has_objects, name_matcher
 
 log = logging.getLogger("daskinfer")
 CHUNK = 1000  # keys handed over at a time: a listing page's worth

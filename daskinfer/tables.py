@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, NamedTuple
 
 from daskinfer import reading, records, storage, table_reading
 from daskinfer.errors import ConfigError
-from daskinfer.listing import file_version
+from daskinfer.folder_walk import file_version
 
 if TYPE_CHECKING:
     from daskinfer.predict import Scored, Settings, Text
@@ -53,7 +53,7 @@ def check_listed_once(docs: Iterable[Any]) -> None:
 
 
 def versions(uris: Sequence[str], storage_options: Mapping[str, Any]) -> Dict[str, List[int]]:
-    """Each table's size and version (listing.file_version) now: a resume continues only into
+    """Each table's size and version (folder_walk.file_version) now: a resume continues only into
     the same tables, as their rows are known by number."""
     found = {}
     for uri in uris:
