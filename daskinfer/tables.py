@@ -2,10 +2,10 @@
 fsspec (read as lazy dask DataFrames by table_reading.py).
 
 A record's `filepath` is `<table URI>#<row number>`, the row counted from 0 in its file.
-A file is read in partitions (Parquet row groups, JSON-lines blocks, a CSV whole). The
-driver learns each partition's length once it is read, and cuts the rows of all the
-tables, in order, into units of about as many rows as a folder's partition holds
-documents: a big partition spreads over every worker, and small ones (row groups of a few
+A file is read in partitions (Parquet row groups gathered up to partition_bytes, JSON-lines
+blocks, a CSV whole). The driver learns each partition's length once it is read, and cuts
+the rows of all the tables, in order, into units of about as many rows as a folder's
+partition holds documents: a big partition spreads over every worker, and small ones (row groups of a few
 rows, small tables) are gathered into one scoring task, whose batches then find similar
 lengths as a big table's do.
 """
