@@ -10,7 +10,10 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-SECRET_WORDS = ("key", "secret", "token", "password")
+# In a key's name: its value is a secret (an Authorization header, a credentials file's text...)
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth", "cookie", "signature",
+                "private")
+URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^/\s:@]*):[^/\s@]+@")  # scheme://user:PASSWORD@host
 ENVIRONMENT = re.compile(r"\$\{oc\.env:\w+\}")  # an override naming a variable (no default): ${oc.env:NAME}
 
 
@@ -38,7 +41,7 @@ def redacted(value: Any) -> Any:
         }
     if isinstance(value, list):
         return [redacted(v) for v in value]
-    return value
+    return URL_PASSWORD.sub(r"\1:***@", value) if isinstance(value, str) else value
 
 
 def redacted_override(item: str) -> str:
@@ -46,6 +49,8 @@ def redacted_override(item: str) -> str:
     key, sep, value = item.partition("=")
     if not sep or ENVIRONMENT.fullmatch(value):  # where the secret is, not the secret
         return item
+    if URL_PASSWORD.search(value):
+        return f"{key}={redacted(value)}"
     if any(word in key.rsplit(".", 1)[-1].lower() for word in SECRET_WORDS):
         return f"{key}=***"
     if key in ("storage.options", "storage", "cluster.manager_kwargs", "cluster") or "{" in value:

@@ -700,6 +700,8 @@ def test_a_full_disk_ends_the_run_with_one_line_and_how_to_resume(keras_model, s
 @pytest.mark.parametrize("options", [
     ["storage.options.secret=SUPERSECRET123"],
     ["storage.options={key: SUPERSECRETKEY9, secret: SUPERSECRET123, endpoint_url: 'http://127.0.0.1:9'}"],
+    ["storage.options.client_kwargs.endpoint_url=http://admin:SUPERSECRET123@127.0.0.1:9",
+     "storage.options.headers.Authorization=Bearer SUPERSECRETKEY9"],
 ])
 def test_secrets_never_reach_the_terminal_or_the_output_folder(options, slow, tmp_path):
     copy_reviews(tmp_path / "docs", 400)
