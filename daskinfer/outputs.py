@@ -253,11 +253,11 @@ def _taken_locally(uri: str) -> bool:
 
 def _sidecars_of_finished(uri: str) -> Optional[Dict[str, str]]:
     """The sidecars of a finished output (resumed to add what is new): those whose summary
-    names it as its output."""
+    names it as its output, or a file of its name (an output moved or copied since)."""
     for sidecars in (_plain(uri), _named(uri)):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             with open(sidecars["summary"], encoding="utf-8") as f:
-                if json.load(f).get("output") == uri:
+                if posixpath.basename(str(json.load(f).get("output"))) == posixpath.basename(uri):
                     return sidecars
     return None
 

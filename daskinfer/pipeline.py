@@ -156,14 +156,14 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
             changed = [key for key, value in prediction.items() if before.get(key) != value]
             if changed:
                 raise ConfigError(
-                    f"cannot resume into {uri}: it was started with other settings "
+                    f"cannot resume into {uri}: it was started with other settings or inputs "
                     f"({_differences(changed, before, prediction)}); resume with the same ones, "
                     "or choose another inference.output_path")
         held.record({**held.previous, **outputs.holder(), "prediction": prediction})
         out = sink.OrderedSink(held, options, resume=inf.resume, output_format=inf.output_format, tables=source.tables,
                                column_types=source.output_types() if source.tables else {})
-    except BaseException:
-        held.release(keep=inf.resume)
+    except BaseException:  # the lock file stays only where an interrupted run recorded what to resume
+        held.release(keep=bool(held.previous.get("prediction")))
         raise
     if out.done:
         log.info("Resuming %s: %d documents already done", uri, len(out.done))

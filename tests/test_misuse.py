@@ -429,6 +429,13 @@ def test_a_resume_that_adds_to_a_finished_output_is_held_to_its_settings_and_tab
     refused = cli(*args, "inference.resume=true", "inference.threshold=0.9", cwd=tmp_path)
     assert_user_error(refused, "inference.threshold=0.5 now 0.9", single_line=False)
     assert out.read_bytes() == finished and json.loads(summary_beside(out).read_text())["settings"]["threshold"] == 0.5
+    assert not Path(f"{out}.lock").exists()  # nothing to resume is recorded: a later run is not refused for it
+    moved = tmp_path / "moved" / "res.jsonl"
+    shutil.copytree(out.parent, moved.parent)
+    refused = cli(*[a for a in args if not a.startswith("inference.output_path=")], f"inference.output_path={moved}",
+                  "inference.resume=true", "inference.threshold=0.9", cwd=tmp_path)
+    assert_user_error(refused, "inference.threshold=0.5 now 0.9", single_line=False)
+    assert sorted(p.name for p in moved.parent.iterdir()) == sorted(p.name for p in out.parent.iterdir())
     added = copy_reviews(tmp_path / "docs", 5, offset=30)
     resumed = cli(*args, "inference.resume=true", cwd=tmp_path)  # the same settings: what is new is added
     assert resumed.returncode == 0, resumed.stderr
