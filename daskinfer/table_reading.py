@@ -4,8 +4,9 @@ The driver reads a file's head only (a Parquet footer, the first lines of a CSV 
 file): the columns are checked before any work, and the head's types stand for the file's.
 A partition (Parquet row groups gathered up to partition_bytes, a block of JSON lines, a
 whole CSV file, since a quoted field may hold newlines that a block boundary would cut) is
-then read on a worker and typed by itself: ids that are numbers for a while and then words are read as written, where dask's
-own CSV and JSON readers stop the run with a "metadata mismatch".
+then read on a worker and typed by itself: ids that are numbers for a while and then words
+are read as written, where dask's own CSV and JSON readers stop the run with a "metadata
+mismatch".
 """
 
 from __future__ import annotations
