@@ -18,7 +18,7 @@ import io
 import itertools
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from daskinfer import storage
 from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
@@ -106,9 +106,12 @@ def _head(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Opti
                 lines.append(line)
     if not lines:
         return None
-    rows = [_row(line.decode(encoding, DECODE_ERRORS)) for line in lines]
-    with _python_strings():
-        return pd.DataFrame.from_records(rows).convert_dtypes(dtype_backend="numpy_nullable")
+    rows = [_row_or_bad(line.decode(encoding, DECODE_ERRORS)) for line in lines]
+    if not any(isinstance(row, dict) for row in rows):  # no JSON lines at all: not a bad row, a bad table
+        _row(lines[0].decode(encoding, DECODE_ERRORS))
+    with _python_strings():  # the head types the columns: a bad line's row is an error entry when read
+        return pd.DataFrame.from_records([row for row in rows if isinstance(row, dict)]).convert_dtypes(
+            dtype_backend="numpy_nullable")
 
 
 def read_csv(uri: str, names: Sequence[str], options: Mapping[str, Any], encoding: str) -> pd.DataFrame:
@@ -155,8 +158,24 @@ def read_jsonl_block(block: bytes, names: Sequence[str], encoding: str) -> pd.Da
     a list as a list), a missing one as None."""
     import pandas as pd
 
-    rows = [_row(line) for line in block.decode(encoding, DECODE_ERRORS).split("\n") if line.strip()]  # not splitlines
-    return pd.DataFrame({name: pd.Series([row.get(name) for row in rows], dtype=object) for name in names})
+    rows = [_row_or_bad(line) for line in block.decode(encoding, DECODE_ERRORS).split("\n") if line.strip()]
+    return pd.DataFrame({name: pd.Series([row.get(name) if isinstance(row, dict) else row if name == names[0] else None
+                                          for row in rows], dtype=object) for name in names})
+
+
+class BadLine(NamedTuple):
+    """A JSON line that is no JSON object, in place of its row's text (the first column): the
+    row becomes an error entry of its own, and the rest of the table is scored."""
+
+    reason: str
+
+
+def _row_or_bad(line: str) -> Any:
+    try:
+        return _row(line)
+    except ValueError as exc:  # json.JSONDecodeError among them
+        return BadLine(f"not a JSON object: {first_line(exc)}" if isinstance(exc, json.JSONDecodeError) else
+                       f"holds {first_line(exc)}")
 
 
 def _row(line: str) -> Dict[str, Any]:

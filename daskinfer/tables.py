@@ -158,6 +158,9 @@ class Rows(NamedTuple):
             if number in skipped:
                 continue
             key = records.row_key(self.uri, number)
+            if isinstance(text, table_reading.BadLine):
+                out.fail(position, key, ValueError(text.reason))
+                continue
             if isinstance(text, bytes):  # a binary column (Parquet BYTE_ARRAY without a string type)
                 text = reading.decode(text, settings.encoding)
                 if isinstance(text, Exception):

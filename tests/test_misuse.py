@@ -993,16 +993,32 @@ def test_a_folder_holding_a_keras_file_is_a_model(models, reference_scores, tmp_
     assert all(abs(r["logit_prob"] - reference[Path(r["filepath"]).name]) <= 1e-5 for r in records)
 
 
-def test_a_malformed_jsonl_table_line_is_named(keras_model, tmp_path):
+@pytest.mark.parametrize("bad", [2, 150])  # in the head the driver reads, and past it
+def test_a_malformed_jsonl_table_line_is_an_error_entry_and_the_rest_is_scored(bad, keras_model, tmp_path, on_client):
     table = tmp_path / "table" / "reviews.jsonl"
     table.parent.mkdir()
-    rows = [json.dumps({"text": source.read_text("utf-8")}) for source in REVIEWS[:5]]
-    rows[2] = '{"text": "a review cut short'
+    rows = [json.dumps({"text": source.read_text("utf-8")}) for source in REVIEWS[:200]]
+    rows[bad] = '{"text": "a review cut short'
+    rows[bad + 1] = '["a list, not an object"]'
     table.write_text("\n".join(rows) + "\n")
-    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={table}",
-              "inference.input_format=jsonl", f"inference.output_path={tmp_path / 'res.jsonl'}", *ONE_WORKER,
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={table}", "inference.error_budget=0.05",
+              "inference.input_format=jsonl", f"inference.output_path={tmp_path / 'res.jsonl'}", *on_client,
               cwd=tmp_path, timeout=120)
-    assert_user_error(run, "line 3", single_line=False)
+    assert run.returncode == 0, run.stderr
+    assert [r["filepath"] for r in read_jsonl(tmp_path / "res.jsonl")] == [
+        f"{table}#{i}" for i in range(200) if i not in (bad, bad + 1)]
+    errors = read_jsonl(tmp_path / "errors.jsonl")
+    assert [(e["filepath"], e["error"].split(":")[:2]) for e in errors] == [
+        (f"{table}#{bad}", ["ValueError", " not a JSON object"]), (f"{table}#{bad + 1}", ["ValueError", " holds a JSON list, not an object"])]
+
+
+def test_a_jsonl_table_of_no_json_at_all_is_one_line(keras_model, tmp_path):
+    table = tmp_path / "reviews.jsonl"
+    table.write_text("this is a plain text file\nnamed as JSON lines\n")
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={table}",
+              "inference.input_format=jsonl", f"inference.output_path={tmp_path / 'res.jsonl'}", cwd=tmp_path,
+              timeout=120)
+    assert_user_error(run, "line 1 is not valid JSON", code=1)
 
 
 def test_results_under_a_regular_file_fail_naming_the_output(keras_model, tmp_path):
