@@ -165,7 +165,7 @@ def list_documents(
         names, sizes, versions = [], array("q"), array("q")
         matches, own = name_matcher(glob), _own_outputs(prefix, leave_out)
         for relative, size, version in entries:
-            if (matches(relative) or relative in errors) and not own(relative):
+            if (matches(relative) or relative in errors) and not (own and own(relative)):
                 names.append(relative)
                 sizes.append(size)
                 versions.append(version)
@@ -175,10 +175,13 @@ def list_documents(
     return Listing(prefix, names, sizes, errors, versions)
 
 
-def _own_outputs(prefix: str, leave_out: Tuple[Sequence[str], Sequence[str]]) -> Callable[[str], bool]:
-    """Whether a listed path (under prefix) is one of leave_out's folders and files; logged once."""
+def _own_outputs(prefix: str, leave_out: Tuple[Sequence[str], Sequence[str]]) -> Optional[Callable[[str], bool]]:
+    """Whether a listed path (under prefix) is one of leave_out's folders and files, logged
+    once; None when none of them is under prefix (the usual case: no call per entry)."""
     folders = tuple(folder.rstrip("/")[len(prefix):] + "/" for folder in leave_out[0] if folder.startswith(prefix))
     files = {uri[len(prefix):] for uri in leave_out[1] if uri.startswith(prefix)}
+    if not folders and not files:
+        return None
     told = []
 
     def own(relative: str) -> bool:
