@@ -6,18 +6,17 @@ A partition (Parquet row groups gathered up to partition_bytes, a block of JSON 
 whole CSV file, since a quoted field may hold newlines that a block boundary would cut) is
 then read on a worker and typed by itself: ids that are numbers for a while and then words
 are read as written, where dask's own CSV and JSON readers stop the run with a "metadata
-mismatch".
+mismatch". A CSV's text and id are read as text, not typed by pandas for the whole file
+(csv_as_written).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import csv
-import io
 import itertools
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from daskinfer import storage
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("daskinfer")
 HEAD_LINES = 100  # of a CSV or JSON-lines file, read on the driver for its columns and types
-ESTIMATE_BYTES = 4 * 2**20  # of a CSV or JSON-lines file, read by a plan to estimate its rows
 # Only an empty CSV field is missing: a review may well read "NA" or "null". Integer columns
 # with a missing value stay integers (pandas would write an id 1 as 1.0). Bytes the encoding
 # cannot decode are kept as lone surrogates (DECODE_ERRORS), for their row alone to become an
@@ -38,6 +36,7 @@ ESTIMATE_BYTES = 4 * 2**20  # of a CSV or JSON-lines file, read by a plan to est
 DECODE_ERRORS = "surrogateescape"
 CSV_OPTIONS: Dict[str, Any] = {"keep_default_na": False, "na_values": [""], "dtype_backend": "numpy_nullable",
                                "encoding_errors": DECODE_ERRORS}
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
 
 
 def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int,
@@ -55,7 +54,7 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
                 table = dd.read_parquet(uri, split_row_groups="adaptive", blocksize=blocksize, storage_options=options)
                 _check_columns(uri, table.columns, columns)
                 return table[columns.names()]
-            head = _head(uri, fmt, options, encoding)
+            head = _head(uri, fmt, columns, options, encoding)
             if head is None or not len(head):  # a CSV file of a header alone included
                 log.info("%s holds no rows", uri)
                 return None
@@ -63,7 +62,7 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
             meta = head[columns.names()].iloc[:0]
             with dask.config.set({"dataframe.convert-string": False}):  # which writes a JSON list as Python would
                 if fmt == "csv":
-                    return dd.from_map(read_csv, [uri], args=(columns.names(), options, encoding), meta=meta,
+                    return dd.from_map(read_csv, [uri], args=(columns, options, encoding), meta=meta,
                                        enforce_metadata=False)
                 return _jsonl_frame(uri, columns.names(), options, encoding, blocksize, meta)
     except FileNotFoundError:
@@ -84,19 +83,22 @@ def _check_columns(uri: str, found: Iterable[Any], columns: Columns) -> None:
         raise ConfigError(f"{uri} has no column {', '.join(missing)}; its columns: {', '.join(found)}")
 
 
-def _head(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Optional[pd.DataFrame]:
-    """The file's first rows, typed as pandas types them; None when it holds nothing but
-    white space."""
+def _head(uri: str, fmt: str, columns: Columns, options: Mapping[str, Any], encoding: str) -> Optional[pd.DataFrame]:
+    """The file's first rows, typed as pandas types them (a CSV's text and id as a run reads
+    them, the id typed by its values: integers for an integer column); None when it holds
+    nothing but white space."""
     import pandas as pd
 
     fs, path = storage.filesystem(uri, options)
     with fs.open(path, "rb") as f:
         if fmt == "csv":
             try:
-                with _python_strings():
-                    return pd.read_csv(f, nrows=HEAD_LINES, encoding=encoding, **CSV_OPTIONS)
+                head = csv_as_written(f, columns, encoding, nrows=HEAD_LINES)
             except pd.errors.EmptyDataError:
                 return None
+            if columns.id in head.columns:
+                head[columns.id] = head[columns.id].convert_dtypes(dtype_backend="numpy_nullable")
+            return head
         lines: List[bytes] = []
         while len(lines) < HEAD_LINES:
             line = f.readline()
@@ -114,13 +116,38 @@ def _head(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Opti
             dtype_backend="numpy_nullable")
 
 
-def read_csv(uri: str, names: Sequence[str], options: Mapping[str, Any], encoding: str) -> pd.DataFrame:
-    """On a worker: a CSV file's columns."""
+def read_csv(uri: str, wanted: Columns, options: Mapping[str, Any], encoding: str) -> pd.DataFrame:
+    """On a worker: a CSV file's columns (not named `columns`: dask's from_map would pass its
+    own to a parameter of that name)."""
+    fs, path = storage.filesystem(uri, options)
+    with storage.storage_errors(uri), fs.open(path, "rb") as f:
+        return csv_as_written(f, wanted, encoding, usecols=wanted.names())[wanted.names()]
+
+
+def csv_as_written(f: Any, columns: Columns, encoding: str, **options: Any) -> pd.DataFrame:
+    """A CSV's rows with the text read as written, not as pandas would type the whole file
+    ("0123" stays "0123", where a file of numbers would read 123), and each id as written: a
+    number where JSON writes it the same way (1, -3, 0.5), else its text ("007", "1.50", "7b"),
+    so one id does not decide the others' type. Other columns (a label) pandas types."""
     import pandas as pd
 
-    fs, path = storage.filesystem(uri, options)
-    with storage.storage_errors(uri), fs.open(path, "rb") as f, _python_strings():
-        return pd.read_csv(f, usecols=list(names), encoding=encoding, **CSV_OPTIONS)[list(names)]
+    with _python_strings():
+        rows = pd.read_csv(f, encoding=encoding, dtype={c: str for c in (columns.text, columns.id) if c},
+                           **options, **CSV_OPTIONS)
+    if columns.id in rows.columns:
+        rows[columns.id] = pd.Series([_as_written(v) for v in rows[columns.id].tolist()], index=rows.index,
+                                     dtype=object)
+    return rows
+
+
+def _as_written(value: Any) -> Any:
+    """A CSV field as JSON would write it: a number when its digits are a number's own."""
+    if not isinstance(value, str):
+        return None  # missing: an empty field
+    if not _NUMBER.fullmatch(value):
+        return value
+    number = float(value) if "." in value else int(value)
+    return number if repr(number) == value else value
 
 
 def _python_strings():
@@ -183,67 +210,6 @@ def _row(line: str) -> Dict[str, Any]:
     if not isinstance(row, dict):
         raise ValueError(f"a JSON {type(row).__name__}, not an object")
     return row
-
-
-def count_rows(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) -> Tuple[int, bool]:
-    """A table's rows for a plan, and whether the count is exact: a Parquet file's footer
-    says; a CSV or JSON-lines file's records are counted, scaled from its first 4 MiB when
-    it is bigger."""
-    fs, path = storage.filesystem(uri, options)
-    with _read_errors(uri, fmt, options), fs.open(path, "rb") as f:
-        if fmt == "parquet":
-            import pyarrow.parquet
-
-            return pyarrow.parquet.ParquetFile(f).metadata.num_rows, True
-        block = f.read(ESTIMATE_BYTES + 1)
-    whole = len(block) <= ESTIMATE_BYTES
-    if not whole:
-        block = block[:block.rfind(b"\n") + 1]
-    seen = _csv_records(block, encoding) if fmt == "csv" else sum(1 for line in block.split(b"\n") if line.strip())
-    return (seen, True) if whole else (round(seen * fs.size(path) / max(len(block), 1)), False)
-
-
-def _csv_records(block: bytes, encoding: str) -> int:
-    """The records after the header, as csv reads them: a quoted field may hold newlines."""
-    reader = csv.reader(io.StringIO(block.decode(encoding, errors="replace"), newline=""))
-    seen = 0
-    with contextlib.suppress(csv.Error):  # a block cut inside a quoted field: what came before counts
-        for row in reader:
-            seen += bool(row)
-    return max(0, seen - 1)
-
-
-def head_rows(uri: str, fmt: str, names: Sequence[str], options: Mapping[str, Any], encoding: str,
-              n: int) -> pd.DataFrame:
-    """A table's first n rows, its columns as a run reads them: a plan's sample."""
-    import pandas as pd
-
-    names = list(names)
-    fs, path = storage.filesystem(uri, options)
-    with _read_errors(uri, fmt, options), fs.open(path, "rb") as f:
-        if fmt == "parquet":
-            import pyarrow.parquet
-
-            batch = next(pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=n, columns=names), None)
-            return batch.to_pandas() if batch is not None else pd.DataFrame(columns=names)
-        if fmt == "csv":
-            with _python_strings():
-                return pd.read_csv(f, nrows=n, usecols=names, encoding=encoding, **CSV_OPTIONS)[names]
-        lines = itertools.islice((line for line in f if line.strip()), n)
-        return read_jsonl_block(b"".join(lines), names, encoding)
-
-
-@contextlib.contextmanager
-def _read_errors(uri: str, fmt: str, options: Mapping[str, Any]) -> Iterator[None]:
-    """Storage errors as storage_errors maps them; anything else (a malformed line, a file
-    that is no table of this format) as one line, as a run says it."""
-    try:
-        with storage.storage_errors(uri):
-            yield
-    except (OSError, ConnectionError):
-        raise
-    except Exception as exc:
-        raise RunFailed(f"cannot read {uri} as {fmt}: {explain(root_cause(exc), uri, fmt, options)}") from None
 
 
 def read_ahead(client: Any, frames: List[Tuple[str, Any]], depth: int = 1) -> Iterator[Tuple[str, Any, Any]]:

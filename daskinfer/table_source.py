@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Container, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from daskinfer import records, table_reading, tables
+from daskinfer import records, table_reading, table_sampling, tables
 from daskinfer.errors import RunFailed, root_cause
 from daskinfer.listing import Document, Listing
 from daskinfer.manifest import Manifest
@@ -101,18 +101,18 @@ class TableSource:
     in_key_order = False  # rows are numbered, and "t#10" sorts before "t#9"
 
     def profile(self, max_bytes: int) -> dict:
-        """The tables, their bytes, and their rows as tables.estimate_rows counts them (a run
+        """The tables, their bytes, and their rows as table_sampling.estimate_rows counts them (a run
         learns them only as it reads)."""
         listed = isinstance(self.docs, Listing)
         sizes = {doc.uri: doc.size for doc in self.docs} if listed else None
         uris = [uri for uri, _ in self.frames]  # the empty ones left out
-        rows, exact = tables.estimate_rows(uris, [sizes[u] for u in uris] if sizes else None, self.fmt,
+        rows, exact = table_sampling.estimate_rows(uris, [sizes[u] for u in uris] if sizes else None, self.fmt,
                                            self.storage_options, self.encoding)
         return {"documents": None, "tables": len(self.docs), "rows": rows, "rows_exact": exact,
                 "bytes": self.docs.total_bytes if listed else None, "sizes": {}, "skipped": {}}
 
-    def sample(self, n: int) -> Optional[tables.Sampled]:
-        return tables.sample([uri for uri, _ in self.frames], self.fmt, self.columns, self.storage_options,
+    def sample(self, n: int) -> Optional[table_sampling.Sampled]:
+        return table_sampling.sample([uri for uri, _ in self.frames], self.fmt, self.columns, self.storage_options,
                              self.encoding, n)
 
     def digest(self) -> Optional[dict]:

@@ -26,8 +26,6 @@ from daskinfer.folder_walk import file_version
 if TYPE_CHECKING:
     from daskinfer.predict import Scored, Settings, Text
 
-COUNTED = 32  # tables a plan counts the rows of; more are estimated from these
-COUNTED_FOOTERS = 512  # Parquet files: a footer is a small read, and exact
 DEFAULT_GLOBS = {"files": "*.txt", "jsonl": "*.jsonl", "csv": "*.csv", "parquet": "*.parquet"}
 
 
@@ -83,54 +81,6 @@ def output_types(frames: Sequence[Any], columns: Columns) -> Dict[str, Any]:
 def take_rows(part, start: int, stop: int):
     """Rows [start, stop) of a partition (a pandas DataFrame): what one scoring task receives."""
     return part.iloc[start:stop]
-
-
-def estimate_rows(uris: Sequence[str], sizes: Optional[Sequence[int]], fmt: str, options: Mapping[str, Any],
-                  encoding: str) -> Tuple[int, bool]:
-    """All the tables' rows for a plan, and whether the figure is exact: each table counted
-    (table_reading.count_rows), or, above COUNTED tables (COUNTED_FOOTERS Parquet files),
-    that many of them spread evenly, scaled by their bytes (by their number when the sizes
-    are not known)."""
-    step = max(1, -(-len(uris) // (COUNTED_FOOTERS if fmt == "parquet" else COUNTED)))
-    chosen = range(0, len(uris), step)
-    counts = [table_reading.count_rows(uris[i], fmt, options, encoding) for i in chosen]
-    rows, exact = sum(n for n, _ in counts), all(whole for _, whole in counts)
-    if step == 1:
-        return rows, exact
-    known = sizes is not None and all(size > 0 for size in sizes)
-    counted = sum(sizes[i] for i in chosen) if known else len(chosen)
-    return round(rows * (sum(sizes) if known else len(uris)) / max(counted, 1)), False
-
-
-class Sampled:
-    """A plan's sample of rows, held on the driver and sent whole, as a piece a worker
-    scores. Its records' keys are not the rows' own: a plan writes nothing."""
-
-    def __init__(self, rows: "Rows", frame: Any):
-        self.rows, self.frame = rows, frame
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def __getitem__(self, part: slice) -> "Sampled":
-        return Sampled(self.rows, self.frame.iloc[part])
-
-    def texts(self, settings: Settings, out: Scored) -> List[Text]:
-        return self.rows.texts(settings, out, self.frame)
-
-
-def sample(uris: Sequence[str], fmt: str, columns: Columns, options: Mapping[str, Any], encoding: str,
-           n: int) -> Optional[Sampled]:
-    """Up to n rows for a plan, the first ones of the first tables."""
-    import pandas as pd
-
-    heads = []
-    for uri in uris:
-        if n <= 0:
-            break
-        heads.append(table_reading.head_rows(uri, fmt, columns.names(), options, encoding, n))
-        n -= len(heads[-1])
-    return Sampled(Rows(uris[0], 0, (), columns), pd.concat(heads, ignore_index=True)) if heads else None
 
 
 class Rows(NamedTuple):

@@ -74,30 +74,30 @@ def test_rows_of_big_and_many_tables_are_estimated_and_said_to_be(fmt, reviews_t
     """Past 4 MiB a text table's rows are scaled from its head; past 32 text tables, from 32 of them."""
     import pandas as pd
 
-    from daskinfer import tables
+    from daskinfer import table_sampling
 
     rows, _ = reviews_table
     big = pd.DataFrame(rows * 12)
     path = tmp_path / f"big.{fmt}"
     big.to_csv(path, index=False) if fmt == "csv" else big.to_json(path, orient="records", lines=True)
     assert path.stat().st_size > 5 * 2**20
-    estimate, exact = tables.estimate_rows([str(path)], None, fmt, {}, "utf-8")
+    estimate, exact = table_sampling.estimate_rows([str(path)], None, fmt, {}, "utf-8")
     assert not exact and abs(estimate - len(big)) <= 0.05 * len(big), (estimate, len(big))
     small = [tmp_path / f"t{i:02}.{fmt}" for i in range(40)]
     for i, table in enumerate(small):
         part = pd.DataFrame(rows[: 10 + i])
         part.to_csv(table, index=False) if fmt == "csv" else part.to_json(table, orient="records", lines=True)
-    estimate, exact = tables.estimate_rows([str(p) for p in small], [p.stat().st_size for p in small], fmt, {},
+    estimate, exact = table_sampling.estimate_rows([str(p) for p in small], [p.stat().st_size for p in small], fmt, {},
                                            "utf-8")
     truth = sum(10 + i for i in range(40))
     assert not exact and abs(estimate - truth) <= 0.1 * truth, (estimate, truth)
-    assert tables.estimate_rows([str(p) for p in small[:32]], None, fmt, {}, "utf-8") == (
+    assert table_sampling.estimate_rows([str(p) for p in small[:32]], None, fmt, {}, "utf-8") == (
         sum(10 + i for i in range(32)), True)
     # Parquet footers hold the exact count: 40 files are all read
     footers = [tmp_path / f"t{i:02}.parquet" for i in range(40)]
     for i, table in enumerate(footers):
         pd.DataFrame(rows[: 10 + i]).to_parquet(table)
-    assert tables.estimate_rows([str(p) for p in footers], None, "parquet", {}, "utf-8") == (truth, True)
+    assert table_sampling.estimate_rows([str(p) for p in footers], None, "parquet", {}, "utf-8") == (truth, True)
 
 
 def test_plan_of_a_table_with_a_malformed_line_past_its_head_samples_the_rest(table_files, models, tmp_path,

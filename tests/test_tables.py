@@ -66,6 +66,25 @@ def test_ids_and_texts_come_through_as_written(fmt, client, models, tmp_path):
                        "(inference.encoding names the file's text encoding)")]
 
 
+def test_csv_texts_and_ids_are_read_as_written(client, models, tmp_path):
+    """A CSV's texts are scored as written, where pandas would type a column of numbers as
+    numbers for the whole file ("1.50" scored as "1.5"); its ids come through as written,
+    a number only where JSON writes it the same way, so "007" keeps its zeros."""
+    texts = ["10", "1.50", "0123", "7", "1"]
+    ids = ["007", "1.50", "2", "0.5", ""]
+    table = tmp_path / "t.csv"
+    table.write_text("id,text\n" + "".join(f"{i},{t}\n" for i, t in zip(ids, texts)))
+    out = tmp_path / "res.jsonl"
+    daskinfer.run(daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                                         "inference.input_format=csv", "inference.id_column=id",
+                                         f"inference.output_path={out}"]), client=client)
+    records = read_jsonl(out)
+    assert [r["id"] for r in records] == ["007", "1.50", 2, 0.5, None]
+    scores, typed = models["keras"][1](texts), models["keras"][1]([str(float(t)) for t in texts])
+    assert [abs(r["logit_prob"] - float(s)) <= 1e-5 for r, s in zip(records, scores)] == [True] * len(texts)
+    assert max(abs(float(a) - float(b)) for a, b in zip(scores, typed)) > 1e-4  # else the texts cannot tell
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_tables_on_the_command_line(fmt, models, table_files, reviews_table, tmp_path, on_client):
     out = tmp_path / "res.jsonl"
@@ -424,7 +443,7 @@ def test_ids_that_turn_from_numbers_to_words_after_the_head_are_read_as_written(
         f"inference.input_format={fmt}", "inference.partition_bytes=65536", f"inference.output_format={output}",
         f"inference.output_path={out}"]), client=client)
     records = read_jsonl(out) if output == "jsonl" else pd.read_parquet(out).to_dict("records")
-    assert [r["id"] for r in records] == (ids if fmt == output == "jsonl" else [str(i) for i in ids])
+    assert [r["id"] for r in records] == (ids if output == "jsonl" else [str(i) for i in ids])
     scores = models["keras"][1](texts)
     assert [abs(r["logit_prob"] - float(s)) <= 1e-5 for r, s in zip(records, scores)] == [True] * len(texts)
 
