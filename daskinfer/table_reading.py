@@ -6,8 +6,7 @@ A partition (Parquet row groups gathered up to partition_bytes, a block of JSON 
 whole CSV file, since a quoted field may hold newlines that a block boundary would cut) is
 then read on a worker and typed by itself: ids that are numbers for a while and then words
 are read as written, where dask's own CSV and JSON readers stop the run with a "metadata
-mismatch". A CSV's text and id are read as text, not typed by pandas for the whole file
-(csv_as_written).
+mismatch". A CSV's fields are read as written, not typed by pandas (csv_reading.py).
 """
 
 from __future__ import annotations
@@ -16,10 +15,10 @@ import collections
 import itertools
 import json
 import logging
-import re
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from daskinfer import storage
+from daskinfer import csv_reading, storage
+from daskinfer.csv_reading import DECODE_ERRORS, BadLine, python_strings
 from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
 
 if TYPE_CHECKING:
@@ -29,14 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("daskinfer")
 HEAD_LINES = 100  # of a CSV or JSON-lines file, read on the driver for its columns and types
-# Only an empty CSV field is missing: a review may well read "NA" or "null". Integer columns
-# with a missing value stay integers (pandas would write an id 1 as 1.0). Bytes the encoding
-# cannot decode are kept as lone surrogates (DECODE_ERRORS), for their row alone to become an
-# error entry (tables.Rows), not the whole table.
-DECODE_ERRORS = "surrogateescape"
-CSV_OPTIONS: Dict[str, Any] = {"keep_default_na": False, "na_values": [""], "dtype_backend": "numpy_nullable",
-                               "encoding_errors": DECODE_ERRORS}
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
 
 
 def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, Any], blocksize: int,
@@ -93,7 +84,7 @@ def _head(uri: str, fmt: str, columns: Columns, options: Mapping[str, Any], enco
     with fs.open(path, "rb") as f:
         if fmt == "csv":
             try:
-                head = csv_as_written(f, columns, encoding, nrows=HEAD_LINES)
+                head = csv_reading.read(f, columns, encoding, nrows=HEAD_LINES)
             except pd.errors.EmptyDataError:
                 return None
             if columns.id in head.columns:
@@ -111,7 +102,7 @@ def _head(uri: str, fmt: str, columns: Columns, options: Mapping[str, Any], enco
     rows = [_row_or_bad(line.decode(encoding, DECODE_ERRORS)) for line in lines]
     if not any(isinstance(row, dict) for row in rows):  # no JSON lines at all: not a bad row, a bad table
         _row(lines[0].decode(encoding, DECODE_ERRORS))
-    with _python_strings():  # the head types the columns: a bad line's row is an error entry when read
+    with python_strings():  # the head types the columns: a bad line's row is an error entry when read
         return pd.DataFrame.from_records([row for row in rows if isinstance(row, dict)]).convert_dtypes(
             dtype_backend="numpy_nullable")
 
@@ -121,41 +112,7 @@ def read_csv(uri: str, wanted: Columns, options: Mapping[str, Any], encoding: st
     own to a parameter of that name)."""
     fs, path = storage.filesystem(uri, options)
     with storage.storage_errors(uri), fs.open(path, "rb") as f:
-        return csv_as_written(f, wanted, encoding, usecols=wanted.names())[wanted.names()]
-
-
-def csv_as_written(f: Any, columns: Columns, encoding: str, **options: Any) -> pd.DataFrame:
-    """A CSV's rows with the text read as written, not as pandas would type the whole file
-    ("0123" stays "0123", where a file of numbers would read 123), and each id as written: a
-    number where JSON writes it the same way (1, -3, 0.5), else its text ("007", "1.50", "7b"),
-    so one id does not decide the others' type. Other columns (a label) pandas types."""
-    import pandas as pd
-
-    with _python_strings():
-        rows = pd.read_csv(f, encoding=encoding, dtype={c: str for c in (columns.text, columns.id) if c},
-                           **options, **CSV_OPTIONS)
-    if columns.id in rows.columns:
-        rows[columns.id] = pd.Series([_as_written(v) for v in rows[columns.id].tolist()], index=rows.index,
-                                     dtype=object)
-    return rows
-
-
-def _as_written(value: Any) -> Any:
-    """A CSV field as JSON would write it: a number when its digits are a number's own."""
-    if not isinstance(value, str):
-        return None  # missing: an empty field
-    if not _NUMBER.fullmatch(value):
-        return value
-    number = float(value) if "." in value else int(value)
-    return number if repr(number) == value else value
-
-
-def _python_strings():
-    """pandas' string columns held as Python strings, not Arrow's: a byte the encoding could not
-    decode (a lone surrogate, DECODE_ERRORS) is no UTF-8, and would fail the whole table."""
-    import pandas as pd
-
-    return pd.option_context("mode.string_storage", "python")
+        return csv_reading.read(f, wanted, encoding)[wanted.names()]
 
 
 def _jsonl_frame(uri: str, names: List[str], options: Mapping[str, Any], encoding: str, blocksize: int, meta):
@@ -188,13 +145,6 @@ def read_jsonl_block(block: bytes, names: Sequence[str], encoding: str) -> pd.Da
     rows = [_row_or_bad(line) for line in block.decode(encoding, DECODE_ERRORS).split("\n") if line.strip()]
     return pd.DataFrame({name: pd.Series([row.get(name) if isinstance(row, dict) else row if name == names[0] else None
                                           for row in rows], dtype=object) for name in names})
-
-
-class BadLine(NamedTuple):
-    """A JSON line that is no JSON object, in place of its row's text (the first column): the
-    row becomes an error entry of its own, and the rest of the table is scored."""
-
-    reason: str
 
 
 def _row_or_bad(line: str) -> Any:

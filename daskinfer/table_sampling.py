@@ -9,7 +9,7 @@ import io
 import itertools
 from typing import TYPE_CHECKING, Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from daskinfer import storage, table_reading, tables
+from daskinfer import csv_reading, storage, table_reading, tables
 from daskinfer.errors import RunFailed, root_cause
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def head_rows(uri: str, fmt: str, columns: tables.Columns, options: Mapping[str,
             batch = next(pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=n, columns=names), None)
             return batch.to_pandas() if batch is not None else pd.DataFrame(columns=names)
         if fmt == "csv":
-            return table_reading.csv_as_written(f, columns, encoding, nrows=n, usecols=names)[names]
+            return csv_reading.read(f, columns, encoding, nrows=n)[names]
         lines = itertools.islice((line for line in f if line.strip()), n)
         return table_reading.read_jsonl_block(b"".join(lines), names, encoding)
 

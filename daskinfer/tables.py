@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from daskinfer import reading, records, storage, table_reading
+from daskinfer import csv_reading, reading, records, storage
 from daskinfer.errors import ConfigError
 from daskinfer.folder_walk import file_version
 
@@ -108,7 +108,7 @@ class Rows(NamedTuple):
             if number in skipped:
                 continue
             key = records.row_key(self.uri, number)
-            if isinstance(text, table_reading.BadLine):
+            if isinstance(text, csv_reading.BadLine):
                 out.fail(position, key, ValueError(text.reason))
                 continue
             if isinstance(text, bytes):  # a binary column (Parquet BYTE_ARRAY without a string type)
@@ -191,7 +191,7 @@ def _text_problem(text: Any, column: str, max_bytes: int) -> Optional[str]:
     return None
 
 
-_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte the encoding could not decode (table_reading.DECODE_ERRORS)
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte the encoding could not decode (csv_reading.DECODE_ERRORS)
 
 
 def _undecodable(values: Tuple[Any, ...], columns: Columns, encoding: str) -> Optional[str]:

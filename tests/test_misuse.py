@@ -1012,6 +1012,32 @@ def test_a_malformed_jsonl_table_line_is_an_error_entry_and_the_rest_is_scored(b
         (f"{table}#{bad}", ["ValueError", " not a JSON object"]), (f"{table}#{bad + 1}", ["ValueError", " holds a JSON list, not an object"])]
 
 
+@pytest.mark.parametrize("bad", [2, 150])  # in the head the driver reads, and past it
+def test_a_csv_row_of_too_many_fields_is_an_error_entry_and_the_rest_is_scored(bad, keras_model, tmp_path, on_client):
+    """An unquoted comma in a review: that row is an error entry that says why, not scored cut
+    short at the comma (pandas' fast parser drops extra fields when asked for some columns)."""
+    import csv
+    import io
+
+    table = tmp_path / "table" / "reviews.csv"
+    table.parent.mkdir()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "text"])
+    writer.writerows([i, source.read_text("utf-8")] for i, source in enumerate(REVIEWS[:200]))
+    lines = out.getvalue().split("\n")
+    lines[bad + 1] = f"{bad},a fine film, warm and funny"  # +1: the header
+    table.write_text("\n".join(lines))
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={table}", "inference.error_budget=0.05",
+              "inference.input_format=csv", "inference.id_column=id", f"inference.output_path={tmp_path / 'res.jsonl'}",
+              *on_client, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    records = read_jsonl(tmp_path / "res.jsonl")
+    assert [(r["filepath"], r["id"]) for r in records] == [(f"{table}#{i}", i) for i in range(200) if i != bad]
+    assert [(e["filepath"], e["error"]) for e in read_jsonl(tmp_path / "errors.jsonl")] == [
+        (f"{table}#{bad}", "ValueError: holds 3 fields where the header names 2 (a field holding a comma must be quoted)")]
+
+
 def test_a_jsonl_table_of_no_json_at_all_is_one_line(keras_model, tmp_path):
     table = tmp_path / "reviews.jsonl"
     table.write_text("this is a plain text file\nnamed as JSON lines\n")
