@@ -4,12 +4,15 @@ gives up within the connect timeout whatever answers at that address."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from omegaconf import DictConfig
 
 from daskinfer.errors import ConfigError, first_line
 
+log = logging.getLogger("daskinfer")
+PATIENCE_S = 2  # a scheduler that answers takes well under this; after it, the run says it waits
 
 SCHEDULER_PROTOCOLS = ("tcp", "tls", "ucx", "inproc", "ws", "wss")
 
@@ -62,7 +65,11 @@ def client(cfg: DictConfig):
 
     attempt = threading.Thread(target=connect_client, name="daskinfer-connect", daemon=True)
     attempt.start()
-    attempt.join(timeout + 5)
+    attempt.join(min(PATIENCE_S, timeout))
+    if attempt.is_alive():  # refused (distributed retries until the timeout), or slow: say why we wait
+        log.info("Waiting for the dask scheduler at %s, for up to %g s (distributed.comm.timeouts.connect)",
+                 cfg.address, timeout)
+        attempt.join(timeout + 5)
     if "client" in made:
         return made["client"]
     exc = made.get("error")

@@ -108,6 +108,7 @@ def test_unreachable_scheduler(model, test_docs, tmp_path):
         cwd=tmp_path, env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"},
     )
     assert_user_error(run, "cannot reach the dask scheduler", address, single_line=False)
+    assert f"Waiting for the dask scheduler at {address}, for up to 3 s" in run.stderr  # not a silent wait
     assert_no_results(tmp_path)
 
 
