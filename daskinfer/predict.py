@@ -178,7 +178,8 @@ def decide(output: Any, settings: Settings) -> Tuple[np.ndarray, np.ndarray, np.
     """(label index, logit_prob, per-class scores) of each row of the model's output.
 
     One output: the score of labels[1], and labels[1] when it is above the threshold.
-    Two classes: the class whose score is above the threshold (labels[1]) or not, and its score.
+    Two classes (a softmax, as keras_hub's classifiers end): the same, labels[1]'s score being
+    the second, so that logit_prob means what it means for a sigmoid model.
     More: the top class and its score.
     """
     scores = np.asarray(output, dtype=np.float64)
@@ -188,9 +189,8 @@ def decide(output: Any, settings: Settings) -> Tuple[np.ndarray, np.ndarray, np.
         index = (scores > settings.threshold).astype(int)
         return index, scores, np.stack([1.0 - scores, scores], axis=1)
     if scores.shape[1] == 2:
-        index = (scores[:, 1] > settings.threshold).astype(int)
-    else:
-        index = scores.argmax(axis=1)
+        return (scores[:, 1] > settings.threshold).astype(int), scores[:, 1], scores
+    index = scores.argmax(axis=1)
     return index, scores[np.arange(len(scores)), index], scores
 
 

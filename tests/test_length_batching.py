@@ -226,6 +226,7 @@ def test_keras_hub_classifier_scored_end_to_end(tmp_path):
         negative, positive = scores[r["filepath"]]
         assert abs(r["scores"]["positive"] - positive) <= 1e-5 and abs(r["scores"]["negative"] - negative) <= 1e-5
         assert r["sentiment"] == ("positive" if positive > 0.5 else "negative")
+        assert abs(r["logit_prob"] - positive) <= 1e-5  # the positive class's score, as for a sigmoid model
     from daskinfer import model as loader
 
     assert loader.predictor(loader.ModelSpec(str(model))).fixed_length  # its packer pads to sequence_length
