@@ -141,6 +141,7 @@ def _keras_predictor(tf, path: str) -> Predictor:
     if not zipfile.is_zipfile(path):  # Keras would say "File not found" of it
         raise ModelLoadError("it is not a .keras file: not a zip archive (truncated or corrupt?)")
     _import_packages_of(path)
+    _check_vocabularies(path)
     model = keras.saving.load_model(path, compile=False)
     preprocessor = getattr(model, "preprocessor", None)  # a keras_hub task: text in, through it
     if preprocessor is not None:
@@ -198,6 +199,27 @@ def _import_packages_of(path: str) -> None:
             raise ModelLoadError(
                 f"the model needs the Python package '{package}', which this worker lacks: install it on every "
                 f"worker (e.g. pip install {package.replace('_', '-')})") from None
+
+
+# What str.splitlines() splits at besides "\n": Keras joins a vocabulary with "\n" and reads it back
+# with splitlines(), so a token holding one of these loads as two, every later index shifts by
+# one, and the model scores with the wrong words, or fails on a "repeated term" with no hint.
+_LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _check_vocabularies(path: str) -> None:
+    """A .keras file whose saved vocabulary Keras would read back wrong is refused in one line,
+    rather than loaded to give other scores than the model gave when it was saved."""
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.startswith("assets/") and name.endswith("/vocabulary.txt"):
+                text = archive.read(name).decode("utf-8", "replace")
+                found = next((c for c in text if c in _LINE_BREAKS), None)
+                if found:
+                    raise ModelLoadError(
+                        f"a token of its vocabulary ({name}) holds U+{ord(found):04X}, which Keras reads back as a line "
+                        "break: the vocabulary would load shifted and the scores be wrong; replace such characters in "
+                        "the text before adapt(), and save the model again")
 
 
 def _string_batch(tf, texts: list, column: bool):

@@ -130,18 +130,24 @@ def test_corrupt_model_file_is_reported_clearly(test_docs, tmp_path, on_client):
     assert_no_results(tmp_path)
 
 
-def test_keras_vocabulary_with_line_separator_is_reported_clearly(test_docs, tmp_path, on_client):
-    """Keras 3 cannot read back a vocabulary token holding U+0085 (aclImdb text has them)."""
+@pytest.mark.parametrize("texts", [
+    ["a good\x85fine film", "a bad film", "good good", "bad bad"],  # "good" twice: Keras' load fails
+    ["awful great", "qq\u2028zz fine", "bad film", "good film"],  # loads, every index after qq shifted
+])
+def test_keras_vocabulary_with_line_separator_is_reported_clearly(texts, test_docs, tmp_path, on_client):
+    """Keras 3 reads a vocabulary token holding U+0085 or U+2028 (aclImdb text has them) back
+    as two: the model would fail to load with no hint, or load and score with the wrong words."""
     import models as builder
 
-    texts = ["a good\x85fine film", "a bad film", "good good", "bad bad"] * 4
-    model = builder.train_keras3(texts, [1, 0, 1, 0] * 4, vocabulary_texts=texts)
+    model = builder.train_keras3(texts * 4, [1, 0, 1, 0] * 4, vocabulary_texts=texts)
     path = tmp_path / "nel.keras"
     model.save(path)
     out = tmp_path / "out" / "res.jsonl"
     run = run_cli(f"inference.model_path={path}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}",
                   *on_client, cwd=tmp_path)
-    assert_user_error(run, "could not load model", str(path), single_line=False)
+    found = next(c for c in "".join(texts) if c in "\x85\u2028")
+    assert_user_error(run, "could not load model", str(path), f"holds U+{ord(found):04X}", "replace such characters",
+                      single_line=False)
     assert_no_results(tmp_path)
 
 
