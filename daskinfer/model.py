@@ -84,6 +84,19 @@ def load_seconds(uri: str) -> float:
     return _load_seconds.get(uri, 0.0)
 
 
+def padding_changes_scores(uri: str) -> bool:
+    """Whether this process's model at uri scores a document otherwise when its batch pads it
+    (an embedding without mask_zero lets the padding into attention and pooling): then a
+    document's score depends on the documents batched with it, whatever the batching. Two
+    calls, asked once at the end of a run; False for a model of fixed length, or none loaded."""
+    predict = next((p for key, p in _loaded.items() if json.loads(key)["uri"] == uri), None)
+    if predict is None or predict.fixed_length:
+        return False
+    short, long = "a good film", " ".join(["a good film, and a fine one"] * 40)
+    alone, padded = predict([short]), predict([short, long])
+    return not np.allclose(np.asarray(alone)[0], np.asarray(padded)[0], atol=1e-5)
+
+
 def _load(spec: ModelSpec) -> Predictor:
     # An MLflow URI is fetched into this machine's cache by locate (no download when the
     # driver or another worker here already did); local_copy then has nothing left to do.

@@ -229,6 +229,8 @@ def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.S
             carrier.close()
     if out.written and client is not None:
         scoring.model_loads = client.run(model.load_count, job.settings.model.uri)
+        if settings.batch_size > 1:
+            scoring.padding_changes_scores = any(client.run(model.padding_changes_scores, settings.model.uri).values())
     return scoring
 
 

@@ -112,6 +112,7 @@ def recorded_settings(cfg: DictConfig) -> Dict[str, Any]:
     """The settings summary.json records (incremental.COMPARED among them)."""
     inf = cfg.inference
     return {"threshold": inf.threshold, "labels": list(inf.labels), "batch_size": inf.batch_size,
+            "length_batching": inf.length_batching, "max_batch_chars": inf.max_batch_chars,
             "all_scores": inf.all_scores, "encoding": inf.encoding, "input_format": inf.input_format,
             "text_column": inf.text_column, "id_column": inf.id_column, "max_document_bytes": inf.max_document_bytes}
 

@@ -28,6 +28,7 @@ class Scoring:
     tally: Optional[evaluation.Tally] = None
     by_worker: Dict[str, int] = field(default_factory=dict)  # worker address -> documents
     model_loads: Dict[str, int] = field(default_factory=dict)
+    padding_changes_scores: bool = False  # model.padding_changes_scores, on any worker
     stats: Dict[str, Any] = field(default_factory=lambda: records.stats([], []))  # summed over partitions
     timeline: List[Tuple[float, int]] = field(default_factory=list)  # (seconds, documents written)
     started: float = field(default_factory=time.monotonic)
@@ -68,6 +69,7 @@ def summary(scoring: Scoring, predicted: int, errors: int, elapsed: float, outpu
         "elapsed_s": round(elapsed, 3),
         "docs_per_s": round(scored / elapsed, 1) if elapsed else None,
         "model_loads": scoring.model_loads,
+        "padding_changes_scores": scoring.padding_changes_scores,
         "documents_by_worker": dict(sorted(scoring.by_worker.items())),
         "output": output_uri,
         **manifest,
@@ -102,6 +104,10 @@ def closing_lines(result: Dict[str, Any], output_uri: str, errors_uri: str, erro
                  f", {result['retried']} errors retried" if result["retried"] else "", result["removed"])
     if result["errors"]:
         log.info("Errors: %s", errors_uri)
+    if result.get("padding_changes_scores"):
+        log.warning("The model scores a document otherwise when its batch pads it (an Embedding without "
+                    "mask_zero=True?): each score depends on the documents batched with it. "
+                    "inference.batch_size=1 scores each document alone (slower)")
     if "evaluation" in result:
         for line in evaluation.report_lines(result["evaluation"]):
             log.info("%s", line)

@@ -49,6 +49,45 @@ def test_records_equal_the_model_on_each_document_alone(attention, tmp_path, bat
         assert abs(r["logit_prob"] - alone[r["filepath"]]) <= 1e-5, r["filepath"]
     accuracy = np.mean([(r["sentiment"] == "positive") == rating_label(r["filepath"]) for r in records])
     assert accuracy >= 0.7, accuracy
+    assert not json.loads((tmp_path / "summary.json").read_text())["padding_changes_scores"]  # masked
+    assert "padding" not in run.stderr
+
+
+def test_a_model_whose_scores_change_with_padding_is_said_to_and_scores_alone_with_batches_of_one(tmp_path):
+    """An Embedding without mask_zero averages the batch's padding in: a run says so at its
+    end, and inference.batch_size=1 then gives each document's score alone."""
+    import keras
+    import tensorflow as tf
+
+    from models import clean_for_vocabulary
+
+    sources = sorted((IMDB / "test").glob("*/*.txt"))[::40]
+    texts = [s.read_text("utf-8") for s in sources]
+    keras.utils.set_random_seed(6)
+    vectorize = keras.layers.TextVectorization(max_tokens=2000)
+    vectorize.adapt(tf.constant(clean_for_vocabulary(texts)))
+    inputs = keras.Input(shape=(1,), dtype="string")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(2001, 8)(vectorize(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(pooled))
+    model.save(tmp_path / "unmasked.keras")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for source in sources:
+        shutil.copyfile(source, docs / source.name)
+    alone = {str(docs / s.name): float(model(tf.constant([[t]]))[0, 0]) for s, t in zip(sources, texts)}
+    common = [f"inference.model_path={tmp_path / 'unmasked.keras'}", f"inference.input_data_dir={docs}",
+              "cluster.n_workers=1"]
+    batched = run_cli(*common, f"inference.output_path={tmp_path / 'a' / 'res.jsonl'}", cwd=tmp_path)
+    assert batched.returncode == 0, batched.stderr
+    assert "scores a document otherwise when its batch pads it" in batched.stderr
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["padding_changes_scores"]
+    assert max(abs(r["logit_prob"] - alone[r["filepath"]]) for r in read_jsonl(tmp_path / "a" / "res.jsonl")) > 1e-4
+    one = run_cli(*common, "inference.batch_size=1", f"inference.output_path={tmp_path / 'b' / 'res.jsonl'}", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert "padding" not in one.stderr
+    records = read_jsonl(tmp_path / "b" / "res.jsonl")
+    assert [r["filepath"] for r in records] == sorted(alone)
+    assert [abs(r["logit_prob"] - alone[r["filepath"]]) <= 1e-5 for r in records] == [True] * len(records)
 
 
 def test_batches_hold_similar_lengths_within_the_budget():
