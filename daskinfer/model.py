@@ -113,7 +113,18 @@ def _load(spec: ModelSpec) -> Predictor:
     except ModelLoadError as exc:
         raise type(exc)(f"could not load model {spec.uri}: {exc}") from None
     except Exception as exc:  # any failure here means the model file itself is unusable
-        raise ModelLoadError(f"could not load model {spec.uri}: {first_line(exc)}") from None
+        raise ModelLoadError(f"could not load model {spec.uri}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a model did not load, in one line: for a class Keras cannot find (a layer defined in
+    the training script's __main__), its name, which Keras says only after a page of config."""
+    missing = re.search(r"Could not locate class '([^']+)'", str(exc))
+    if missing:
+        return (f"Keras could not locate class '{missing.group(1)}' that the model uses: define it in a package the "
+                "workers import (registered with @keras.saving.register_keras_serializable), not in the training "
+                "script's __main__")
+    return first_line(exc)
 
 
 def preload(spec: ModelSpec) -> None:

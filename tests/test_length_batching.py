@@ -314,3 +314,27 @@ def test_a_model_needing_a_package_the_workers_lack_names_it(test_docs, tmp_path
     run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}",
                   f"inference.output_path={tmp_path / 'res.jsonl'}", *on_client, cwd=tmp_path)
     assert_user_error(run, "needs the Python package 'reviewlayers'", code=1, single_line=False)
+
+
+def test_a_model_with_a_class_defined_in_the_training_scripts_main_names_the_class(test_docs, tmp_path, on_client):
+    """A custom layer defined in the script that trained and saved the model: Keras' own
+    message names the class only after a page of config; the one line names it."""
+    code = textwrap.dedent("""
+        import sys
+        import keras
+
+        class Halver(keras.layers.Layer):
+            def call(self, x):
+                return x / 2
+
+        vectorize = keras.layers.TextVectorization(max_tokens=50, output_sequence_length=8, vocabulary=["good", "bad"])
+        inputs = keras.Input(shape=(1,), dtype="string")
+        x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(52, 4)(vectorize(inputs)))
+        keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(Halver()(x))).save(sys.argv[1])
+    """)
+    model = tmp_path / "halver.keras"
+    built = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}",
+                  f"inference.output_path={tmp_path / 'res.jsonl'}", *on_client, cwd=tmp_path)
+    assert_user_error(run, "could not locate class 'Halver'", "__main__", code=1, single_line=False)
