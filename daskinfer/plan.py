@@ -5,10 +5,13 @@ wall time on this cluster and on 1, 2, 4, ... workers of the same shape."""
 
 from __future__ import annotations
 
+import collections
+import json
 import os
+import re
 import resource
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
@@ -74,7 +77,19 @@ def _probe(client: Any, nthreads: Dict[str, int], sample: Any, settings: predict
     documents = sum(n for n, _ in scored)
     slowest = max(loads, key=lambda load: load["model_load_s"])
     return {"documents": documents, "threads": len(scored), "s_per_document": span * len(scored) / documents,
-            **slowest}
+            "errors": _errors_by_kind(part for _, parts in scored for part in parts), **slowest}
+
+
+def _errors_by_kind(parts: Iterable[Any]) -> Dict[str, int]:
+    """The sample's error entries by kind (an exception's name, or the reason for the model's
+    own failures and non-finite scores), most frequent first: what the run would file too."""
+    kinds: collections.Counter = collections.Counter()
+    for part in parts:
+        for line in part.errors.splitlines():
+            error = json.loads(line)["error"]
+            reason = error[len("ValueError: "):] if error.startswith("ValueError: ") else error
+            kinds[re.split(r": | \(", reason, maxsplit=1)[0]] += 1  # "not valid utf-8", "model failed", "OSError"
+    return dict(kinds.most_common())
 
 
 def _load(warm_up: Partition, settings: predict.Settings) -> Dict[str, Any]:
@@ -159,6 +174,9 @@ def lines(result: Dict[str, Any]) -> List[str]:
                    f"{probe['worker_rss_mib']:.0f} MiB")
         out.append(f"sample: {probe['documents']} documents on {probe['threads']} thread(s) at once, "
                    f"{1 / probe['s_per_document']:,.0f} docs/s a thread")
+        if probe["errors"]:
+            kinds = ", ".join(f"{kind}: {n}" for kind, n in probe["errors"].items())
+            out.append(f"  of them errors: {sum(probe['errors'].values())} ({kinds})")
     out.append(f"cluster: {result['threads']} thread(s), started with the model {result['start_s']:.1f} s after the "
                f"process; closing and publishing about {result['finish_s']:.1f} s")
     for row in result["estimates"]:

@@ -18,6 +18,7 @@ def test_plan_counts_the_inputs_times_the_model_and_writes_nothing(models, test_
     os.mkfifo(docs / "pipe.txt")
     (docs / "huge.txt").write_text("word " * 30_000)
     (docs / "empty.txt").write_bytes(b"")
+    (docs / "0-bad.txt").write_bytes(b"caf\xe9 au lait")  # first in the listing: its thread's first chunk
     sizes = [p.stat().st_size for p in docs.glob("*.txt") if p.is_file()]
     run = run_cli("plan", f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={docs}",
                   "inference.max_document_bytes=100000", *on_client, cwd=tmp_path)  # two workers of a thread
@@ -32,6 +33,8 @@ def test_plan_counts_the_inputs_times_the_model_and_writes_nothing(models, test_
     assert re.search(r"^model: loaded in [\d.]+ s on a worker, which then holds \d+ MiB$", run.stdout, re.M)
     sample = re.search(r"^sample: (\d+) documents on 2 thread\(s\) at once, ([\d,]+) docs/s a thread$", run.stdout, re.M)
     assert sample and int(sample.group(1)) > 500
+    errors = re.search(r"^  of them errors: (\d+) \((.+)\)$", run.stdout, re.M)  # what only scoring finds
+    assert errors and "not valid utf-8: 1" in errors.group(2).split(", "), run.stdout
     estimates = re.findall(r"^\s+this cluster:\s+([\d,]+) docs/s, about ([\d.,]+) s$", run.stdout, re.M)
     assert len(estimates) == 1 and float(estimates[0][1].replace(",", "")) > 0
     assert re.search(r"^\s+4 worker\(s\) x 1 thread\(s\):", run.stdout, re.M)
