@@ -9,6 +9,7 @@ import json
 import re
 import threading
 import time
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -17,6 +18,11 @@ import numpy as np
 
 from daskinfer import compat, model_files, tf_runtime
 from daskinfer.errors import ConfigError, RunFailed, first_line
+
+
+# Models are loaded for scoring alone (compile=False), yet Keras warns on every worker's stderr
+# that it left a saved optimizer's state unread: noise before a run's own lines.
+warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
 
 
 class ModelLoadError(RunFailed):
