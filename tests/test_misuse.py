@@ -597,7 +597,9 @@ def test_a_scheduler_address_that_is_no_scheduler_is_one_line_within_a_minute(ca
                   f"cluster.address={address}", cwd=tmp_path, timeout=60,
                   env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"})
     assert run.returncode in (1, 2), (run.returncode, run.stderr)
-    assert_user_error(run, address)
+    assert_user_error(run, address, single_line=False)  # after, at most, the line that says it waits
+    assert [line.split("] - ", 1)[-1] for line in run.stderr_lines[:-1]] in ([], [f"Waiting for the dask scheduler at {address}, for up to 5 s "
+                                          "(distributed.comm.timeouts.connect)"]), run.stderr
     assert not (tmp_path / "outputs").exists()
 
 
