@@ -42,7 +42,9 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
     try:
         with storage.storage_errors(uri):
             if fmt == "parquet":
-                table = dd.read_parquet(uri, split_row_groups="adaptive", blocksize=blocksize, storage_options=options)
+                # numpy_nullable: an int64 column with a null stays integers (pandas would make 2**53 + 1 a float)
+                table = dd.read_parquet(uri, split_row_groups="adaptive", blocksize=blocksize, storage_options=options,
+                                        dtype_backend="numpy_nullable")
                 _check_columns(uri, table.columns, columns)
                 return table[columns.names()]
             head = _head(uri, fmt, columns, options, encoding)

@@ -85,6 +85,28 @@ def test_csv_texts_and_ids_are_read_as_written(client, models, tmp_path):
     assert max(abs(float(a) - float(b)) for a, b in zip(scores, typed)) > 1e-4  # else the texts cannot tell
 
 
+@pytest.mark.parametrize("output", ["jsonl", "parquet"])
+def test_parquet_integer_ids_with_a_gap_stay_exact_integers(output, client, models, tmp_path):
+    """A Parquet int64 column with a null, as pyarrow, Spark or polars write it (no pandas
+    metadata): pandas would read it as floats, and 2**53 + 1 as 2**53."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids, texts = [101, None, 2**53 + 1], ["a fine, warm film", "dull and far too long", "a good one"]
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), table)
+    out = tmp_path / f"res.{output}"
+    daskinfer.run(daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                                         "inference.input_format=parquet", "inference.id_column=id",
+                                         f"inference.output_format={output}", f"inference.output_path={out}"]), client=client)
+    found = [r["id"] for r in read_jsonl(out)] if output == "jsonl" else pq.read_table(out).column("id").to_pylist()
+    assert found == ids and [type(i) for i in found if i is not None] == [int, int]
+    scores = models["keras"][1](texts)
+    records = read_jsonl(out) if output == "jsonl" else pd.read_parquet(out).to_dict("records")
+    assert [abs(r["logit_prob"] - float(s)) <= 1e-5 for r, s in zip(records, scores)] == [True] * 3
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_tables_on_the_command_line(fmt, models, table_files, reviews_table, tmp_path, on_client):
     out = tmp_path / "res.jsonl"
