@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)  # key=value on both sides of --config
     setup_logging()
     signal.signal(signal.SIGTERM, _interrupt)
     overrides = list(args.overrides)

@@ -46,8 +46,8 @@ def test_default_output_layout_config_file_and_env_interpolation(models, test_do
     environment the way the Docker image passes INPUT_DATA_DIR; a console script runs it."""
     overrides = tmp_path / "job.yaml"
     overrides.write_text("inference:\n  input_data_dir: ${oc.env:INPUT_DATA_DIR}\n  batch_size: 64\n")
-    run = run_cli(
-        "--config", str(overrides), f"inference.model_path={models['keras'][0]}", "inference.threshold=0.6",
+    run = run_cli(  # overrides on both sides of --config, as users write them
+        f"inference.model_path={models['keras'][0]}", "--config", str(overrides), "inference.threshold=0.6",
         cwd=tmp_path, env={"INPUT_DATA_DIR": str(test_docs)}, script=True,
     )
     assert run.returncode == 0, run.stderr
