@@ -144,9 +144,11 @@ def _remove_empty(folder: str, up_to: Optional[str]) -> None:
         folder = os.path.dirname(folder)
 
 
-def claim(uri: str, storage_options: Mapping[str, Any], resume: bool, made: Optional[str] = None) -> Claim:
+def claim(uri: str, storage_options: Mapping[str, Any], resume: bool, made: Optional[str] = None,
+          resumable: bool = True) -> Claim:
     """Take the output for this run, or refuse with one line. made: a folder made for this
-    run (default_output_path), which goes with it if left empty."""
+    run (default_output_path), which goes with it if left empty; resumable: whether an
+    interrupted run of this output format could be continued (JSONL), for what a refusal says."""
     fs, path = storage.filesystem(uri, storage_options)
     if not storage.is_local(fs):
         if resume:
@@ -157,7 +159,7 @@ def claim(uri: str, storage_options: Mapping[str, Any], resume: bool, made: Opti
     made = made or _first_missing(folder)
     os.makedirs(folder, exist_ok=True)
     lock_path = path + ".lock"
-    fd, previous = _lock_resumable(lock_path, uri) if resume else _lock_new(lock_path, path, uri)
+    fd, previous = _lock_resumable(lock_path, uri) if resume else _lock_new(lock_path, path, uri, resumable)
     try:
         if os.path.exists(path) and not resume:
             raise FileExistsError(f"output already exists, refusing to overwrite: {uri}")
@@ -174,7 +176,7 @@ def claim(uri: str, storage_options: Mapping[str, Any], resume: bool, made: Opti
         raise
 
 
-def _lock_new(lock_path: str, path: str, uri: str):
+def _lock_new(lock_path: str, path: str, uri: str, resumable: bool):
     """A new run: the lock file appears, already locked, or the claim fails."""
     staging = f"{lock_path}.{os.getpid()}"
     try:
@@ -190,9 +192,7 @@ def _lock_new(lock_path: str, path: str, uri: str):
         who = _holder_of(lock_path)
         if who is not None:
             raise FileExistsError(_in_use(uri, who)) from None
-        raise FileExistsError(
-            f"an interrupted run left {uri}.partial: add inference.resume=true to continue it, or remove "
-            f"{uri}.partial and {lock_path}") from None
+        raise FileExistsError(_left_behind(uri, path, lock_path, resumable)) from None
     finally:
         os.unlink(staging)
     if os.path.exists(path + ".partial"):  # left by a version without the lock file
@@ -201,6 +201,18 @@ def _lock_new(lock_path: str, path: str, uri: str):
         raise FileExistsError(
             f"an interrupted run left {uri}.partial: add inference.resume=true to continue it, or remove it")
     return fd, {}
+
+
+def _left_behind(uri: str, path: str, lock_path: str, resumable: bool) -> str:
+    """What to do about what an interrupted run left: only what is there, and resume only
+    where it can continue."""
+    if not os.path.exists(path + ".partial"):  # killed before its first results
+        return f"an interrupted run left {lock_path} and no results: remove it, or add inference.resume=true"
+    if not resumable:
+        return (f"an interrupted run left {uri}.partial, which a Parquet output cannot continue: remove "
+                f"{uri}.partial and {lock_path} to score again")
+    return (f"an interrupted run left {uri}.partial: add inference.resume=true to continue it, or remove "
+            f"{uri}.partial and {lock_path}")
 
 
 def _lock_resumable(lock_path: str, uri: str):

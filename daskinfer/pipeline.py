@@ -149,7 +149,7 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
                  source: planning.Source) -> sink.OrderedSink:
     """The output claimed for this run; a resume checks it continues the same predictions."""
     inf, options = cfg.inference, planning.storage_options(cfg)
-    held = outputs.claim(uri, options, inf.resume, made)
+    held = outputs.claim(uri, options, inf.resume, made, resumable=inf.output_format == "jsonl")
     try:
         before = held.previous.get("prediction") or (inf.resume and _finished_prediction(held, source.tables))
         if inf.resume and before:

@@ -221,6 +221,25 @@ def test_two_runs_on_one_output_path_the_second_refuses_with_the_holders_pid(ker
         assert json.loads(summary_beside(out).read_text())["predicted"] == len(docs)
 
 
+@pytest.mark.parametrize("fmt, partial, advice", [
+    ("jsonl", True, "res.jsonl.partial: add inference.resume=true to continue it, or remove"),
+    ("jsonl", False, "res.jsonl.lock and no results: remove it, or add inference.resume=true"),  # killed at start-up
+    ("parquet", True, "res.parquet.partial, which a Parquet output cannot continue: remove"),
+])
+def test_what_a_killed_run_left_is_named_with_advice_that_can_be_followed(fmt, partial, advice, keras_model,
+                                                                         tmp_path):
+    copy_reviews(tmp_path / "docs", 5)
+    out = tmp_path / "out" / f"res.{fmt}"
+    out.parent.mkdir()
+    Path(f"{out}.lock").write_text("{}")  # nobody holds it: its run was killed
+    if partial:
+        Path(f"{out}.partial").write_bytes(b"")
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_format={fmt}", f"inference.output_path={out}", cwd=tmp_path, timeout=120)
+    assert_user_error(run, advice, code=1)
+    assert ("resume" in last_line(run)) == (fmt == "jsonl")
+
+
 def test_two_runs_with_the_default_output_in_one_folder_get_a_folder_each(keras_model, tmp_path, on_client):
     docs = copy_reviews(tmp_path / "docs", 100)
     args = [f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}", *on_client]
