@@ -9,6 +9,7 @@ its turn in the output comes (carrying.py); everything else is scored.
 
 from __future__ import annotations
 
+import collections
 import json
 import posixpath
 from dataclasses import dataclass
@@ -119,11 +120,12 @@ class Plan:
         return len(self.carry) - self.carried
 
 
-def plan(docs: Sequence[Any], read_previous: Callable[[], Iterator[ledger.Row]], retry: Optional[set],
+def plan(docs: Sequence[Any], read_previous: Callable[[], Iterator[ledger.Row]], retry: Optional[Mapping[str, int]],
          sorted_docs: bool) -> Plan:
     """Which documents keep their previous lines. docs: the source's documents (with uri,
     size, version, error), in output order; read_previous: the previous ledger's rows, in
-    the previous output order; retry: documents whose error entries are to be tried again.
+    the previous output order; retry: documents whose error entries are to be tried again,
+    with their number (a table's rows that failed).
 
     Sorted inputs (a listing) are joined with the ledger as two sorted streams, in flat
     memory; others (a manifest) through a dict of the ledger. A carried document must come
@@ -155,21 +157,21 @@ class _Counts:
     retried: int = 0
 
 
-def _choose(carry: np.ndarray, pairs: Iterator[Tuple[int, Any, ledger.Row, int]], retry: Optional[set],
+def _choose(carry: np.ndarray, pairs: Iterator[Tuple[int, Any, ledger.Row, int]], retry: Optional[Mapping[str, int]],
             counts: _Counts) -> None:
     last = -1
     for i, doc, row, position in pairs:
         if doc.error or row.size != doc.size or (row.version and doc.version and row.version != doc.version):
             continue  # changed, or an error entry made on the driver (cheap to make again)
         if retry is not None and doc.uri in retry:
-            counts.retried += 1
+            counts.retried += retry[doc.uri]
             continue
         if position > last:
             carry[i] = CARRIED | row.flags
             last = position
 
 
-def _merge_listing(carry: np.ndarray, listing: Listing, rows: Iterator[ledger.Row], retry: Optional[set],
+def _merge_listing(carry: np.ndarray, listing: Listing, rows: Iterator[ledger.Row], retry: Optional[Mapping[str, int]],
                    counts: _Counts) -> None:
     """_choose(_merge_join(...)) for a listing, on its columns: no Document per file, which
     would cost more than everything else here."""
@@ -193,7 +195,7 @@ def _merge_listing(carry: np.ndarray, listing: Listing, rows: Iterator[ledger.Ro
         if (errors and name in errors) or sizes[i] != size or (version and versions[i] and versions[i] != version):
             continue
         if retry is not None and path in retry:
-            counts.retried += 1
+            counts.retried += retry[path]
             continue
         carry[i] = CARRIED | flags
 
@@ -233,12 +235,14 @@ def _dict_join(docs: Sequence[Any], rows: Iterator[ledger.Row], counts: _Counts)
             yield i, doc, found[1], found[0]
 
 
-def failed_documents(previous: Previous, storage_options: Mapping[str, Any], tables: bool) -> set:
+def failed_documents(previous: Previous, storage_options: Mapping[str, Any], tables: bool) -> Dict[str, int]:
     """The documents of the previous run's error entries (a table: any of its rows), to
-    score again with inference.retry_errors."""
+    score again with inference.retry_errors, each with its number of entries: what the
+    summary's `retried` counts."""
     fs, path = storage.filesystem(previous.errors, storage_options)
     with storage.storage_errors(previous.errors, "the previous run's "):
         if not fs.exists(path):
-            return set()
+            return {}
         with fs.open(path, "rb") as f:
-            return {ledger.doc_of(json.loads(line)["filepath"], tables) for line in f if line.strip()}
+            return dict(collections.Counter(ledger.doc_of(json.loads(line)["filepath"], tables)
+                                            for line in f if line.strip()))

@@ -525,6 +525,11 @@ def test_small_tables_of_small_row_groups_are_scored_together(client, models, re
                                                   f"inference.incremental_from={tmp_path / '1'}"]), client=client)
     assert (second.summary["carried"], second.summary["scored"]) == (222, 20)
     assert_every_row_once(tmp_path / "2", shards, scores)
+    third = daskinfer.run(daskinfer.load_config([*args, f"inference.output_path={tmp_path}/3/res.jsonl",
+                                                 f"inference.incremental_from={tmp_path / '2'}",
+                                                 "inference.retry_errors=true"]), client=client)
+    assert (third.summary["carried"], third.summary["scored"], third.summary["retried"]) == (240, 2, 2)  # rows
+    assert_every_row_once(tmp_path / "3", shards, scores)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
