@@ -11,6 +11,7 @@ mismatch". A CSV's fields are read as written, not typed by pandas (csv_reading.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import itertools
 import json
@@ -92,18 +93,12 @@ def _head(uri: str, fmt: str, columns: Columns, options: Mapping[str, Any], enco
             if columns.id in head.columns:
                 head[columns.id] = head[columns.id].convert_dtypes(dtype_backend="numpy_nullable")
             return head
-        lines: List[bytes] = []
-        while len(lines) < HEAD_LINES:
-            line = f.readline()
-            if not line:
-                break
-            if line.strip():
-                lines.append(line)
+        lines = head_lines(f, encoding, HEAD_LINES)
     if not lines:
         return None
-    rows = [_row_or_bad(line.decode(encoding, DECODE_ERRORS)) for line in lines]
+    rows = [_row_or_bad(line) for line in lines]
     if not any(isinstance(row, dict) for row in rows):  # no JSON lines at all: not a bad row, a bad table
-        _row(lines[0].decode(encoding, DECODE_ERRORS))
+        _row(lines[0])
     with python_strings():  # the head types the columns: a bad line's row is an error entry when read
         return pd.DataFrame.from_records([row for row in rows if isinstance(row, dict)]).convert_dtypes(
             dtype_backend="numpy_nullable")
@@ -117,12 +112,48 @@ def read_csv(uri: str, wanted: Columns, options: Mapping[str, Any], encoding: st
         return csv_reading.read(f, wanted, encoding)[wanted.names()]
 
 
+def head_lines(f: Any, encoding: str, n: int) -> List[str]:
+    """The first n lines of a file that are not blank, decoded (a byte the encoding cannot
+    decode escaped, DECODE_ERRORS)."""
+    if not newline_is_one_byte(encoding):  # UTF-16 (PowerShell's): a line ends at "\n\x00"
+        decoder, text, lines = codecs.getincrementaldecoder(encoding)(DECODE_ERRORS), "", []
+        while len(lines) < n:
+            chunk = f.read(2**16)
+            text += decoder.decode(chunk, final=not chunk)
+            *whole, text = text.split("\n")
+            lines += [line for line in whole if line.strip()]
+            if not chunk:
+                lines += [text] if text.strip() else []
+                break
+        return lines[:n]
+    lines = []
+    while len(lines) < n:
+        line = f.readline()
+        if not line:
+            break
+        if line.strip():
+            lines.append(line.decode(encoding, DECODE_ERRORS))
+    return lines
+
+
+def newline_is_one_byte(encoding: str) -> bool:
+    """Whether "\n" is the byte 0x0a in text of this encoding (UTF-8 and Latin-1 among them,
+    not UTF-16): then a file can be cut into blocks of lines before it is decoded."""
+    encoder = codecs.getincrementalencoder(encoding)()
+    encoder.encode("{")  # a byte-order mark, if the encoding writes one, comes first
+    return encoder.encode("\n") == b"\n"
+
+
 def _jsonl_frame(uri: str, names: List[str], options: Mapping[str, Any], encoding: str, blocksize: int, meta):
-    """Blocks of whole lines, one dask partition each."""
+    """Blocks of whole lines, one dask partition each (the whole file for an encoding whose
+    newline is not one byte)."""
     import dask.dataframe as dd
 
     fs, path = storage.filesystem(uri, options)
-    offsets = list(range(0, fs.size(path), blocksize)) or [0]
+    size = fs.size(path)
+    if not newline_is_one_byte(encoding):
+        blocksize = size + 1
+    offsets = list(range(0, size, blocksize)) or [0]
     return dd.from_map(read_jsonl_part, offsets, args=(uri, names, options, encoding, blocksize), meta=meta,
                        enforce_metadata=False)
 
@@ -142,9 +173,14 @@ def read_jsonl_part(offset: int, uri: str, names: Sequence[str], options: Mappin
 def read_jsonl_block(block: bytes, names: Sequence[str], encoding: str) -> pd.DataFrame:
     """On a worker: a block's rows, each value as JSON wrote it (an id above 2**53 exactly,
     a list as a list), a missing one as None."""
+    return read_jsonl_rows([line for line in block.decode(encoding, DECODE_ERRORS).split("\n") if line.strip()], names)
+
+
+def read_jsonl_rows(lines: Sequence[str], names: Sequence[str]) -> pd.DataFrame:
+    """The rows of decoded JSON lines, as read_jsonl_block gives them."""
     import pandas as pd
 
-    rows = [_row_or_bad(line) for line in block.decode(encoding, DECODE_ERRORS).split("\n") if line.strip()]
+    rows = [_row_or_bad(line) for line in lines]
     return pd.DataFrame({name: pd.Series([row.get(name) if isinstance(row, dict) else row if name == names[0] else None
                                           for row in rows], dtype=object) for name in names})
 

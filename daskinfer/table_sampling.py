@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import itertools
 from typing import TYPE_CHECKING, Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from daskinfer import csv_reading, storage, table_reading, tables
@@ -83,8 +82,16 @@ def count_rows(uri: str, fmt: str, options: Mapping[str, Any], encoding: str) ->
     whole = len(block) <= ESTIMATE_BYTES
     if not whole:
         block = block[:block.rfind(b"\n") + 1]
-    seen = _csv_records(block, encoding) if fmt == "csv" else sum(1 for line in block.split(b"\n") if line.strip())
+    seen = _csv_records(block, encoding) if fmt == "csv" else _json_lines(block, encoding)
     return (seen, True) if whole else (round(seen * fs.size(path) / max(len(block), 1)), False)
+
+
+def _json_lines(block: bytes, encoding: str) -> int:
+    """The lines that are not blank (in UTF-16, a newline is two bytes, and 0x0a may be half
+    of another character)."""
+    if table_reading.newline_is_one_byte(encoding):
+        return sum(1 for line in block.split(b"\n") if line.strip())
+    return sum(1 for line in block.decode(encoding, "ignore").split("\n") if line.strip())
 
 
 def _csv_records(block: bytes, encoding: str) -> int:
@@ -112,8 +119,7 @@ def head_rows(uri: str, fmt: str, columns: tables.Columns, options: Mapping[str,
             return batch.to_pandas() if batch is not None else pd.DataFrame(columns=names)
         if fmt == "csv":
             return csv_reading.read(f, columns, encoding, nrows=n)[names]
-        lines = itertools.islice((line for line in f if line.strip()), n)
-        return table_reading.read_jsonl_block(b"".join(lines), names, encoding)
+        return table_reading.read_jsonl_rows(table_reading.head_lines(f, encoding, n), names)
 
 
 @contextlib.contextmanager

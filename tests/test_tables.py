@@ -85,6 +85,29 @@ def test_csv_texts_and_ids_are_read_as_written(client, models, tmp_path):
     assert max(abs(float(a) - float(b)) for a, b in zip(scores, typed)) > 1e-4  # else the texts cannot tell
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_utf16_table_is_read_whole_in_its_encoding(fmt, client, models, test_docs, tmp_path):
+    """UTF-16, as Windows PowerShell writes text: a newline is two bytes there, so a JSON-lines
+    file cannot be cut into blocks at the byte 0x0a before it is decoded."""
+    import pandas as pd
+
+    texts = [p.read_text("utf-8") for p in sorted(test_docs.glob("*.txt"))[:120]]
+    frame = pd.DataFrame({"id": range(len(texts)), "text": texts})
+    table = tmp_path / f"t.{fmt}"
+    written = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", lines=True, force_ascii=False)
+    table.write_bytes(written.encode("utf-16"))
+    assert table.stat().st_size > 2 * 65536  # more than one block of partition_bytes
+    out = tmp_path / "res.jsonl"
+    daskinfer.run(daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                                         f"inference.input_format={fmt}", "inference.id_column=id",
+                                         "inference.encoding=utf-16", "inference.partition_bytes=65536",
+                                         f"inference.output_path={out}"]), client=client)
+    records = read_jsonl(out)
+    assert [(r["filepath"], r["id"]) for r in records] == [(f"{table}#{i}", i) for i in range(len(texts))]
+    scores = models["keras"][1](texts)
+    assert [abs(r["logit_prob"] - float(s)) <= 1e-5 for r, s in zip(records, scores)] == [True] * len(texts)
+
+
 @pytest.mark.parametrize("output", ["jsonl", "parquet"])
 def test_parquet_integer_ids_with_a_gap_stay_exact_integers(output, client, models, tmp_path):
     """A Parquet int64 column with a null, as pyarrow, Spark or polars write it (no pandas
