@@ -13,7 +13,7 @@ import collections
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,7 +41,10 @@ def locate(uri: str, storage_options: Mapping[str, Any]) -> Previous:
     fs, path = storage.filesystem(uri, storage_options)
     with storage.storage_errors(uri, "inference.incremental_from "):
         if fs.isdir(path):
-            found = [p for p in fs.ls(path, detail=False) if p.endswith(outputs.SIDECARS["summary"])]
+            entries = fs.ls(path, detail=False)
+            found = [p for p in entries if p.endswith(outputs.SIDECARS["summary"])]
+            if not found:
+                _refuse_unfinished(uri, [p for p in entries if p.endswith(".partial")])
             if len(found) != 1:
                 what = "no summary.json" if not found else "the summaries of several runs"
                 raise FileNotFoundError(f"inference.incremental_from: {uri} holds {what}; name the results file")
@@ -51,6 +54,7 @@ def locate(uri: str, storage_options: Mapping[str, Any]) -> Previous:
         elif fs.isfile(path):
             results, summary_path = path, _summary_of(fs, path, uri)
         else:
+            _refuse_unfinished(uri, [path + ".partial"] if fs.exists(path + ".partial") else [])
             raise FileNotFoundError(f"inference.incremental_from not found: {uri}")
         summary = _read_summary(fs, summary_path, uri)
         sidecars = _sidecars_like(summary_path, results)
@@ -62,6 +66,14 @@ def locate(uri: str, storage_options: Mapping[str, Any]) -> Previous:
                                     "daskinfer): score everything once without inference.incremental_from")
     full = lambda p: storage.full_uri(fs, p)  # noqa: E731
     return Previous(full(results), full(sidecars["errors"]), full(sidecars["ledger"]), summary)
+
+
+def _refuse_unfinished(uri: str, partials: List[str]) -> None:
+    """An interrupted run named as the previous one: what to do, rather than "not found"."""
+    if partials:
+        raise FileNotFoundError(
+            f"inference.incremental_from: {uri} is a run that did not finish ({posixpath.basename(partials[0])}): "
+            "finish it first with inference.resume=true, or name a finished run")
 
 
 def _summary_of(fs: Any, results: str, uri: str) -> str:

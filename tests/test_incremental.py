@@ -189,10 +189,17 @@ def test_another_model_is_refused_in_one_line_unless_rescoring(models, corpus, t
 
 def test_bad_incremental_settings_are_one_line_errors(models, corpus, tmp_path):
     args = (f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={corpus}", *ONE_WORKER)
+    unfinished = tmp_path / "killed"  # what a run killed mid-way leaves
+    unfinished.mkdir()
+    (unfinished / "res.jsonl.partial").write_text("")
+    (unfinished / "res.jsonl.lock").write_text("{}")
     for extra, expected in (
         (("inference.retry_errors=true",), "inference.retry_errors=true needs inference.incremental_from"),
         ((f"inference.incremental_from={tmp_path / 'nowhere'}",), "inference.incremental_from not found"),
         ((f"inference.incremental_from={corpus}",), "holds no summary.json"),
+        ((f"inference.incremental_from={unfinished}",), "is a run that did not finish (res.jsonl.partial): finish it "
+                                                         "first with inference.resume=true"),
+        ((f"inference.incremental_from={unfinished / 'res.jsonl'}",), "is a run that did not finish"),
     ):
         run = run_cli(*args, *extra, cwd=tmp_path)
         assert run.returncode != 0 and len(run.stderr_lines) == 1, run.stderr
