@@ -443,6 +443,16 @@ def test_a_json_list_or_object_as_text_is_an_error_entry(client, models, tmp_pat
     assert [(e["filepath"], e["error"]) for e in read_jsonl(out.parent / "errors.jsonl")] == [
         (f"{table}#1", "ValueError: the text in column 'text' is a list, not a string"),
         (f"{table}#2", "ValueError: the text in column 'text' is a dict, not a string")]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tokens = tmp_path / "tokens.parquet"  # a column of lists, which pandas reads as numpy arrays
+    pq.write_table(pa.table({"text": [["a", "fine", "film"], ["dull"]]}), tokens)
+    daskinfer.run(daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={tokens}", "inference.error_budget=1",
+        "inference.input_format=parquet", f"inference.output_path={tmp_path}/lists/res.jsonl"]), client=client)
+    assert {e["error"] for e in read_jsonl(tmp_path / "lists" / "errors.jsonl")} == {
+        "ValueError: the text in column 'text' is a list, not a string"}
 
 
 @pytest.mark.parametrize("ids, kind, expected", [
