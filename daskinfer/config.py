@@ -104,6 +104,9 @@ def _is_missing(cfg: DictConfig, key: str) -> bool:
     return False
 
 
+COLUMN_KEYS = ("inference.text_column", "inference.id_column", "inference.labels_from")
+
+
 def _dotlist(overrides: Sequence[str]) -> DictConfig:
     """key=value overrides; a value that is not valid YAML (a glob like *.txt) stays a string."""
     conf = OmegaConf.create()
@@ -117,6 +120,8 @@ def _dotlist(overrides: Sequence[str]) -> DictConfig:
             conf.merge_with_dotlist([item])
         except yaml.YAMLError:
             OmegaConf.update(conf, key, value, force_add=True)
+        if key in COLUMN_KEYS and isinstance(OmegaConf.select(conf, key), bool):
+            OmegaConf.update(conf, key, value)  # a column named "on" or "no", which YAML reads as a boolean
     return conf
 
 

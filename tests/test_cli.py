@@ -118,3 +118,12 @@ def test_demo_builds_a_model_and_reviews_and_scores_them(tmp_path):
     assert all((r["sentiment"] == "positive") == Path(r["filepath"]).name.startswith("pos_") for r in records)
     again = run_cli("demo", "cluster.n_workers=1", cwd=tmp_path)  # reuses the model and reviews
     assert again.returncode == 0 and "Training the demo model" not in again.stderr
+
+
+def test_a_column_named_as_a_yaml_boolean_keeps_its_name():
+    """YAML reads on, no and yes as booleans: a column so named stays its name, null stays none."""
+    from daskinfer import load_config
+
+    cfg = load_config(["inference.model_path=m.keras", "inference.input_data_dir=reviews", "inference.id_column=on",
+                       "inference.text_column=no", "inference.labels_from=null"])
+    assert (cfg.inference.id_column, cfg.inference.text_column, cfg.inference.labels_from) == ("on", "no", None)
