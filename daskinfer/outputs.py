@@ -6,7 +6,7 @@ report.html, ledger.parquet) in the
 results' folder unless another run's files have them; then they are named after the results
 file (`b.errors.jsonl`, `b.summary.json`, ... beside `b.jsonl`). Two runs never share one.
 
-Locally an output is claimed atomically: `<output>.lock` appears already locked
+Locally an output is claimed atomically: `<output>.lock` (output_lock.py) appears already locked
 (flock) by its run, holding who runs and with which settings; a second run on the same
 output refuses, naming the first. The lock is released by the kernel when a run dies,
 so a crashed run's output can be resumed, and its settings compared with the resuming
@@ -16,16 +16,14 @@ run's. Object stores have no such lock: there, an existing output is refused.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import posixpath
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from daskinfer import storage
+from daskinfer import output_lock, storage
 from daskinfer.errors import ConfigError
 
 RESULTS_NAME = "batch-infer-res.jsonl"
@@ -159,14 +157,15 @@ def claim(uri: str, storage_options: Mapping[str, Any], resume: bool, made: Opti
     made = made or _first_missing(folder)
     os.makedirs(folder, exist_ok=True)
     lock_path = path + ".lock"
-    fd, previous = _lock_resumable(lock_path, uri) if resume else _lock_new(lock_path, path, uri, resumable)
+    fd, previous = (output_lock.take_over(lock_path, uri) if resume else
+                    output_lock.take_new(lock_path, path, uri, resumable))
     try:
         if os.path.exists(path) and not resume:
             raise FileExistsError(f"output already exists, refusing to overwrite: {uri}")
         sidecars = previous.get("sidecars") or (resume and _sidecars_of_finished(uri)) or _free_sidecars(
             uri, _taken_locally)
         held = Claim(uri, sidecars, lock_path, fd, previous, made)
-        held.record({**previous, **holder()})  # the sidecars' names at once: another run here sees them taken
+        held.record({**previous, **output_lock.holder()})  # the sidecars' names at once: another run here sees them taken
         return held
     except BaseException:
         if not resume:
@@ -174,89 +173,6 @@ def claim(uri: str, storage_options: Mapping[str, Any], resume: bool, made: Opti
             _remove_empty(folder, made)
         os.close(fd)
         raise
-
-
-def _lock_new(lock_path: str, path: str, uri: str, resumable: bool):
-    """A new run: the lock file appears, already locked, or the claim fails."""
-    staging = f"{lock_path}.{os.getpid()}"
-    try:
-        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as exc:  # the folder takes no files: say so of the output, not of the lock's staging name
-        raise OSError(exc.errno, f"cannot write the output {uri}: {exc.strerror}") from None
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.pwrite(fd, json.dumps(holder()).encode(), 0)
-    try:
-        os.link(staging, lock_path)  # atomic: fails when the lock file is there
-    except FileExistsError:
-        os.close(fd)
-        who = _holder_of(lock_path)
-        if who is not None:
-            raise FileExistsError(_in_use(uri, who)) from None
-        raise FileExistsError(_left_behind(uri, path, lock_path, resumable)) from None
-    finally:
-        os.unlink(staging)
-    if os.path.exists(path + ".partial"):  # left by a version without the lock file
-        os.unlink(lock_path)
-        os.close(fd)
-        raise FileExistsError(
-            f"an interrupted run left {uri}.partial: add inference.resume=true to continue it, or remove it")
-    return fd, {}
-
-
-def _left_behind(uri: str, path: str, lock_path: str, resumable: bool) -> str:
-    """What to do about what an interrupted run left: only what is there, and resume only
-    where it can continue."""
-    if not os.path.exists(path + ".partial"):  # killed before its first results
-        return f"an interrupted run left {lock_path} and no results: remove it, or add inference.resume=true"
-    if not resumable:
-        return (f"an interrupted run left {uri}.partial, which a Parquet output cannot continue: remove "
-                f"{uri}.partial and {lock_path} to score again")
-    return (f"an interrupted run left {uri}.partial: add inference.resume=true to continue it, or remove "
-            f"{uri}.partial and {lock_path}")
-
-
-def _lock_resumable(lock_path: str, uri: str):
-    """A resume: the lock file of the interrupted run, taken over, with what it recorded."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise FileExistsError(_in_use(uri, _holder_of(lock_path) or {})) from None
-    try:
-        previous = json.loads(os.pread(fd, 1 << 20, 0) or b"{}")
-    except ValueError:
-        previous = {}
-    return fd, previous
-
-
-def holder() -> Dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _holder_of(lock_path: str) -> Optional[Dict[str, Any]]:
-    """Who holds the lock at lock_path, or None when nobody does (a crashed run's file)."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            for _ in range(20):  # the holder may be writing its name this very moment
-                with contextlib.suppress(ValueError):
-                    return json.loads(os.pread(fd, 1 << 20, 0))
-                time.sleep(0.05)
-            return {}
-        return None
-    finally:
-        os.close(fd)
-
-
-def _in_use(uri: str, who: Mapping[str, Any]) -> str:
-    named = f" (pid {who['pid']} on {who.get('host')}, started {who.get('started')})" if who.get("pid") else ""
-    return f"output {uri} is in use by another run{named}; wait for it, or choose another inference.output_path"
 
 
 def _taken_locally(uri: str) -> bool:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from daskinfer import (carrying, cluster, config, ledger, model, outputs, planning, predict, reporting, run_report,
-                       scheduling, sink, storage)
+from daskinfer import (carrying, cluster, config, ledger, model, output_lock, outputs, planning, predict, reporting,
+                       run_report, scheduling, sink, storage)
 from daskinfer.errors import ConfigError, Incomplete, Interrupted, WorkersDied, first_line
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
                     f"cannot resume into {uri}: it was started with other settings or inputs "
                     f"({_differences(changed, before, prediction)}); resume with the same ones, "
                     "or choose another inference.output_path")
-        held.record({**held.previous, **outputs.holder(), "prediction": prediction})
+        held.record({**held.previous, **output_lock.holder(), "prediction": prediction})
         out = sink.OrderedSink(held, options, resume=inf.resume, output_format=inf.output_format, tables=source.tables,
                                column_types=source.output_types() if source.tables else {})
     except BaseException:  # the lock file stays only where an interrupted run recorded what to resume
