@@ -33,24 +33,23 @@ def take_new(lock_path: str, path: str, uri: str, resumable: bool) -> Tuple[int,
         raise FileExistsError(_left_behind(uri, path, lock_path, resumable)) from None
     finally:
         os.unlink(staging)
-    if os.path.exists(path + ".partial"):  # left by a version without the lock file
+    if os.path.exists(path + ".partial"):  # its lock removed, or left by a version without the lock file
         os.unlink(lock_path)
         os.close(fd)
-        raise FileExistsError(
-            f"an interrupted run left {uri}.partial: add inference.resume=true to continue it, or remove it")
+        raise FileExistsError(_left_behind(uri, path, None, resumable))
     return fd, {}
 
 
-def _left_behind(uri: str, path: str, lock_path: str, resumable: bool) -> str:
-    """What to do about what an interrupted run left: only what is there, and resume only
-    where it can continue."""
+def _left_behind(uri: str, path: str, lock_path: Optional[str], resumable: bool) -> str:
+    """What to do about what an interrupted run left (its .partial, its lock, or both): only
+    what is there, and resume only where it can continue."""
     if not os.path.exists(path + ".partial"):  # killed before its first results
         return f"an interrupted run left {lock_path} and no results: remove it, or add inference.resume=true"
+    remove = f"{uri}.partial and {lock_path}" if lock_path else f"{uri}.partial"
     if not resumable:
-        return (f"an interrupted run left {uri}.partial, which a Parquet output cannot continue: remove "
-                f"{uri}.partial and {lock_path} to score again")
-    return (f"an interrupted run left {uri}.partial: add inference.resume=true to continue it, or remove "
-            f"{uri}.partial and {lock_path}")
+        return (f"an interrupted run left {uri}.partial, which a Parquet output cannot continue: remove {remove} "
+                "to score again")
+    return f"an interrupted run left {uri}.partial: add inference.resume=true to continue it, or remove {remove}"
 
 
 def take_over(lock_path: str, uri: str) -> Tuple[int, Dict[str, Any]]:

@@ -225,14 +225,16 @@ def test_two_runs_on_one_output_path_the_second_refuses_with_the_holders_pid(ker
     ("jsonl", True, "res.jsonl.partial: add inference.resume=true to continue it, or remove"),
     ("jsonl", False, "res.jsonl.lock and no results: remove it, or add inference.resume=true"),  # killed at start-up
     ("parquet", True, "res.parquet.partial, which a Parquet output cannot continue: remove"),
+    ("parquet", None, "res.parquet.partial, which a Parquet output cannot continue: remove"),  # its lock removed
 ])
 def test_what_a_killed_run_left_is_named_with_advice_that_can_be_followed(fmt, partial, advice, keras_model,
                                                                          tmp_path):
     copy_reviews(tmp_path / "docs", 5)
     out = tmp_path / "out" / f"res.{fmt}"
     out.parent.mkdir()
-    Path(f"{out}.lock").write_text("{}")  # nobody holds it: its run was killed
-    if partial:
+    if partial is not None:
+        Path(f"{out}.lock").write_text("{}")  # nobody holds it: its run was killed
+    if partial in (True, None):
         Path(f"{out}.partial").write_bytes(b"")
     run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
               f"inference.output_format={fmt}", f"inference.output_path={out}", cwd=tmp_path, timeout=120)
