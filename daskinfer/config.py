@@ -25,8 +25,8 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from daskinfer import redaction
-from daskinfer.config_schema import INPUT_FORMATS, OUTPUT_FORMATS, PATH_LABELS, Config
+from daskinfer import config_file_reading, redaction
+from daskinfer.config_schema import COLUMN_KEYS, INPUT_FORMATS, OUTPUT_FORMATS, PATH_LABELS, Config
 from daskinfer.errors import ConfigError
 from daskinfer.redaction import redacted, redacted_override, to_yaml  # noqa: F401  (what callers use)
 
@@ -49,7 +49,7 @@ def load_config(overrides: Sequence[str] = (), config_file: Optional[str] = None
     layers = [OmegaConf.create(defaults_text())]
     try:
         if config_file is not None:
-            layers.append(_config_file(config_file))
+            layers.append(config_file_reading.read(config_file))
         layers.append(_dotlist(overrides))
         cfg = OmegaConf.merge(OmegaConf.structured(Config), *layers)
         if OmegaConf.select(cfg, "inference.input_manifest"):
@@ -68,33 +68,6 @@ def load_config(overrides: Sequence[str] = (), config_file: Optional[str] = None
     return cfg
 
 
-def _config_file(path: str) -> DictConfig:
-    """A --config file: a YAML mapping, or a one-line reason it is not one."""
-    if os.path.isdir(path):
-        raise ConfigError(f"--config {path} is a folder, not a YAML file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config {path} is not a text file (not valid UTF-8)") from None
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ConfigError(f"--config {path}: {exc.strerror}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"--config {path} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
-    if loaded is None:
-        return OmegaConf.create()
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"--config {path} must hold a mapping of keys (inference: ..., cluster: ...), "
-                          f"not a {type(loaded).__name__}")
-    return OmegaConf.create(text)
-
-
 def _is_missing(cfg: DictConfig, key: str) -> bool:
     """True for ??? and for ${oc.env:NAME,???} when NAME is not set."""
     try:
@@ -102,9 +75,6 @@ def _is_missing(cfg: DictConfig, key: str) -> bool:
     except (MissingMandatoryValue, InterpolationToMissingValueError):
         return True
     return False
-
-
-COLUMN_KEYS = ("inference.text_column", "inference.id_column", "inference.labels_from")
 
 
 def _dotlist(overrides: Sequence[str]) -> DictConfig:

@@ -10,6 +10,8 @@ from omegaconf import MISSING
 
 PATH_LABELS = ("aclimdb", "parent_dir")  # labels_from values that read a label from a document's path
 INPUT_FORMATS = ("files", "jsonl", "csv", "parquet")
+# Keys that name a table column: a column may be named on, no or yes, which YAML reads as booleans.
+COLUMN_KEYS = ("inference.text_column", "inference.id_column", "inference.labels_from")
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
 

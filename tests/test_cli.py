@@ -127,3 +127,14 @@ def test_a_column_named_as_a_yaml_boolean_keeps_its_name():
     cfg = load_config(["inference.model_path=m.keras", "inference.input_data_dir=reviews", "inference.id_column=on",
                        "inference.text_column=no", "inference.labels_from=null"])
     assert (cfg.inference.id_column, cfg.inference.text_column, cfg.inference.labels_from) == ("on", "no", None)
+
+
+def test_a_column_named_as_a_yaml_boolean_in_a_config_file_keeps_its_name(tmp_path):
+    """In a --config file too: `text_column: on` names the column "on", not true."""
+    from daskinfer import load_config
+
+    job = tmp_path / "job.yaml"
+    job.write_text("inference:\n  text_column: On\n  id_column: 'yes'\n  labels_from: no\n")
+    cfg = load_config(["inference.model_path=m.keras", "inference.input_data_dir=t.csv", "inference.input_format=csv"],
+                      config_file=str(job))
+    assert (cfg.inference.text_column, cfg.inference.id_column, cfg.inference.labels_from) == ("On", "yes", "no")
