@@ -60,6 +60,21 @@ def read(f: Any, columns: Columns, encoding: str, nrows: Any = None) -> pd.DataF
     return rows
 
 
+def named_twice(f: Any, columns: Columns, encoding: str) -> List[str]:
+    """The columns a run reads that the CSV's header names more than once (pandas would read
+    the first and rename the others "text.1", ...: which one a user meant cannot be told)."""
+    import pandas as pd
+
+    start = f.tell()
+    try:
+        header = pd.read_csv(f, header=None, nrows=1, encoding=encoding, **CSV_OPTIONS).iloc[0].tolist()
+    except pd.errors.EmptyDataError:
+        return []
+    finally:
+        f.seek(start)
+    return [column for column in columns.names() if header.count(column) > 1]
+
+
 def _read_with_bad_rows(f: Any, columns: Columns, encoding: str, nrows: Any) -> pd.DataFrame:
     """The slow parser, for a file with rows of too many fields: each such row is kept as a
     row of markers (pandas drops the extra ones, warning), then made a BadLine."""

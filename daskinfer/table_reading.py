@@ -86,6 +86,10 @@ def _head(uri: str, fmt: str, columns: Columns, options: Mapping[str, Any], enco
     fs, path = storage.filesystem(uri, options)
     with fs.open(path, "rb") as f:
         if fmt == "csv":
+            twice = csv_reading.named_twice(f, columns, encoding)
+            if twice:
+                raise ConfigError(f"{uri} names the column {', '.join(map(repr, twice))} more than once in its "
+                                  "header: rename the others, so that the run reads the one you mean")
             try:
                 head = csv_reading.read(f, columns, encoding, nrows=HEAD_LINES)
             except pd.errors.EmptyDataError:

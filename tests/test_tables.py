@@ -247,6 +247,20 @@ def test_missing_text_column_is_one_clear_line(models, table_files, tmp_path):
     assert not list(tmp_path.rglob("*.jsonl*"))
 
 
+def test_a_csv_header_naming_the_text_column_twice_is_one_clear_line(models, reviews_table, tmp_path):
+    """pandas would read the first `text` and rename the second: which one the user meant is unknown."""
+    import pandas as pd
+
+    rows, _ = reviews_table
+    frame = pd.DataFrame(rows[:20])
+    table = tmp_path / "twice.csv"
+    frame[["id", "text", "text", "label"]].to_csv(table, index=False)
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                  "inference.input_format=csv", cwd=tmp_path)
+    assert_user_error(run, "names the column 'text' more than once in its header", code=2)
+    assert not list(tmp_path.rglob("*.jsonl*"))
+
+
 def test_manifest_mixing_local_paths_and_s3_uris(client, models, test_docs, s3_tables, reference_scores, tmp_path):
     """A manifest instead of a listing: its order, a missing file and a repeated path in the errors."""
     s3 = s3_tables.client()
