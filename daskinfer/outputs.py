@@ -202,9 +202,11 @@ def _named(uri: str) -> Dict[str, str]:
 
 
 def _free_sidecars(uri: str, taken) -> Dict[str, str]:
-    """The plain sidecar names when free, else names after the results file."""
+    """The plain sidecar names when free, else names after the results file (also when the
+    results file itself has a sidecar's name: errors.jsonl gets errors.errors.jsonl, ...)."""
     plain, named = _plain(uri), _named(uri)
-    if not any(taken(p) for p in plain.values()) and not _other_claims(posixpath.dirname(uri), uri, taken):
+    if (posixpath.basename(uri) not in SIDECARS.values() and not any(taken(p) for p in plain.values())
+            and not _other_claims(posixpath.dirname(uri), uri, taken)):
         return plain
     clash = [p for p in named.values() if taken(p)]
     if clash:

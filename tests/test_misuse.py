@@ -288,6 +288,28 @@ def test_a_second_results_file_in_a_folder_gets_sidecars_of_its_own(keras_model,
     )
 
 
+@pytest.mark.parametrize("name,output_format", [("errors.jsonl", "jsonl"), ("ledger.parquet", "parquet")])
+def test_a_results_file_named_like_a_sidecar_keeps_its_sidecars_apart(keras_model, tmp_path, on_client, name,
+                                                                       output_format):
+    docs = copy_reviews(tmp_path / "docs", 30)
+    results = tmp_path / "out" / name
+    done = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+               f"inference.output_path={results}", f"inference.output_format={output_format}", *on_client,
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stem = name.split(".")[0]
+    summary = json.loads((tmp_path / "out" / f"{stem}.summary.json").read_text())
+    assert summary["predicted"] == summary["documents"] == len(docs)
+    assert (tmp_path / "out" / f"{stem}.errors.jsonl").read_text() == ""
+    if output_format == "jsonl":
+        assert filepaths(results) == docs
+    else:
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(results).column("filepath").to_pylist() == [str(d) for d in docs]
+        assert pq.read_table(tmp_path / "out" / f"{stem}.ledger.parquet").num_rows == len(docs)
+
+
 # ---------------------------------------------------------------- 3. NaN and inf
 
 
