@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 from omegaconf import DictConfig
 
 from daskinfer import (carrying, cluster, config, ledger, model, output_lock, outputs, planning, predict, reporting,
-                       run_report, scheduling, sink, storage)
+                       resume_changes, run_report, scheduling, sink, storage)
 from daskinfer.errors import ConfigError, Incomplete, Interrupted, WorkersDied, first_line
 
 if TYPE_CHECKING:
@@ -159,9 +159,15 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
                     f"cannot resume into {uri}: it was started with other settings or inputs "
                     f"({_differences(changed, before, prediction)}); resume with the same ones, "
                     "or choose another inference.output_path")
-        held.record({**held.previous, **output_lock.holder(), "prediction": prediction})
+        interrupted = bool(held.previous.get("prediction"))
+        since = held.previous.get("scored_since_ns") if interrupted else None  # kept through resumes
+        held.record({**held.previous, **output_lock.holder(), "prediction": prediction,
+                     "scored_since_ns": since or time.time_ns()})
         out = sink.OrderedSink(held, options, resume=inf.resume, output_format=inf.output_format, tables=source.tables,
                                column_types=source.output_types() if source.tables else {})
+        if out.done and not source.tables:  # a table that changed is refused above
+            finished_ledger = None if interrupted else held.sidecars.get("ledger")
+            out.score_again(resume_changes.changed(source.documents(), out.done, since, finished_ledger, options))
     except BaseException:  # the lock file stays only where an interrupted run recorded what to resume
         held.release(keep=bool(held.previous.get("prediction")))
         raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Container, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Container, Dict, Iterable, Iterator, Mapping, Optional, Set, Tuple
 
 from daskinfer import ledger, records, storage
 from daskinfer.outputs import Claim
@@ -42,6 +42,17 @@ class OrderedSink:
         self.done = self.results.filepaths | self.errors.filepaths
         self.notes = ledger.Notes(tables)  # where each document's lines went, for the ledger
         self.notes.add_keys(self.results.filepaths, self.errors.filepaths)
+
+    def score_again(self, changed: Set[str]) -> None:
+        """After a resume: forget what was written of documents changed since (their lines
+        are dropped at once, so a later resume cannot mistake them for done)."""
+        if not changed:
+            return
+        for stream in (self.results, self.errors):
+            if isinstance(stream, _LocalStream):
+                stream.forget(changed)
+        self.done -= changed
+        self.notes.errors -= changed
 
     def write(self, part: records.PartitionResult, tables_with_results: Iterable[str] = ()) -> None:
         self.results.write(part.results, part.n_results)
@@ -131,6 +142,22 @@ class _LocalStream:
             self.written += n
         self.count = len(self.filepaths) + self.written
 
+    def forget(self, changed: Set[str]) -> None:
+        """Rewrite what was written before without the lines of changed documents (before any
+        write of this run: all of the file is the earlier runs')."""
+        if not changed & self.filepaths:
+            return
+        kept = self.partial + ".kept"
+        with open(self.partial, "rb") as old, open(kept, "wb") as out:
+            for key, line in _lines(old, None, _Except(changed)):
+                out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(kept, self.partial)
+        self.filepaths -= changed
+        self.resumed_at = os.path.getsize(self.partial)
+        self.count = len(self.filepaths)
+
     def settle(self, current: Container[str], in_sorted_order: bool) -> None:
         """Rewrite the file without lines whose document is gone, merged into sorted order."""
         stale = sum(1 for name in self.filepaths if name not in current)
@@ -182,6 +209,16 @@ def _lines(file, end: Optional[int], current: Container[str]) -> Iterator[Tuple[
         key = json.loads(line)["filepath"]
         if key in current:
             yield key, line
+
+
+class _Except:
+    """Every filepath but those given, as a container."""
+
+    def __init__(self, left_out: Set[str]):
+        self.left_out = left_out
+
+    def __contains__(self, key: object) -> bool:
+        return key not in self.left_out
 
 
 def _merge(a: Iterator[Tuple[str, bytes]], b: Iterator[Tuple[str, bytes]]):

@@ -520,6 +520,61 @@ def test_a_resume_after_the_inputs_changed_writes_exactly_the_current_inputs_sor
     assert summary["documents"] == summary["predicted"] + summary["errors"] == len(current), summary
 
 
+def _rewrite(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def test_a_resume_scores_again_what_changed_after_it_was_scored(slow, tmp_path, on_client):
+    """A document scored (or found empty) before the interruption, then rewritten: the resume
+    writes it as it is now, once, and the ledger a later incremental run trusts says so."""
+    empty = tmp_path / "docs" / "0000_empty.txt"  # sorted first: an error entry before the stop
+    empty.parent.mkdir(parents=True)
+    empty.write_text("")
+    docs, out, args = interrupted_run(slow, tmp_path)
+    done = [r["filepath"] for r in complete_lines(Path(f"{out}.partial"))]
+    assert len(done) >= 20
+    assert json.loads(Path(f"{out}.partial").parent.joinpath("errors.jsonl.partial").read_text())["filepath"] == str(empty)
+    longer, emptied = done[3], done[7]
+    _rewrite(longer, "a review rewritten much longer than before " * 60)
+    _rewrite(emptied, "")
+    _rewrite(str(empty), "no longer empty: a short review")
+
+    resumed = cli(*args, "inference.resume=true", *on_client, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    everything = sorted(docs + [str(empty)])
+    results = {r["filepath"]: r for r in read_jsonl(out)}
+    errors = {e["filepath"]: e for e in read_jsonl(out.parent / "errors.jsonl")}
+    assert sorted([*results, *errors]) == everything and not set(results) & set(errors)
+    assert list(errors) == [emptied] and "empty" in errors[emptied]["error"]
+    for path in (longer, str(empty)):
+        assert abs(results[path]["logit_prob"] - length_score(os.path.getsize(path))) <= 1e-5, path
+    summary = json.loads(summary_beside(out).read_text())
+    assert summary["documents"] == summary["predicted"] + summary["errors"] == len(everything), summary
+
+    again = cli(*args, "inference.resume=false", f"inference.incremental_from={out.parent}",
+                f"inference.output_path={tmp_path / 'again' / 'res.jsonl'}", *on_client, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    carried = {r["filepath"]: r for r in read_jsonl(tmp_path / "again" / "res.jsonl")}
+    for path in (longer, str(empty)):  # carried, as the resume wrote them: as they are now
+        assert abs(carried[path]["logit_prob"] - length_score(os.path.getsize(path))) <= 1e-5, path
+
+
+def test_a_resume_adding_to_a_finished_output_scores_again_what_changed_since(slow, tmp_path, on_client):
+    docs = copy_reviews(tmp_path / "docs", 30)
+    out = tmp_path / "out" / "res.jsonl"
+    args = [f"inference.model_path={slow}", f"inference.input_data_dir={tmp_path / 'docs'}",
+            f"inference.output_path={out}", *on_client]
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    _rewrite(docs[5], "short now")
+    resumed = cli(*args, "inference.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    results = read_jsonl(out)
+    assert [r["filepath"] for r in results] == docs
+    assert abs(results[5]["logit_prob"] - length_score(len("short now"))) <= 1e-5
+    assert abs(results[6]["logit_prob"] - length_score(os.path.getsize(docs[6]))) <= 1e-5
+
+
 # ---------------------------------------------------------------- 6-8. odd files
 
 
