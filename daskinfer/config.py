@@ -224,6 +224,14 @@ def help_text() -> str:
 def _unknown_key_message(exc: ConfigKeyError) -> str:
     key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
     keys = valid_keys()
+    if key.startswith(("+", "~")):
+        return (f"unknown key '{key}': daskinfer's overrides are key=value without Hydra's '{key[0]}' "
+                "(every key exists already)")
+    if key in keys:  # a dotted name as one key: a --config file's `inference.batch_size: 8`
+        section, name = key.split(".", 1)
+        return f"unknown key '{key}': a --config file nests it, '{section}:' on one line, '{name}: ...' indented below"
+    if "." not in key:  # a section misspelt: the sections are the candidates
+        keys = sorted({k.split(".", 1)[0] for k in keys})
     near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if near:
         return f"unknown key '{key}'; did you mean '{near[0]}'? (daskinfer --help lists every key)"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -25,21 +26,28 @@ def read(path: str) -> DictConfig:
         if isinstance(exc, FileNotFoundError):
             raise
         raise ConfigError(f"--config {path}: {exc.strerror}") from None
-    try:
+    with _yaml_errors(path):
         loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"--config {path} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
     if loaded is None:
         return OmegaConf.create()
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path} must hold a mapping of keys (inference: ..., cluster: ...), "
                           f"not a {type(loaded).__name__}")
-    conf = OmegaConf.create(text)
+    with _yaml_errors(path):  # OmegaConf's loader also refuses a key given twice
+        conf = OmegaConf.create(text)
     for key, written in _columns_read_as_booleans(text).items():
         OmegaConf.update(conf, key, written)
     return conf
+
+
+@contextlib.contextmanager
+def _yaml_errors(path: str) -> Iterator[None]:
+    try:
+        yield
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"--config {path} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
 
 
 def _columns_read_as_booleans(text: str) -> Dict[str, str]:

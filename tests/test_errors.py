@@ -66,6 +66,12 @@ def test_unknown_key_suggests_the_nearest_valid_key(model, test_docs, tmp_path):
     far = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", "cluster.zzzz=8", cwd=tmp_path)
     assert_user_error(far, "unknown key 'cluster.zzzz'; valid keys in cluster:", "cluster.address")
     assert "inference.batch_size" not in far.stderr
+    section = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", "clustr.n_workers=2",
+                      cwd=tmp_path)
+    assert_user_error(section, "unknown key 'clustr'; did you mean 'cluster'?")
+    hydra = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", "+inference.batch_size=8",
+                    cwd=tmp_path)
+    assert_user_error(hydra, "unknown key '+inference': daskinfer's overrides are key=value without Hydra's '+'")
 
 
 @pytest.mark.parametrize(

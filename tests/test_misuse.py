@@ -879,6 +879,8 @@ CONFIG_FILES = {
     "broken yaml": b"inference:\n  batch_size: [1, 2\n  threshold: : :\n",
     "binary file": bytes(range(256)) * 4,
     "top-level list": b"- inference.batch_size=8\n- cluster.n_workers=2\n",
+    "a key given twice": b"inference:\n  batch_size: 8\n  batch_size: 9\n",
+    "a section given twice": b"inference:\n  batch_size: 8\ninference:\n  threshold: 0.6\n",
 }
 
 
@@ -901,6 +903,9 @@ def test_a_config_file_that_is_no_mapping_is_one_line(case, keras_model, tmp_pat
     ("inference:\n  mlflow: true\n",
      "inference.mlflow is a group of keys, not a value (True): set its keys, as inference.mlflow.KEY=VALUE"),
     ("inference:\n  labels: positive\n", "inference.labels is a list: write it as [a, b]"),
+    ("inference.batch_size: 8\n",
+     "unknown key 'inference.batch_size': a --config file nests it, 'inference:' on one line, 'batch_size: ...' "
+     "indented below"),
 ])
 def test_a_config_file_of_the_wrong_shape_names_the_key_in_the_users_terms(text, message, tmp_path):
     from daskinfer.config import load_config
