@@ -66,6 +66,8 @@ def check(cfg: DictConfig) -> None:
     """What can be checked in a moment, before any cluster starts: the inputs, the model,
     the output path and the scheduler's address. User errors there fail fast."""
     inf, options = cfg.inference, storage_options(cfg)
+    storage.check_endpoint((inf.input_manifest, inf.input_data_dir, inf.model_path, inf.output_path, inf.reference,
+                            inf.incremental_from), options)
     if inf.input_manifest:
         manifest.check_manifest(inf.input_manifest, options)
     else:

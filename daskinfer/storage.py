@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-from typing import Any, Iterator, Mapping, Optional, Tuple
+from typing import Any, Iterable, Iterator, Mapping, Optional, Tuple
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
@@ -28,6 +28,21 @@ def filesystem(url: str, storage_options: Optional[Mapping[str, Any]] = None) ->
         raise ConfigError(f"storage.options do not suit {url}: {first_line(exc)}") from None
     except ValueError as exc:  # an unknown protocol
         raise ConfigError(f"cannot use {url}: {first_line(exc)}") from None
+
+
+def check_endpoint(uris: Iterable[Optional[str]], storage_options: Mapping[str, Any]) -> None:
+    """An S3 endpoint without its scheme (127.0.0.1:9000) is one line, before botocore's
+    ValueError deep in a listing. Its value is not shown: it may hold a password."""
+    if not any(protocol_of(uri or "") in ("s3", "s3a") for uri in uris):
+        return
+    given = [("storage.options endpoint_url", storage_options.get("endpoint_url")),
+             ("storage.options client_kwargs.endpoint_url", (storage_options.get("client_kwargs") or {}).get("endpoint_url")),
+             ("AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL_S3")),
+             ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))]
+    for where, value in given:
+        if value and not str(value).lower().startswith(("http://", "https://")):
+            raise ConfigError(f"{where} is not a URL: write the S3 endpoint with its scheme, as http://HOST:PORT "
+                              "or https://HOST")
 
 
 def is_local(fs: AbstractFileSystem) -> bool:

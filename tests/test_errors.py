@@ -163,3 +163,17 @@ def test_existing_output_is_never_overwritten(model, test_docs, tmp_path):
     run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs}", f"inference.output_path={out}", cwd=tmp_path)
     assert_user_error(run, "already exists", str(out))
     assert out.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("where", ["AWS_ENDPOINT_URL", "storage.options endpoint_url"])
+def test_an_s3_endpoint_without_its_scheme_is_one_line(where, model, tmp_path):
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret}
+    args = [f"inference.model_path={model}", "inference.input_data_dir=s3://reviews/batch/"]
+    if where == "AWS_ENDPOINT_URL":
+        env["AWS_ENDPOINT_URL"] = "127.0.0.1:9000"
+    else:
+        args.append("storage.options={endpoint_url: 'user:pw@127.0.0.1:9000'}")
+    run = run_cli(*args, cwd=tmp_path, env=env, timeout=60)
+    assert_user_error(run, f"{where} is not a URL", "http://HOST:PORT", code=2)
+    assert secret not in run.stderr + run.stdout and "pw@" not in run.stderr + run.stdout
