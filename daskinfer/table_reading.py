@@ -85,6 +85,7 @@ def _head(uri: str, fmt: str, columns: Columns, options: Mapping[str, Any], enco
 
     fs, path = storage.filesystem(uri, options)
     with fs.open(path, "rb") as f:
+        _refuse_compressed(uri, f)
         if fmt == "csv":
             twice = csv_reading.named_twice(f, columns, encoding)
             if twice:
@@ -114,6 +115,23 @@ def read_csv(uri: str, wanted: Columns, options: Mapping[str, Any], encoding: st
     fs, path = storage.filesystem(uri, options)
     with storage.storage_errors(uri), fs.open(path, "rb") as f:
         return csv_reading.read(f, wanted, encoding)[wanted.names()]
+
+
+# The first bytes of the compressed files tables come as (a text table starts with text).
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+              b"PK\x03\x04": "zip"}
+
+
+def _refuse_compressed(uri: str, f: Any) -> None:
+    """A compressed CSV or JSON-lines file is one line: its rows are cut into byte ranges to
+    read in parallel, which a compressed stream has not (and read as text, it is noise)."""
+    start = f.tell()
+    magic = f.read(6)
+    f.seek(start)
+    kind = next((name for prefix, name in COMPRESSED.items() if magic.startswith(prefix)), None)
+    if kind:
+        raise ConfigError(f"{uri} is compressed ({kind}): daskinfer reads CSV and JSON-lines tables uncompressed; "
+                          "decompress it first, or write the table as Parquet (its compression is read)")
 
 
 def head_lines(f: Any, encoding: str, n: int) -> List[str]:

@@ -261,6 +261,24 @@ def test_a_csv_header_naming_the_text_column_twice_is_one_clear_line(models, rev
     assert not list(tmp_path.rglob("*.jsonl*"))
 
 
+@pytest.mark.parametrize("fmt,name", [("csv", "reviews.csv.gz"), ("jsonl", "reviews.jsonl")])
+def test_a_compressed_table_is_one_clear_line(models, reviews_table, tmp_path, fmt, name):
+    """gzip, whatever the name says: read as text it is noise, and its rows cannot be cut apart."""
+    import pandas as pd
+
+    rows, _ = reviews_table
+    table = tmp_path / name
+    frame = pd.DataFrame(rows[:20])
+    if fmt == "csv":
+        frame.to_csv(table, index=False, compression="gzip")
+    else:
+        frame.to_json(table, orient="records", lines=True, compression="gzip")
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                  f"inference.input_format={fmt}", cwd=tmp_path)
+    assert_user_error(run, f"{table} is compressed (gzip)", "decompress it first", code=2)
+    assert not list(tmp_path.rglob("*.jsonl.partial"))
+
+
 def test_manifest_mixing_local_paths_and_s3_uris(client, models, test_docs, s3_tables, reference_scores, tmp_path):
     """A manifest instead of a listing: its order, a missing file and a repeated path in the errors."""
     s3 = s3_tables.client()
