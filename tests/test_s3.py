@@ -115,3 +115,28 @@ def test_s3_errors_are_one_line_and_quick(case, input_dir, env_change, needle, s
     assert_user_error(run, needle)
     assert s3_server.secret not in run.stderr + run.stdout
     assert not Path(tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("listed_by", ["listing", "manifest"])
+def test_an_empty_object_is_an_empty_document_as_a_local_file_is(listed_by, s3_server, s3_data, test_docs, models,
+                                                                 reference_scores, tmp_path):
+    client = s3_server.client()
+    reviews = sorted(test_docs.glob("*.txt"))[:4]
+    for path in reviews:
+        client.upload_file(str(path), "reviews", f"with-empty/{path.name}")
+    client.put_object(Bucket="reviews", Key="with-empty/0_empty.txt", Body=b"")
+    uris = [f"s3://reviews/with-empty/{p.name}" for p in reviews]
+    if listed_by == "listing":
+        inputs = "inference.input_data_dir=s3://reviews/with-empty/"
+    else:  # sizes unknown: the empty object is read like any other
+        manifest = tmp_path / "manifest.txt"
+        manifest.write_text("\n".join(["s3://reviews/with-empty/0_empty.txt", *uris]) + "\n")
+        inputs = f"inference.input_manifest={manifest}"
+    run = run_cli(f"inference.model_path={models['keras'][0]}", inputs, f"inference.output_path={tmp_path}/res.jsonl",
+                  "inference.error_budget=0.5", cwd=tmp_path, env=s3_server.env)
+    assert run.returncode == 0, run.stderr
+    reference = {f"s3://reviews/with-empty/{p.name}": reference_scores["keras"][str(p)] for p in reviews}
+    assert_predictions(read_jsonl(tmp_path / "res.jsonl"), uris, reference)
+    errors = read_jsonl(tmp_path / "errors.jsonl")
+    assert [(e["filepath"], e["error"]) for e in errors] == [("s3://reviews/with-empty/0_empty.txt",
+                                                             "ValueError: empty document")]
