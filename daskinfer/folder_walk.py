@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import stat
 from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
@@ -14,6 +15,8 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
 from fsspec.spec import AbstractFileSystem
 
 from daskinfer import storage
+
+log = logging.getLogger("daskinfer")
 
 
 def file_version(fs: AbstractFileSystem, path: str, info: Mapping[str, Any]) -> int:
@@ -67,9 +70,8 @@ def walk_local(root: str, recursive: bool, errors: Dict[str, str], relative: str
                 continue
             if stat.S_ISDIR(info.st_mode):
                 if recursive:
-                    if _identity(info) in seen:
-                        errors[name] = "a link to a folder already listed (a folder link loop): walked once"
-                        yield name, 0, 0
+                    if _identity(info) in seen:  # its documents are listed once already: nothing is left out
+                        log.info("Not walking %s again: a link to a folder already listed", name)
                         continue
                     seen.add(_identity(info))
                     yield from walk_local(root, recursive, errors, name + "/", seen)

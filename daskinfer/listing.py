@@ -165,13 +165,15 @@ def list_documents(
         names, sizes, versions = [], array("q"), array("q")
         matches, own = name_matcher(glob), _own_outputs(prefix, leave_out)
         for relative, size, version in entries:
-            if (matches(relative) or relative in errors) and not (own and own(relative)):
+            if matches(relative) and not (own and own(relative)):
                 names.append(relative)
                 sizes.append(size)
                 versions.append(version)
     if not names:
         where = f"{url} or its subfolders" if recursive else url
-        raise FileNotFoundError(f"no files matching '{glob}' in {where}")
+        hint = ("; inference.input_glob matches file names, not paths: for subfolders set inference.recursive=true "
+                f"and inference.input_glob={glob.rsplit('/', 1)[-1]}") if "/" in glob else ""
+        raise FileNotFoundError(f"no files matching '{glob}' in {where}{hint}")
     return Listing(prefix, names, sizes, errors, versions)
 
 

@@ -177,3 +177,9 @@ def test_an_s3_endpoint_without_its_scheme_is_one_line(where, model, tmp_path):
     run = run_cli(*args, cwd=tmp_path, env=env, timeout=60)
     assert_user_error(run, f"{where} is not a URL", "http://HOST:PORT", code=2)
     assert secret not in run.stderr + run.stdout and "pw@" not in run.stderr + run.stdout
+
+
+def test_a_glob_naming_subfolders_says_how_to_list_them(model, test_docs, tmp_path):
+    run = run_cli(f"inference.model_path={model}", f"inference.input_data_dir={test_docs.parent}",
+                  "inference.input_glob=**/*.txt", cwd=tmp_path, timeout=60)
+    assert_user_error(run, "no files matching '**/*.txt'", "inference.recursive=true and inference.input_glob=*.txt")
