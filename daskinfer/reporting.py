@@ -4,6 +4,7 @@ the closing log lines (the last one the output's location, or the error budget's
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 import time
@@ -111,7 +112,7 @@ def closing_lines(result: Dict[str, Any], output_uri: str, errors_uri: str, erro
     if "evaluation" in result:
         for line in evaluation.report_lines(result["evaluation"]):
             log.info("%s", line)
-    log.info("Output result location: %s", output_uri)
+    log.info("Output result location: %s", output_uri if "://" in output_uri else os.path.abspath(output_uri))
     if result["errors"] > error_budget * result["documents"]:
         raise ErrorBudgetExceeded(
             f"{result['errors']} of {result['documents']} documents failed, above "

@@ -23,7 +23,7 @@ def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs
     run = run_cli(
         f"inference.model_path={models[fmt][0]}",
         f"inference.input_data_dir={test_docs}",
-        f"inference.output_path={output}",
+        "inference.output_path=out/results.jsonl",  # relative: the closing line names it in full
         *cluster,
         cwd=tmp_path,
     )
