@@ -19,6 +19,9 @@ layer norms), masked pooling, a sigmoid. Then times, on N copies of the IMDb sam
       and batched as daskinfer does, TensorFlow set as on daskinfer's workers (oneDNN): (a) is
       compared with cores x (e) of the same round (parallel efficiency)
   (g) with --against REV: daskinfer defaults as it was at git revision REV
+  (h) the machine's own ceiling: one copy of (e) per core, all at once, their docs/s summed;
+      (h) / (cores x e) is what two busy cores give of two lone ones on this model, a bound on
+      any parallel efficiency here (shared caches, memory bandwidth, a host's other guests)
 With --sizes 64,500,2000,...: only the model alone on one core against the partition size
 (what length-aware batching gains from larger partitions). With --memory: the worker's peak
 RSS scoring the 1% longest reviews concatenated tenfold, at the default max_batch_chars and
@@ -99,11 +102,12 @@ def single(model_path: str, docs: str, out: str, batch: str = "256") -> None:
                                     "sentiment": "positive" if score > 0.5 else "negative"}) + "\n")
 
 
-def alone(model_path: str, docs: str, n: str) -> None:
+def alone(model_path: str, docs: str, n: str, start_at: str = "0") -> None:
     """docs/s of the model alone on one core, texts in memory: the documents cut into
     partitions as daskinfer cuts them on this machine's cores, the partitions that hold the
     first n documents (all when n is 0) batched as daskinfer batches them. The first calls'
-    tracing counts, as each worker pays it too; loading does not."""
+    tracing counts, as each worker pays it too; loading does not. With start_at (a Unix
+    time), scoring starts then, so that copies of this loaded at once score at once."""
     from daskinfer.partitions import partition_sizes
 
     predict = _model_on_one_core(model_path)
@@ -111,7 +115,18 @@ def alone(model_path: str, docs: str, n: str) -> None:
     size, cuts = partition_sizes(lambda: len(texts), os.cpu_count() or 1, None), []
     while sum(cuts) < min(int(n) or len(texts), len(texts)):
         cuts.append(size())
-    print(_docs_per_s(predict, _batched(texts, cuts, predict)))
+    formed = _batched(texts, cuts, predict)
+    if time.time() > float(start_at) > 0:
+        print(f"loaded {time.time() - float(start_at):.1f} s after the start asked: the copies overlap less", file=sys.stderr)
+    time.sleep(max(0.0, float(start_at) - time.time()))
+    print(_docs_per_s(predict, formed))
+
+
+def together(alone_cmd, copies: int) -> float:
+    """docs/s of copies of (e) scoring at once, summed."""
+    start_at = str(time.time() + 20)  # the copies' imports and loads fit in it on 2 cores
+    jobs = [subprocess.Popen([*alone_cmd, start_at], stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+    return sum(float(job.communicate()[0].strip().splitlines()[-1]) for job in jobs)
 
 
 def sweep(model_path: str, docs: str, sizes: str, n: str, repeat: str) -> None:
@@ -250,6 +265,7 @@ def measure(args, only, work: Path) -> None:
     alone = [*me, "alone", model, str(docs), str(args.alone_sample)]
     times = {key: [] for key in sorted(only & set(runs))}
     e_rates: list = []
+    h_rates: list = []
     for i in range(args.repeat):  # each round runs every contender once: drift weighs on all alike
         for key in times:
             times[key].append(timed(runs[key](i), work, envs.get(key)))
@@ -258,6 +274,9 @@ def measure(args, only, work: Path) -> None:
             done = subprocess.run(alone, check=True, capture_output=True, text=True)
             e_rates.append(float(done.stdout.strip().splitlines()[-1]))
             print(f"  round {i} (e) model alone, one core, daskinfer's batches: {e_rates[-1]:.1f} docs/s", flush=True)
+        if "h" in only:
+            h_rates.append(together(alone, os.cpu_count() or 1))
+            print(f"  round {i} (h) one copy of (e) per core, at once: {h_rates[-1]:.1f} docs/s summed", flush=True)
     rates = {"e": statistics.median(e_rates)} if e_rates else {}
     for key, taken in times.items():
         rates[key] = args.docs / statistics.median(taken)
@@ -272,6 +291,14 @@ def measure(args, only, work: Path) -> None:
         print(f"(e) median {rates['e']:.1f} docs/s ({' '.join(f'{e:.1f}' for e in e_rates)})")
         print(f"(a) / ({cores} cores x e) = {statistics.median(each):.3f} median "
               f"({' '.join(f'{x:.3f}' for x in each)})")
+    cores = os.cpu_count() or 1
+    if h_rates and e_rates:
+        ceiling = [h / (cores * e) for h, e in zip(h_rates, e_rates)]
+        print(f"(h) median {statistics.median(h_rates):.1f} docs/s: (h) / ({cores} cores x e) = "
+              f"{statistics.median(ceiling):.3f} median ({' '.join(f'{x:.3f}' for x in ceiling)}), the machine's ceiling")
+    if h_rates and "a" in times:
+        against = [args.docs / t / h for t, h in zip(times["a"], h_rates)]
+        print(f"(a) / (h) = {statistics.median(against):.3f} median ({' '.join(f'{x:.3f}' for x in against)})")
     if args.memory:
         long = work / "long"
         subprocess.run([*me, "long", str(docs), str(long)], check=True)
