@@ -52,6 +52,10 @@ class ModelSpec:
     intra_op_threads: Optional[int] = None
     inter_op_threads: Optional[int] = None
     cache_dir: Optional[str] = None
+    # The model's content (model_files.describe), part of a worker's cache key: a long-lived
+    # worker that loaded other content at this uri (a model saved again, another MLflow
+    # server's "models:/name/1") loads the model again rather than score with the old one.
+    sha256: Optional[str] = None
 
 
 # ---------------------------------------------------------------- worker side
@@ -60,7 +64,8 @@ Predictor = Callable[[list], Any]
 
 _lock = threading.Lock()
 _loaded: Dict[str, Predictor] = {}
-_load_counts: Dict[str, int] = {}
+_load_counts: Dict[str, int] = {}  # by uri: loads of its latest content
+_uris: Dict[str, str] = {}  # uri -> the cache key of its latest content
 _load_seconds: Dict[str, float] = {}
 
 
@@ -73,14 +78,19 @@ def predictor(spec: ModelSpec) -> Predictor:
     with _lock:
         if key not in _loaded:
             began = time.perf_counter()
-            _loaded[key] = _load(spec)
+            loaded = _load(spec)
+            if _uris.get(spec.uri) not in (None, key):  # the content at this uri changed: the old one goes
+                _loaded.pop(_uris[spec.uri], None)
+                _load_counts[spec.uri] = 0
+            _loaded[key], _uris[spec.uri] = loaded, key
             _load_counts[spec.uri] = _load_counts.get(spec.uri, 0) + 1
             _load_seconds[spec.uri] = time.perf_counter() - began
         return _loaded[key]
 
 
 def load_count(uri: str) -> int:
-    """How many times this process loaded the model at uri (1 when all is well)."""
+    """How many times this process loaded the model at uri in its latest content (1 when
+    all is well)."""
     return _load_counts.get(uri, 0)
 
 

@@ -44,8 +44,9 @@ def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
     import dask
     import dask.bag as db
 
-    planning.check(cfg)
-    job = planning.prepare(cfg, planning.pinned_uri(planning.resolve_model(cfg), cfg.inference.model_path))
+    planning.check(cfg, writes=False)
+    model_info = planning.resolve_model(cfg)
+    job = planning.prepare(cfg, planning.pinned_uri(model_info, cfg.inference.model_path), model_info["sha256"])
     score = dask.delayed(predict.score_records, pure=False)
     return db.from_delayed([score(piece, job.settings, *data) for piece, data in job.source.pieces(n_threads)])
 
@@ -83,7 +84,7 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     uri, made = (inf.output_path, None) if inf.output_path else outputs.default_output_path(inf.output_format)
     out = _open_output(uri, made, cfg, prediction, job.source)
     try:
-        with _cluster(cfg, job, client, pinned) as live:
+        with _cluster(cfg, job, client) as live:
             if live is not None:
                 cluster.describe(live, cfg.cluster)
             log.info("Scoring %s from %s", job.source.describe(), inf.input_manifest or inf.input_data_dir)
@@ -111,7 +112,7 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     return RunResult(out.uri, summary)
 
 
-def _cluster(cfg: DictConfig, job: planning.Job, client: Any, model_uri: str):
+def _cluster(cfg: DictConfig, job: planning.Job, client: Any):
     """The cluster to score on: client's, or one started for this run; none at all for an
     incremental run that has nothing new to score."""
     if client is not None:
@@ -119,7 +120,7 @@ def _cluster(cfg: DictConfig, job: planning.Job, client: Any, model_uri: str):
     if job.increment is not None and not job.increment.plan.to_score:
         log.info("Nothing new or changed since %s: no cluster needed", cfg.inference.incremental_from)
         return contextlib.nullcontext(None)
-    return cluster.connect(cfg.cluster, planning.model_spec(cfg, model_uri))
+    return cluster.connect(cfg.cluster, job.settings.model)  # the spec the tasks carry: one load a worker
 
 
 def _publish(cfg: DictConfig, job: planning.Job, out: sink.OrderedSink, scoring: reporting.Scoring,

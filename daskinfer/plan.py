@@ -36,7 +36,7 @@ def plan(cfg: DictConfig) -> Dict[str, Any]:
     job = planning.prepare(cfg, planning.pinned_uri(model_info, cfg.inference.model_path), model_info["sha256"])
     inputs = job.source.profile(cfg.inference.max_document_bytes)
     increment = job.increment and job.increment.plan
-    with cluster.connect(cfg.cluster, planning.model_spec(cfg)) as client:
+    with cluster.connect(cfg.cluster, job.settings.model) as client:
         ready = _since_process_start()  # the run's start-up: interpreter, imports, listing, cluster, model
         nthreads = client.nthreads()
         threads = scheduling.planned_threads(client, cfg.cluster)

@@ -32,22 +32,24 @@ def storage_options(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg.storage.options, resolve=True)
 
 
-def model_spec(cfg: DictConfig, uri: Optional[str] = None) -> model.ModelSpec:
+def model_spec(cfg: DictConfig, uri: Optional[str] = None, sha256: Optional[str] = None) -> model.ModelSpec:
     """How workers find and run the model. uri: the model_path as resolved on the driver (an
-    MLflow alias pinned to its version), so that every worker scores with the same model."""
+    MLflow alias pinned to its version), so that every worker scores with the same model;
+    sha256: its content, which a worker that loaded other content at uri loads anew."""
     return model.ModelSpec(
         uri=uri or cfg.inference.model_path,
         storage_options=storage_options(cfg),
         intra_op_threads=cfg.cluster.tf_intra_op_threads,
         inter_op_threads=cfg.cluster.tf_inter_op_threads,
         cache_dir=cfg.inference.model_cache_dir,
+        sha256=sha256,
     )
 
 
-def settings(cfg: DictConfig, model_uri: Optional[str] = None) -> Settings:
+def settings(cfg: DictConfig, model_uri: Optional[str] = None, model_sha256: Optional[str] = None) -> Settings:
     inf = cfg.inference
     return Settings(
-        model=model_spec(cfg, model_uri),
+        model=model_spec(cfg, model_uri, model_sha256),
         encoding=inf.encoding,
         batch_size=inf.batch_size,
         threshold=inf.threshold,
@@ -62,9 +64,10 @@ def settings(cfg: DictConfig, model_uri: Optional[str] = None) -> Settings:
     )
 
 
-def check(cfg: DictConfig) -> None:
+def check(cfg: DictConfig, writes: bool = True) -> None:
     """What can be checked in a moment, before any cluster starts: the inputs, the model,
-    the output path and the scheduler's address. User errors there fail fast."""
+    the output path (for a run that writes one) and the scheduler's address. User errors
+    there fail fast."""
     inf, options = cfg.inference, storage_options(cfg)
     storage.check_endpoint((inf.input_manifest, inf.input_data_dir, inf.model_path, inf.output_path, inf.reference,
                             inf.incremental_from), options)
@@ -75,7 +78,7 @@ def check(cfg: DictConfig) -> None:
     model_files.locate(inf.model_path, options, inf.model_cache_dir)
     if inf.input_format == "files":
         evaluation.check(inf.labels_from, inf.labels)
-    if inf.output_path:
+    if inf.output_path and writes:
         outputs.check_output_path(inf.output_path, options, inf.resume)
     if inf.reference:
         run_report.check_reference(inf.reference, options)
@@ -91,7 +94,7 @@ def prepare(cfg: DictConfig, model_uri: Optional[str] = None, model_sha256: Opti
     """List the inputs (or read the tables' schemas) and settle what every task needs; in an
     incremental run, which documents keep their previous records."""
     source = sources.open_source(cfg.inference, storage_options(cfg))
-    return Job(cfg, source, settings(cfg, model_uri), increment(cfg, source, model_sha256))
+    return Job(cfg, source, settings(cfg, model_uri, model_sha256), increment(cfg, source, model_sha256))
 
 
 def increment(cfg: DictConfig, source: Source, model_sha256: Optional[str]) -> Optional[Increment]:

@@ -34,3 +34,34 @@ def test_records_bag_explores_lazily(client, models, test_docs, reference_scores
     assert_predictions(records, local_docs(test_docs), reference_scores["tf-keras2-savedmodel"])
     frame = bag.to_dataframe().compute()
     assert list(frame.columns) == ["time", "filepath", "logit_prob", "sentiment"] and len(frame) == 1600
+
+
+def test_a_model_saved_again_at_its_path_is_loaded_again_by_a_long_lived_cluster(client, models, test_docs,
+                                                                                reference_scores, tmp_path):
+    """A notebook retrains and saves to the same path: the same workers score with the new
+    model, not the one they loaded first, and an existing output does not stop records_bag."""
+    import shutil
+
+    from misuse_fakes import length_score, nonfinite_model
+
+    path = tmp_path / "model"
+    shutil.copytree(models["keras3-export"][0], path)
+    docs = sorted(local_docs(test_docs))[:40]
+    args = [f"inference.model_path={path}", f"inference.input_manifest={tmp_path / 'docs.txt'}"]
+    (tmp_path / "docs.txt").write_text("\n".join(docs) + "\n")
+    first = daskinfer.run(daskinfer.load_config([*args, f"inference.output_path={tmp_path / 'a.jsonl'}"]),
+                          client=client)
+    assert_predictions(read_jsonl(first.output_uri), docs, reference_scores["keras3-export"])
+
+    shutil.rmtree(path)
+    nonfinite_model(path)  # another model at the same path: it scores by length
+    cfg = daskinfer.load_config([*args, f"inference.output_path={tmp_path / 'b.jsonl'}"])
+    second = daskinfer.run(cfg, client=client)
+    scored = {r["filepath"]: r["logit_prob"] for r in read_jsonl(second.output_uri)}
+    assert list(scored) == docs
+    assert all(abs(score - length_score(len(open(doc, "rb").read()))) <= 1e-5 for doc, score in scored.items())
+    assert set(second.summary["model_loads"].values()) == {1}
+    assert second.summary["model"]["sha256"] != first.summary["model"]["sha256"]
+    explored = daskinfer.records_bag(cfg).compute()  # cfg names b.jsonl, which exists: records_bag writes nothing
+    assert sorted(r["filepath"] for r in explored) == docs
+    assert all(abs(r["logit_prob"] - scored[r["filepath"]]) <= 1e-5 for r in explored)
