@@ -54,6 +54,10 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
                 return None
             _check_columns(uri, head.columns, columns)
             meta = head[columns.names()].iloc[:0]
+            if columns.id and head[columns.id].dtype == object and head[columns.id].notna().any():
+                # ids of mixed kinds ("007" and 12): text, which an empty object column cannot
+                # tell from ids all missing (tables.output_types: the Parquet id column's type)
+                meta = meta.astype({columns.id: "string"})
             with dask.config.set({"dataframe.convert-string": False}):  # which writes a JSON list as Python would
                 if fmt == "csv":
                     return dd.from_map(read_csv, [uri], args=(columns, options, encoding), meta=meta,

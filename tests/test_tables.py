@@ -438,6 +438,24 @@ def test_parquet_output_ids_of_every_table(second_ids, kind, client, models, tmp
     assert [abs(p - float(s)) <= 1e-5 for p, s in zip(table.column("logit_prob").to_pylist(), scores)] == [True] * 6
 
 
+def test_parquet_output_keeps_csv_ids_as_written_when_one_table_mixes_kinds(client, models, tmp_path):
+    """"007" beside 12 in one CSV, 1 and 2 in another: one column of text, "007" kept."""
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "a.csv").write_text("id,text\n007,a fine warm film\n12,dull and far too long\n")
+    (folder / "b.csv").write_text("id,text\n1,the best of the year\n2,a waste of an evening\n")
+    out = tmp_path / "out" / "res.parquet"
+    result = daskinfer.run(daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={folder}",
+        "inference.input_format=csv", "inference.id_column=id", "inference.output_format=parquet",
+        f"inference.output_path={out}"]), client=client)
+    table = pq.read_table(result.output_uri)
+    assert str(table.schema.field("id").type) == "string"
+    assert table.column("id").to_pylist() == ["007", "12", "1", "2"]
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_empty_shards_hold_no_rows(fmt, client, models, tmp_path):
     """A folder of shards where a writer left some empty (Spark writes an empty part file for
