@@ -34,9 +34,9 @@ def check_remote(cfg: DictConfig) -> None:
     check_address(cfg.address)
     if cfg.address.startswith("tls://") and not security(cfg).tls_ca_file:
         raise ConfigError(
-            f"the scheduler at {cfg.address} speaks TLS and no certificates are configured: set "
+            f"cluster.address {cfg.address} asks for TLS and no certificates are configured: set "
             "cluster.tls.ca_file/client_cert/client_key or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
-            "..._CLIENT__CERT and ..._CLIENT__KEY"
+            "..._CLIENT__CERT and ..._CLIENT__KEY (or write tcp:// for a scheduler without TLS)"
         )
 
 
