@@ -16,6 +16,7 @@ import collections
 import itertools
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from daskinfer import csv_reading, storage
@@ -121,18 +122,19 @@ def read_csv(uri: str, wanted: Columns, options: Mapping[str, Any], encoding: st
         return csv_reading.read(f, wanted, encoding)[wanted.names()]
 
 
-# The first bytes of the compressed files tables come as (a text table starts with text).
-COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
-              b"PK\x03\x04": "zip"}
+# The first bytes of the compressed files tables come as: none is text a table starts with
+# (bzip2's "BZh" is, so its block size digit and its first block's or end's magic count too).
+COMPRESSED = {rb"\x1f\x8b": "gzip", rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)": "bzip2", rb"\xfd7zXZ\x00": "xz",
+              rb"\x28\xb5\x2f\xfd": "zstd", rb"PK\x03\x04": "zip"}
 
 
 def _refuse_compressed(uri: str, f: Any) -> None:
     """A compressed CSV or JSON-lines file is one line: its rows are cut into byte ranges to
     read in parallel, which a compressed stream has not (and read as text, it is noise)."""
     start = f.tell()
-    magic = f.read(6)
+    magic = f.read(10)
     f.seek(start)
-    kind = next((name for prefix, name in COMPRESSED.items() if magic.startswith(prefix)), None)
+    kind = next((name for prefix, name in COMPRESSED.items() if re.match(prefix, magic)), None)
     if kind:
         raise ConfigError(f"{uri} is compressed ({kind}): daskinfer reads CSV and JSON-lines tables uncompressed; "
                           "decompress it first, or write the table as Parquet (its compression is read)")

@@ -261,22 +261,32 @@ def test_a_csv_header_naming_the_text_column_twice_is_one_clear_line(models, rev
     assert not list(tmp_path.rglob("*.jsonl*"))
 
 
-@pytest.mark.parametrize("fmt,name", [("csv", "reviews.csv.gz"), ("jsonl", "reviews.jsonl")])
-def test_a_compressed_table_is_one_clear_line(models, reviews_table, tmp_path, fmt, name):
-    """gzip, whatever the name says: read as text it is noise, and its rows cannot be cut apart."""
+@pytest.mark.parametrize("fmt,name,kind", [("csv", "reviews.csv.gz", "gzip"), ("jsonl", "reviews.jsonl", "gzip"),
+                                           ("csv", "reviews.csv", "bz2")])
+def test_a_compressed_table_is_one_clear_line(models, reviews_table, tmp_path, fmt, name, kind):
+    """Compressed, whatever the name says: read as text it is noise, and its rows cannot be cut
+    apart. A header that starts as bzip2's magic does ("BZh") is still a table."""
     import pandas as pd
 
     rows, _ = reviews_table
     table = tmp_path / name
     frame = pd.DataFrame(rows[:20])
     if fmt == "csv":
-        frame.to_csv(table, index=False, compression="gzip")
+        frame.to_csv(table, index=False, compression=kind)
     else:
-        frame.to_json(table, orient="records", lines=True, compression="gzip")
+        frame.to_json(table, orient="records", lines=True, compression=kind)
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
                   f"inference.input_format={fmt}", cwd=tmp_path)
-    assert_user_error(run, f"{table} is compressed (gzip)", "decompress it first", code=2)
+    assert_user_error(run, f"{table} is compressed ({'bzip2' if kind == 'bz2' else kind})", "decompress it first",
+                      code=2)
     assert not list(tmp_path.rglob("*.jsonl.partial"))
+    if kind == "bz2":
+        frame.rename(columns={"id": "BZh1"}).to_csv(table, index=False, columns=["BZh1", "text"])
+        run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                      "inference.input_format=csv", "inference.id_column=BZh1", f"inference.output_path={tmp_path}/o.jsonl",
+                      "inference.error_budget=0.5", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert len(read_jsonl(tmp_path / "o.jsonl")) + len(read_jsonl(tmp_path / "errors.jsonl")) == 20
 
 
 def test_manifest_mixing_local_paths_and_s3_uris(client, models, test_docs, s3_tables, reference_scores, tmp_path):
