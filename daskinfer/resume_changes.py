@@ -45,7 +45,7 @@ def changed(docs: Iterable[Any], done: Set[str], since_ns: Optional[int], ledger
 def _modified_since(uri: str, since_ns: int) -> bool:
     """Whether a local file was modified at or after since_ns (an object store's documents
     are not looked at: their versions are compared only through a ledger)."""
-    if "://" in uri and not uri.startswith("file://"):
+    if storage.protocol_of(uri) not in (None, "file"):
         return False
     try:
         return os.stat(storage.path_on(uri)).st_mtime_ns >= since_ns
