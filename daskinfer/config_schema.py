@@ -33,6 +33,7 @@ class InferenceConfig:
     text_column: str = MISSING
     id_column: Optional[str] = MISSING
     recursive: bool = MISSING
+    include_hidden: bool = MISSING
     encoding: str = MISSING
     output_path: Optional[str] = MISSING
     output_format: str = MISSING

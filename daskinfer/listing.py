@@ -140,10 +140,12 @@ def list_documents(
     recursive: bool = False,
     storage_options: Optional[Mapping[str, Any]] = None,
     leave_out: Tuple[Sequence[str], Sequence[str]] = ((), ()),
+    include_hidden: bool = False,
 ) -> Listing:
     """Every non-folder entry under url whose name matches glob, in sorted order; url
-    itself when it names a file; but for leave_out, (folders, files) as records name them:
-    daskinfer's own outputs (outputs.own_files), which a run in the input folder writes.
+    itself when it names a file; but for hidden ones (NameFilter) and leave_out, (folders,
+    files) as records name them: daskinfer's own outputs (outputs.own_files), which a run in
+    the input folder writes.
 
     Dangling links and unreadable files are listed too: they fail when read and are
     reported then, never dropped here.
@@ -163,7 +165,7 @@ def list_documents(
             entries = walk_remote(fs, root, recursive)
         prefix = storage.full_uri(fs, root).rstrip("/") + "/"
         names, sizes, versions = [], array("q"), array("q")
-        matches, own = name_matcher(glob), _own_outputs(prefix, leave_out)
+        matches, own = NameFilter(glob, include_hidden), _own_outputs(prefix, leave_out)
         for relative, size, version in entries:
             if matches(relative) and not (own and own(relative)):
                 names.append(relative)
@@ -173,7 +175,8 @@ def list_documents(
         where = f"{url} or its subfolders" if recursive else url
         hint = ("; inference.input_glob matches file names, not paths: for subfolders set inference.recursive=true "
                 f"and inference.input_glob={glob.rsplit('/', 1)[-1]}") if "/" in glob else ""
-        raise FileNotFoundError(f"no files matching '{glob}' in {where}{hint}")
+        raise FileNotFoundError(f"no files matching '{glob}' in {where}{matches.hint()}{hint}")
+    matches.report(url)
     return Listing(prefix, names, sizes, errors, versions)
 
 
@@ -196,11 +199,38 @@ def _own_outputs(prefix: str, leave_out: Tuple[Sequence[str], Sequence[str]]) ->
     return own
 
 
-def name_matcher(glob: str) -> Callable[[str], bool]:
-    """Whether a listed path's file name matches glob (case-sensitively, as fnmatchcase),
-    with the pattern compiled once: a million calls of fnmatchcase cost 0.8 s."""
-    match = re.compile(fnmatch.translate(glob)).match
-    return lambda path: match(path.rpartition("/")[2]) is not None
+class NameFilter:
+    """Which listed paths (relative to the folder) are inputs: those whose file name matches
+    glob (case-sensitively, as fnmatchcase), but for hidden ones, which Python's glob and
+    the shell leave out too: a name in the path that starts with "." (macOS's "._x.txt"
+    resource forks, a notebook's .ipynb_checkpoints copies, .git). include_hidden keeps
+    them; a glob that itself starts with "." matches hidden file names, as in the shell.
+    Counts what it left out, for one log line (nothing is left out silently)."""
+
+    def __init__(self, glob: str, include_hidden: bool = False):
+        # compiled once: a million calls of fnmatchcase cost 0.8 s
+        self._match = re.compile(fnmatch.translate(glob)).match
+        self._hidden_ok, self._dotted_glob = include_hidden, glob.startswith(".")
+        self.hidden, self.example = 0, ""
+
+    def __call__(self, path: str) -> bool:
+        folder, _, name = path.rpartition("/")
+        if self._match(name) is None:
+            return False
+        if self._hidden_ok or not ((name[0] == "." and not self._dotted_glob) or f"/{folder}".find("/.") >= 0):
+            return True
+        self.hidden += 1
+        self.example = self.example or path
+        return False
+
+    def report(self, url: str) -> None:
+        if self.hidden:
+            log.info("Left out %d hidden file(s) of %s (a name starting with '.', such as %s); "
+                     "inference.include_hidden=true scores them", self.hidden, url, self.example)
+
+    def hint(self) -> str:
+        """For "no files matching": the hidden ones that did match."""
+        return f" ({self.hidden} hidden: set inference.include_hidden=true)" if self.hidden else ""
 
 
 def has_objects(fs: AbstractFileSystem, root: str) -> bool:

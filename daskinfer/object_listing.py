@@ -21,7 +21,7 @@ import numpy as np
 from daskinfer import compat, storage
 from daskinfer.errors import RunFailed
 from daskinfer.folder_walk import version_of
-from daskinfer.listing import Document, Listing, has_objects, name_matcher
+from daskinfer.listing import Document, Listing, NameFilter, has_objects
 
 log = logging.getLogger("daskinfer")
 CHUNK = 1000  # keys handed over at a time: a listing page's worth
@@ -38,13 +38,14 @@ class GrowingListing(Listing):
     background. stream() yields them as they are listed; every other use waits for the
     listing's end and then sees a complete Listing."""
 
-    def __init__(self, fs: Any, root: str, url: str, glob: str, recursive: bool):
+    def __init__(self, fs: Any, root: str, url: str, glob: str, recursive: bool, include_hidden: bool = False):
         self.prefix = storage.full_uri(fs, root).rstrip("/") + "/"
         self.names: List[str] = []
         self.sizes = array("q")
         self._versions = array("q")
         self.errors: dict = {}
         self.url, self.glob, self.recursive = url, glob, recursive
+        self._matches = NameFilter(glob, include_hidden)
         self.complete = False
         self.listed = 0  # by the background thread: how far the listing has got
         # Bounded: the listing runs at most AHEAD chunks ahead of the scoring, so that a
@@ -64,7 +65,7 @@ class GrowingListing(Listing):
         """In the background: the matching keys, CHUNK at a time, then _END (or the error)."""
         try:
             chunk: List[Tuple[str, int, int]] = []
-            matches = name_matcher(self.glob)
+            matches = self._matches
             for info in compat.list_pages(fs, base, self.recursive):
                 name = info["name"][len(base):]
                 if info.get("type") == "directory" or not matches(name):
@@ -87,7 +88,7 @@ class GrowingListing(Listing):
             chunk = self._next_chunk()
             if chunk is None:
                 where = f"{self.url} or its subfolders" if self.recursive else self.url
-                raise FileNotFoundError(f"no files matching '{self.glob}' in {where}")
+                raise FileNotFoundError(f"no files matching '{self.glob}' in {where}{self._matches.hint()}")
             if chunk:
                 return chunk
 
@@ -97,6 +98,7 @@ class GrowingListing(Listing):
             self.complete = True
             log.info("Listed all %d documents of %s in %.1f s", len(self.names), self.url,
                      time.monotonic() - self._started)
+            self._matches.report(self.url)
             return None
         if isinstance(item, BaseException):
             with storage.storage_errors(self.url):
@@ -158,8 +160,8 @@ class GrowingListing(Listing):
         return super().total_bytes
 
 
-def open_listing(url: str, glob: str, recursive: bool, storage_options: Optional[Mapping[str, Any]]
-                 ) -> Optional[GrowingListing]:
+def open_listing(url: str, glob: str, recursive: bool, storage_options: Optional[Mapping[str, Any]],
+                 include_hidden: bool = False) -> Optional[GrowingListing]:
     """A listing streamed from url, when url is a prefix of a store that lists in pages
     (S3); None otherwise (the caller lists it whole)."""
     fs, root = storage.filesystem(url, storage_options)
@@ -168,4 +170,4 @@ def open_listing(url: str, glob: str, recursive: bool, storage_options: Optional
     with storage.storage_errors(url):
         if fs.isfile(root) or not has_objects(fs, root):
             return None  # a single object, or an empty or missing prefix: listed whole, as before
-        return GrowingListing(fs, root, url, glob, recursive)
+        return GrowingListing(fs, root, url, glob, recursive, include_hidden)

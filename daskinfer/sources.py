@@ -34,10 +34,12 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
         # to compare it with a previous run's, or to skip what a resumed run did.
         streamed = None
         if inf.input_format == "files" and not inf.resume and not inf.incremental_from:
-            streamed = object_listing.open_listing(inf.input_data_dir, glob, inf.recursive, storage_options)
+            streamed = object_listing.open_listing(inf.input_data_dir, glob, inf.recursive, storage_options,
+                                                    inf.include_hidden)
         if streamed is None:
             own = outputs.own_files(inf.output_path, storage_options)
-            docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options, leave_out=own)
+            docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options, leave_out=own,
+                                  include_hidden=inf.include_hidden)
         else:
             docs = streamed
     if inf.input_format == "files":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import glob as pyglob
 import json
 import os
 import shutil
 
+import pytest
 from conftest import IMDB, SHARED_DATA, read_jsonl, run_cli
+
+from daskinfer.listing import list_documents
 
 
 def make_mixed_folder(root):
@@ -202,3 +206,19 @@ def test_the_first_partition_is_small_and_the_rest_are_shared_evenly_by_the_thre
         assert max(rest) <= 2000 and min(rest) >= max(rest) - len(rest), (n_docs, threads, rest)
     configured = [len(p) for p in partitions.group(many, partitions.partition_sizes(lambda: len(many), 2, 250), 2**40)]
     assert set(configured) == {250}
+
+
+@pytest.mark.parametrize("glob, include_hidden", [("*.txt", False), ("*.txt", True), (".*.txt", False)])
+def test_a_folder_is_listed_as_pythons_glob_lists_it(glob, include_hidden, tmp_path):
+    """Hidden names (a "._" resource fork, .ipynb_checkpoints/, .git/) are left out as
+    glob.glob leaves them out, also inside subfolders; include_hidden keeps them as
+    glob.glob(include_hidden=True) does."""
+    for name in ("a.txt", "._a.txt", ".hidden.txt", "b.md", "sub/c.txt", "sub/._c.txt", ".ipynb_checkpoints/a.txt",
+                 ".git/d.txt", "sub/.cache/e.txt", "sub/deeper/f.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a fine film")
+    expected = sorted(p for p in pyglob.glob(f"**/{glob}", root_dir=tmp_path, recursive=True,
+                                              include_hidden=include_hidden) if p not in (".", ""))
+    listed = list_documents(str(tmp_path), glob, recursive=True, include_hidden=include_hidden)
+    assert [d.uri[len(listed.prefix):] for d in listed] == expected
+    assert expected  # each case lists something: the glob and the files agree

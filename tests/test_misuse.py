@@ -651,6 +651,33 @@ def test_a_recursive_listing_goes_round_a_link_loop_once(keras_model, tmp_path, 
     assert read_jsonl(out.parent / "errors.jsonl") == []
 
 
+def test_hidden_files_are_no_inputs_unless_asked_for(keras_model, tmp_path, on_client):
+    """A folder copied from a Mac holds a binary "._" resource fork beside each file, and a
+    notebook's .ipynb_checkpoints/ a copy of each file opened in it: no documents of the run
+    (Python's glob would not list them either), so no error entries failing the run at the
+    default error budget, nor reviews scored twice. include_hidden=true scores them."""
+    docs = copy_reviews(tmp_path / "docs", 10)
+    forks = [str(Path(p).with_name("._" + Path(p).name)) for p in docs[:3]]
+    for fork in forks:
+        Path(fork).write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe\x00")
+    copies = copy_reviews(tmp_path / "docs" / ".ipynb_checkpoints", 2)
+    args = (f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+            "inference.recursive=true", *on_client)
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(*args, f"inference.output_path={out}", cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert filepaths(out) == docs
+    assert read_jsonl(out.parent / "errors.jsonl") == []
+    assert "Left out 5 hidden file(s)" in run.stderr and "inference.include_hidden=true" in run.stderr
+
+    every = tmp_path / "every" / "res.jsonl"
+    run = cli(*args, f"inference.output_path={every}", "inference.include_hidden=true", "inference.error_budget=0.5",
+              cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sorted(filepaths(every)) == sorted(docs + copies)
+    assert sorted(e["filepath"] for e in read_jsonl(every.parent / "errors.jsonl")) == sorted(forks)
+
+
 # ---------------------------------------------------------------- 9. output paths that name folders
 
 

@@ -140,3 +140,24 @@ def test_an_empty_object_is_an_empty_document_as_a_local_file_is(listed_by, s3_s
     errors = read_jsonl(tmp_path / "errors.jsonl")
     assert [(e["filepath"], e["error"]) for e in errors] == [("s3://reviews/with-empty/0_empty.txt",
                                                              "ValueError: empty document")]
+
+
+def test_hidden_objects_are_no_inputs_as_in_a_local_folder(s3_server, s3_data, test_docs, models, reference_scores,
+                                                           tmp_path):
+    """The bucket is scored as it is listed (object_listing): a synced folder's "._" forks
+    and .ipynb_checkpoints/ copies are left out there as in a local folder's listing."""
+    client = s3_server.client()
+    reviews = sorted(test_docs.glob("*.txt"))[:4]
+    for path in reviews:
+        client.upload_file(str(path), "reviews", f"synced/{path.name}")
+        client.put_object(Bucket="reviews", Key=f"synced/._{path.name}", Body=b"\x00\x05\x16\x07Mac OS X \xff")
+    client.upload_file(str(reviews[0]), "reviews", f"synced/.ipynb_checkpoints/{reviews[0].name}")
+    run = run_cli(f"inference.model_path={models['keras'][0]}", "inference.input_data_dir=s3://reviews/synced/",
+                  "inference.recursive=true", f"inference.output_path={tmp_path}/res.jsonl", cwd=tmp_path,
+                  env=s3_server.env)
+    assert run.returncode == 0, run.stderr
+    uris = [f"s3://reviews/synced/{p.name}" for p in reviews]
+    reference = {f"s3://reviews/synced/{p.name}": reference_scores["keras"][str(p)] for p in reviews}
+    assert_predictions(read_jsonl(tmp_path / "res.jsonl"), uris, reference)
+    assert read_jsonl(tmp_path / "errors.jsonl") == []
+    assert "Left out 5 hidden file(s)" in run.stderr
