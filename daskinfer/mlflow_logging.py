@@ -4,7 +4,8 @@ counts, rate and evaluation as metrics, summary.json, errors and config.yaml (an
 the results) as artifacts, and tags that link the model's run and version.
 
 It runs after the results are published: a failure here is one line for a warning, and the
-results stay as they are.
+results stay as they are. Whether MLflow can take the record at all is checked before any work
+(check), so that a run that scores for an hour is not the first to find the server unset or down.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer import mlflow_client, mlflow_models, storage
+from daskinfer import mlflow_client, mlflow_models, reporting, storage
 from daskinfer.mlflow_client import LogFailed
 from daskinfer.errors import first_line
 
@@ -26,6 +27,17 @@ DEFAULT_EXPERIMENT = "daskinfer"
 ARTIFACT_NAMES = {"summary": "summary.json", "errors": "errors.jsonl", "config": "config.yaml"}
 COUNTS = ("documents", "predicted", "errors", "skipped", "docs_per_s", "elapsed_s")
 MAX_PARAM = 6000  # MLflow's limit on a parameter's value
+
+
+def check(cfg: DictConfig) -> None:
+    """When the run is to be logged, before any work: MLflow installed, a tracking server set
+    (ConfigError) and answering (ConnectionError, PermissionError), each in one line."""
+    if not cfg.inference.mlflow.log:
+        return
+    mlflow = mlflow_client.import_mlflow("inference.mlflow.log=true")
+    with mlflow_client.settings(mlflow_client.LOOKUP), mlflow_client.one_line_errors("the batch run's MLflow record"):
+        mlflow_client.require_tracking_uri(mlflow, "inference.mlflow.log=true")
+        mlflow.MlflowClient().search_experiments(max_results=1)
 
 
 def log_run(cfg: DictConfig, summary: Mapping[str, Any], files: Mapping[str, str], results_uri: str) -> Optional[str]:
@@ -56,7 +68,8 @@ def _log(client, cfg: DictConfig, summary: Mapping[str, Any], files: Mapping[str
     except BaseException:
         _terminate(client, run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    # a run over its error budget exits non-zero: MLflow shows it as failed too
+    client.set_terminated(run_id, "FAILED" if reporting.over_budget(summary, cfg.inference.error_budget) else "FINISHED")
     return run_id
 
 

@@ -75,6 +75,10 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
         cluster.start_forkserver(cfg.cluster)  # TensorFlow's import overlaps what follows
     run_report.warm_up()
     inf = cfg.inference
+    if inf.mlflow.log:  # after the forkserver's start: MLflow's import takes seconds
+        from daskinfer import mlflow_logging
+
+        mlflow_logging.check(cfg)
     model_info = planning.resolve_model(cfg)  # an MLflow alias is resolved here, once
     pinned = planning.pinned_uri(model_info, inf.model_path)
     job = planning.prepare(cfg, pinned, model_info["sha256"])

@@ -113,11 +113,16 @@ def closing_lines(result: Dict[str, Any], output_uri: str, errors_uri: str, erro
         for line in evaluation.report_lines(result["evaluation"]):
             log.info("%s", line)
     log.info("Output result location: %s", output_uri if "://" in output_uri else os.path.abspath(output_uri))
-    if result["errors"] > error_budget * result["documents"]:
+    if over_budget(result, error_budget):
         raise ErrorBudgetExceeded(
             f"{result['errors']} of {result['documents']} documents failed, above "
             f"inference.error_budget={error_budget:g}; see {errors_uri}"
         )
+
+
+def over_budget(result: Dict[str, Any], error_budget: float) -> bool:
+    """More documents failed than inference.error_budget allows: the run exits non-zero."""
+    return result["errors"] > error_budget * result["documents"]
 
 
 class Progress:

@@ -244,6 +244,28 @@ def test_errors_are_one_line_quick_and_before_any_worker(case, mlflow_server, re
 
 # ---------------------------------------------------------------- logging the batch run
 
+LOGGING_ERRORS = {
+    "server down": ({"MLFLOW_TRACKING_URI": "down"}, "cannot reach the MLflow tracking server", 1),
+    "refused credentials": ({"MLFLOW_TRACKING_PASSWORD": "not-the-password"}, "refused access", 1),
+    "no tracking server set": ({"MLFLOW_TRACKING_URI": ""}, "needs an MLflow tracking server, and none is set", 2),
+}
+
+
+@pytest.mark.parametrize("case", list(LOGGING_ERRORS))
+def test_a_run_to_log_fails_before_any_work_when_mlflow_cannot_take_its_record(case, mlflow_server, models, tmp_path):
+    """inference.mlflow.log=true with a model from a plain file: the tracking server is asked
+    before the first document is scored, not after an hour of scoring."""
+    env, needle, code = LOGGING_ERRORS[case]
+    env = {k: f"http://127.0.0.1:{free_port()}" if v == "down" else v for k, v in env.items()}
+    run = score(mlflow_server, str(models["keras"][0]), tmp_path, "out", "inference.mlflow.log=true",
+                "inference.input_glob=*.py", docs=Path(__file__).parent, env=env)
+    assert_user_error(run, needle, code=code)
+    assert "Scoring" not in run.stderr
+    assert not (tmp_path / "out").exists()
+    assert mlflow_server.password not in run.stderr + run.stdout
+
+
+
 def _logging_config(*extra: str):
     return config.load_config([f"inference.model_path=models:/{NAME}/1", "inference.input_data_dir=.",
                                "inference.labels_from=aclimdb", "inference.mlflow.log=true", *extra])
@@ -304,6 +326,18 @@ def test_log_run_failure_is_one_line_and_keeps_the_results(version_one_twice, ml
     assert hashlib.sha256((folder / "res.jsonl").read_bytes()).hexdigest() == before
     off = config.load_config([f"inference.model_path=models:/{NAME}/1", "inference.input_data_dir=."])
     assert mlflow_models.log_run(off, summary, _sidecars(folder), str(folder / "res.jsonl")) is None
+
+
+def test_a_run_over_its_error_budget_is_logged_as_failed(version_one_twice, mlflow_server, work):
+    folder = work / "v1-first"
+    summary = json.loads((folder / "summary.json").read_text())
+    failing = {**summary, "errors": summary["documents"] // 2}  # the CLI exits 3 for it
+    cfg = _logging_config("inference.mlflow.experiment=daskinfer-tests")
+    with mlflow_server.environment():
+        status = {name: mlflow_server.client().get_run(
+            mlflow_models.log_run(cfg, counts, _sidecars(folder), str(folder / "res.jsonl"))).info.status
+            for name, counts in (("within", summary), ("over", failing))}
+    assert status == {"within": "FINISHED", "over": "FAILED"}
 
 
 def test_the_cli_logs_the_run_when_asked(alias_moved, mlflow_server, registered, work):
