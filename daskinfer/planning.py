@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from daskinfer import (evaluation, incremental, ledger, listing, manifest, model, model_files, outputs, run_report,
+from daskinfer import (config, evaluation, incremental, ledger, listing, manifest, model, model_files, outputs, run_report,
                        sources, storage)
 from daskinfer.predict import Settings
 from daskinfer.sources import Source
@@ -68,6 +68,7 @@ def check(cfg: DictConfig, writes: bool = True) -> None:
     """What can be checked in a moment, before any cluster starts: the inputs, the model,
     the output path (for a run that writes one) and the scheduler's address. User errors
     there fail fast."""
+    config.check(cfg)  # again: a notebook may have changed cfg since load_config checked it
     inf, options = cfg.inference, storage_options(cfg)
     storage.check_endpoint((inf.input_manifest, inf.input_data_dir, inf.model_path, inf.output_path, inf.reference,
                             inf.incremental_from), options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import assert_predictions, local_docs, read_jsonl
 
 import daskinfer
@@ -65,3 +66,18 @@ def test_a_model_saved_again_at_its_path_is_loaded_again_by_a_long_lived_cluster
     explored = daskinfer.records_bag(cfg).compute()  # cfg names b.jsonl, which exists: records_bag writes nothing
     assert sorted(r["filepath"] for r in explored) == docs
     assert all(abs(r["logit_prob"] - scored[r["filepath"]]) <= 1e-5 for r in explored)
+
+
+def test_a_config_changed_after_loading_is_checked_again_by_run_and_records_bag(client, models, test_docs, tmp_path):
+    """A notebook edits cfg between load_config and run: a value load_config would refuse is
+    refused by run and records_bag too, with the same one line, before any output exists."""
+    import pytest
+
+    out = tmp_path / "edited" / "res.jsonl"
+    cfg = daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
+                                 f"inference.output_path={out}"])
+    cfg.inference.batch_size = 0
+    for call in (lambda: daskinfer.run(cfg, client=client), lambda: daskinfer.records_bag(cfg)):
+        with pytest.raises(daskinfer.ConfigError, match=r"^inference.batch_size must be > 0, got 0$"):
+            call()
+    assert not out.parent.exists()
