@@ -119,6 +119,13 @@ def score_records(piece: Any, settings: Settings, *data: Any) -> List[Dict[str, 
 
 def score_piece(piece: Any, settings: Settings, *data: Any) -> Scored:
     out = Scored(tally=evaluation.Tally(settings.labels) if settings.labels_from else None)
+    # The model first, then the documents: on Python 3.11 two threads building Python ASTs at
+    # once can fail one with "SystemError: AST constructor recursion depth mismatch" (CPython
+    # gh-106905), and both happen at a worker's start: TensorFlow's autograph as the model
+    # loads (the preload's thread, or another task's), and s3fs's first import (anyio parses
+    # its own source) as a task first reads from S3. Waiting costs the first task the
+    # overlap of its reads with the load, a fraction of a second.
+    model.predictor(settings.model)
     score_texts(piece.texts(settings, out, *data), settings, out)
     return out
 

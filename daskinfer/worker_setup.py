@@ -41,8 +41,8 @@ gc.freeze()
 @click.option("--driver-handles-ctrl-c", "owned", is_flag=True, help="ignore SIGINT: the driver stops this worker")
 def dask_setup(worker, spec, owned) -> None:
     """Worker preload hook: record the worker's threads (TensorFlow's pools follow them)
-    and, given a model, load it in the background while the worker joins the scheduler
-    and the first partition's files are read. The first task waits for it."""
+    and, given a model, load it in the background while the worker joins the scheduler and
+    its first task is sent. That task waits for it before reading (predict.score_piece)."""
     if owned:
         # Ctrl-C in a terminal reaches every process of its group: each of a LocalCluster's
         # workers would print a KeyboardInterrupt traceback, and the driver stops them anyway.

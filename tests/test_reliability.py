@@ -163,3 +163,34 @@ def test_error_budget_outside_0_1_is_refused(models, test_docs, tmp_path):
                   "inference.error_budget=2", cwd=tmp_path)
     assert run.returncode == 2
     assert_user_error(run, "inference.error_budget must be a fraction within [0, 1]")
+
+
+def test_a_task_reads_its_documents_once_its_workers_model_is_loaded(models, tmp_path, monkeypatch):
+    """On Python 3.11 two threads building Python ASTs at once can fail one with "SystemError:
+    AST constructor recursion depth mismatch" (CPython gh-106905): a first task reading from S3
+    (s3fs's import parses source) while the preload's thread traced the model (autograph)
+    failed a run so. A task therefore reads only once its worker's model is loaded."""
+    import threading
+
+    from daskinfer import model as loader
+    from daskinfer import predict, reading
+    from daskinfer.partitions import Partition
+
+    fresh = tmp_path / "fresh.keras"  # loaded nowhere in this process yet
+    shutil.copyfile(models["keras"][0], fresh)
+    spec = loader.ModelSpec(str(fresh))
+    reviews = sorted((IMDB / "test" / "pos").glob("*.txt"))[:5]
+    loads_when_read, real = [], reading.read_all
+
+    def read_all(*args, **kwargs):
+        loads_when_read.append(loader.load_count(spec.uri))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reading, "read_all", read_all)
+    preload = threading.Thread(target=loader.preload, args=(spec,))
+    preload.start()  # as a worker's dask_setup starts it, just before its first task
+    out = predict.score_piece(Partition([str(p) for p in reviews], [p.stat().st_size for p in reviews]),
+                              predict.Settings(model=spec))
+    preload.join()
+    assert loads_when_read == [1]
+    assert len(out.records) == len(reviews) and not out.errors and loader.load_count(spec.uri) == 1
