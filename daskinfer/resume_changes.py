@@ -2,8 +2,8 @@
 scored, so that the output holds every input as it is now, once.
 
 An interrupted run's lock file records when it started (`scored_since_ns`): every document
-it scored was read after that, so a local file modified since may have been scored in an
-older version. A finished output that a resume adds to has its ledger: a document whose size
+it scored was read after that, so a local file changed since (modified, or replaced by a
+copy that keeps an older modification time) may have been scored in an older version. A finished output that a resume adds to has its ledger: a document whose size
 or version differs from the ledger's changed since. A document changed this way loses its
 earlier line (results or error entry) and is scored like a new one.
 """
@@ -43,14 +43,17 @@ def changed(docs: Iterable[Any], done: Set[str], since_ns: Optional[int], ledger
 
 
 def _modified_since(uri: str, since_ns: int) -> bool:
-    """Whether a local file was modified at or after since_ns (an object store's documents
-    are not looked at: their versions are compared only through a ledger)."""
+    """Whether a local file changed at or after since_ns (an object store's documents are
+    not looked at: their versions are compared only through a ledger). Its inode's change
+    time as well as its modification time: `cp -p`, `rsync -a` and `touch -d` give new
+    content an older modification time, but no one sets the change time."""
     if storage.protocol_of(uri) not in (None, "file"):
         return False
     try:
-        return os.stat(storage.path_on(uri)).st_mtime_ns >= since_ns
+        info = os.stat(storage.path_on(uri))
     except OSError:
         return False  # gone: the resume leaves it out anyway
+    return max(info.st_mtime_ns, info.st_ctime_ns) >= since_ns
 
 
 def _differ_from_ledger(docs: Iterable[Any], done: Set[str], ledger_uri: str,
