@@ -143,9 +143,10 @@ def _publish(cfg: DictConfig, job: planning.Job, out: sink.OrderedSink, scoring:
     summary = reporting.summary(scoring, out.results.count, out.errors.count, time.monotonic() - started,
                                 out.uri, inf.labels_from, tuple(inf.labels), manifest, increment)
     reference = _reference(inf.reference, planning.storage_options(cfg)) if inf.reference else None
+    stats = out.stats_of_all() or scoring.stats  # a resume's: the earlier runs' lines too
     if reference is not None:
-        summary["drift"] = run_report.drift(scoring.stats, reference, inf.reference)
-    out.commit(summary, config.to_yaml(cfg), run_report.render(summary, scoring.stats, scoring.timeline, reference),
+        summary["drift"] = run_report.drift(stats, reference, inf.reference)
+    out.commit(summary, config.to_yaml(cfg), run_report.render(summary, stats, scoring.timeline, reference),
                ledger.encode(job.source.documents(), out.notes))
     return summary
 

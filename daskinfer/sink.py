@@ -10,6 +10,7 @@ published results file always has its summary beside it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Any, Container, Dict, Iterable, Iterator, Mapping, Optional, Set, Tuple
@@ -70,6 +71,23 @@ class OrderedSink:
             for stream in (self.results, self.errors):
                 if isinstance(stream, _LocalStream):
                     stream.settle(current, in_sorted_order)
+
+    def stats_of_all(self) -> Optional[Dict[str, Any]]:
+        """After a resume that kept earlier lines (settled): records.stats of everything the
+        output holds, for the drift and the report; None otherwise, where the scoring's own
+        stats cover the whole output."""
+        if not (self.done and isinstance(self.results, _LocalStream)):
+            return None
+        total = records.stats([], [])
+        for stream, kind in ((self.results, "results"), (self.errors, "errors")):
+            stream._open().flush()
+            with open(stream.partial, "rb") as f:
+                while True:
+                    rows = [json.loads(line) for line in itertools.islice(f, 10_000)]
+                    if not rows:
+                        break
+                    records.add_stats(total, records.stats(rows, []) if kind == "results" else records.stats([], rows))
+        return total
 
     def commit(self, summary: Dict[str, Any], config_yaml: str, report_html: Optional[str] = None,
                ledger: Optional[bytes] = None) -> None:

@@ -186,10 +186,14 @@ def keras_model(models) -> str:
     return str(models["keras"][0])
 
 
-def interrupted_run(slow_model_path: str, root: Path, n_docs: int = 400, extra: Sequence[str] = ()):
+def interrupted_run(slow_model_path: str, root: Path, n_docs: int = 400, extra: Sequence[str] = (),
+                    settle_s: float = 0.0):
     """A run of the slow model stopped by SIGTERM once its results have some lines:
-    (documents, output path, the run's arguments)."""
+    (documents, output path, the run's arguments). settle_s: a pause between copying the
+    documents and the run, to have them older than the slack a resume allows for clocks
+    (resume_changes.SLACK_NS), so that it keeps their lines rather than scoring them again."""
     docs = copy_reviews(root / "docs", n_docs)
+    time.sleep(settle_s)
     out = root / "out" / "res.jsonl"
     args = [f"inference.model_path={slow_model_path}", f"inference.input_data_dir={root / 'docs'}",
             f"inference.output_path={out}", *SLOW, *ONE_WORKER, *extra]
@@ -535,10 +539,13 @@ def test_a_resume_scores_again_what_changed_after_it_was_scored(slow, tmp_path, 
     done = [r["filepath"] for r in complete_lines(Path(f"{out}.partial"))]
     assert len(done) >= 20
     assert json.loads(Path(f"{out}.partial").parent.joinpath("errors.jsonl.partial").read_text())["filepath"] == str(empty)
-    longer, emptied = done[3], done[7]
+    longer, emptied, copied = done[3], done[7], done[11]
     _rewrite(longer, "a review rewritten much longer than before " * 60)
     _rewrite(emptied, "")
     _rewrite(str(empty), "no longer empty: a short review")
+    other = next(r for r in REVIEWS[1000:] if r.stat().st_size != os.path.getsize(copied))
+    shutil.copy2(other, copied)  # as cp -p and rsync -a do: new content, the source's older mtime
+    assert os.stat(copied).st_mtime_ns < os.stat(longer).st_mtime_ns
 
     resumed = cli(*args, "inference.resume=true", *on_client, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -547,7 +554,7 @@ def test_a_resume_scores_again_what_changed_after_it_was_scored(slow, tmp_path, 
     errors = {e["filepath"]: e for e in read_jsonl(out.parent / "errors.jsonl")}
     assert sorted([*results, *errors]) == everything and not set(results) & set(errors)
     assert list(errors) == [emptied] and "empty" in errors[emptied]["error"]
-    for path in (longer, str(empty)):
+    for path in (longer, str(empty), copied):
         assert abs(results[path]["logit_prob"] - length_score(os.path.getsize(path))) <= 1e-5, path
     summary = json.loads(summary_beside(out).read_text())
     assert summary["documents"] == summary["predicted"] + summary["errors"] == len(everything), summary
@@ -556,8 +563,35 @@ def test_a_resume_scores_again_what_changed_after_it_was_scored(slow, tmp_path, 
                 f"inference.output_path={tmp_path / 'again' / 'res.jsonl'}", *on_client, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     carried = {r["filepath"]: r for r in read_jsonl(tmp_path / "again" / "res.jsonl")}
-    for path in (longer, str(empty)):  # carried, as the resume wrote them: as they are now
+    for path in (longer, str(empty), copied):  # carried, as the resume wrote them: as they are now
         assert abs(carried[path]["logit_prob"] - length_score(os.path.getsize(path))) <= 1e-5, path
+
+
+def test_a_resumed_runs_drift_and_report_describe_its_whole_output(slow, tmp_path, on_client):
+    """summary.json's drift and report.html describe the results file they are published
+    with: after a resume, the lines of the interrupted run too, not only what the resume scored."""
+    from daskinfer import records, run_report
+
+    reference = tmp_path / "reference.jsonl"  # an earlier run's results, all scored 0.3 (negative)
+    reference.write_text("".join(json.dumps({"time": "2026-12-01T00:00:00+0000", "filepath": f"/old/{i}.txt",
+                                             "logit_prob": 0.3, "sentiment": "negative"}) + "\n" for i in range(50)))
+    docs, out, args = interrupted_run(slow, tmp_path, extra=(f"inference.reference={reference}",), settle_s=2.5)
+    before = complete_lines(Path(f"{out}.partial"))
+    resumed = cli(*args, "inference.resume=true", *on_client, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    published = read_jsonl(out)
+    assert [r["filepath"] for r in published] == docs
+    expected = run_report.drift(records.stats(published, []), run_report.reference_stats(str(reference), {}),
+                                str(reference))
+    resumed_part = run_report.drift(records.stats(published[len(before):], []),
+                                    run_report.reference_stats(str(reference), {}), str(reference))
+    assert expected != resumed_part  # the interrupted run's lines weigh: this test can tell
+    summary = json.loads(summary_beside(out).read_text())
+    assert summary["skipped"] == len(before)  # kept, not scored again
+    assert summary["drift"] == expected
+    shown = {label: n for label, n in re.findall(r"<th>label: (\w+)</th><td[^>]*>(\d+)</td>",
+                                                   (out.parent / "report.html").read_text())}
+    assert shown == {label: str(n) for label, n in records.stats(published, [])["labels"].items()}, shown
 
 
 def test_a_resume_adding_to_a_finished_output_scores_again_what_changed_since(slow, tmp_path, on_client):
