@@ -96,11 +96,17 @@ def _sidecars_like(summary_path: str, results: str) -> Dict[str, str]:
 
 
 def _read_summary(fs: Any, path: str, uri: str) -> Dict[str, Any]:
+    """The summary.json at path, checked to have what an incremental run reads of it (an edited
+    or foreign one is refused in one line, as one that is not JSON at all)."""
     try:
         with fs.open(path, "rb") as f:
-            return json.loads(f.read())
+            summary = json.loads(f.read())
     except ValueError:
-        raise RunFailed(f"inference.incremental_from: {path} is not a daskinfer summary") from None
+        summary = None
+    if not (isinstance(summary, dict) and isinstance(summary.get("output"), str)
+            and all(isinstance(summary.get(key, {}), dict) for key in ("model", "settings", "inputs"))):
+        raise RunFailed(f"inference.incremental_from: {path} is not a daskinfer summary")
+    return summary
 
 
 def check_same_predictions(previous: Previous, model_sha256: Optional[str], settings: Mapping[str, Any],

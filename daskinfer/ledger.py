@@ -159,11 +159,14 @@ def read(uri: str, storage_options: Mapping[str, Any]) -> Iterator[Tuple[str, in
     fs, path = storage.filesystem(uri, storage_options)
     with storage.storage_errors(uri, "the previous run's ledger "), fs.open(path, "rb") as f:
         try:
-            batches = pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=BATCH)
-        except pyarrow.ArrowException as exc:
+            for batch in pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=BATCH):
+                names = [name.decode("utf-8", "surrogateescape") for name in batch.column(0).to_numpy(False)]
+                columns = [batch.column(i).to_numpy().tolist() for i in range(1, 4)]
+                yield from zip(names, *columns)
+        except (pyarrow.ArrowException, OSError, IndexError) as exc:
+            # a damaged footer fails on opening; damaged pages (pyarrow's OSError "Corrupt
+            # snappy compressed data") on reading them; the storage going away is no damage
+            if storage.is_connection_error(exc):
+                raise
             raise RunFailed(f"the previous run's ledger {uri} cannot be read ({first_line(exc)}): score "
                             "everything once without inference.incremental_from") from None
-        for batch in batches:
-            names = [name.decode("utf-8", "surrogateescape") for name in batch.column(0).to_numpy(False)]
-            columns = [batch.column(i).to_numpy().tolist() for i in range(1, 4)]
-            yield from zip(names, *columns)

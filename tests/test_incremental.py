@@ -215,7 +215,19 @@ def test_a_previous_run_damaged_since_is_one_line_not_a_traceback(models, corpus
     (cut / "res.jsonl").write_bytes((tmp_path / "run1" / "res.jsonl").read_bytes()[:-30])
     shutil.copytree(tmp_path / "run1", torn)
     (torn / "ledger.parquet").write_bytes(b"not parquet")
-    for previous, expected in ((cut, "end in a line cut short"), (torn, "ledger.parquet cannot be read")):
+    damaged = [(cut, "end in a line cut short"), (torn, "ledger.parquet cannot be read")]
+    pages = tmp_path / "pages"  # its footer intact, its pages not
+    shutil.copytree(tmp_path / "run1", pages)
+    data = bytearray((pages / "ledger.parquet").read_bytes())
+    data[200:len(data) // 2] = bytes(b ^ 0x5A for b in data[200:len(data) // 2])
+    (pages / "ledger.parquet").write_bytes(bytes(data))
+    damaged.append((pages, "ledger.parquet cannot be read"))
+    summary = json.loads((tmp_path / "run1" / "summary.json").read_text())
+    for name, edited in (("empty", {}), ("list", []), ("no-settings", {**summary, "settings": None})):
+        shutil.copytree(tmp_path / "run1", tmp_path / name)
+        (tmp_path / name / "summary.json").write_text(json.dumps(edited))
+        damaged.append((tmp_path / name, "summary.json is not a daskinfer summary"))
+    for previous, expected in damaged:
         run = run_cli(*args, f"inference.incremental_from={previous}", f"inference.output_path={previous}-again/r.jsonl",
                       cwd=tmp_path)
         assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
