@@ -104,7 +104,7 @@ def _read_summary(fs: Any, path: str, uri: str) -> Dict[str, Any]:
     except ValueError:
         summary = None
     if not (isinstance(summary, dict) and isinstance(summary.get("output"), str)
-            and all(isinstance(summary.get(key, {}), dict) for key in ("model", "settings", "inputs"))):
+            and all(isinstance(summary.get(key, {}), dict) for key in ("model", "settings"))):
         raise RunFailed(f"inference.incremental_from: {path} is not a daskinfer summary")
     return summary
 
@@ -181,6 +181,8 @@ def _choose(carry: np.ndarray, pairs: Iterator[Tuple[int, Any, ledger.Row, int]]
     for i, doc, row, position in pairs:
         if doc.error or row.size != doc.size or (row.version and doc.version and row.version != doc.version):
             continue  # changed, or an error entry made on the driver (cheap to make again)
+        if row.flags & ledger.NOT_FOUND:
+            continue  # not there then: it may be now
         if retry is not None and doc.uri in retry:
             counts.retried += retry[doc.uri]
             continue

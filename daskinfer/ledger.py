@@ -21,6 +21,9 @@ from daskinfer.listing import Listing
 from daskinfer.manifest import REPEATED
 
 IN_RESULTS, IN_ERRORS = 1, 2  # where a document's lines are: flags of a row
+# With IN_ERRORS: the document was not there when read (a manifest names documents that may
+# appear later, and its entries carry no size to tell that one did): never carried, read again.
+NOT_FOUND = 8
 BATCH = 65536
 
 
@@ -28,7 +31,7 @@ class Row(NamedTuple):
     filepath: str  # the document (a table file for table inputs), as records name it
     size: int  # -1: not known (a manifest's entries)
     version: int  # folder_walk.version_of: modification time or a hash of the ETag; 0: not known
-    flags: int  # IN_RESULTS | IN_ERRORS
+    flags: int  # IN_RESULTS | IN_ERRORS | NOT_FOUND
 
 
 def doc_of(key: str, tables: bool) -> str:
@@ -44,6 +47,7 @@ class Notes:
     def __init__(self, tables: bool):
         self.tables = tables
         self.errors: set = set()
+        self.missing: set = set()  # of errors: documents that were not there (NOT_FOUND)
         self.results: set = set()  # tables only: a document file has one line, in one place
 
     def add(self, errors: bytes, tables_with_results: Iterable[str] = ()) -> None:
@@ -52,6 +56,8 @@ class Notes:
             entry = json.loads(line)
             if REPEATED not in entry.get("error", ""):  # made anew by each run, never carried
                 self.errors.add(doc_of(entry["filepath"], self.tables))
+                if entry["error"].startswith("FileNotFoundError") and not self.tables:
+                    self.missing.add(entry["filepath"])
         self.results.update(tables_with_results)
 
     def add_keys(self, result_keys: Iterable[str], error_keys: Iterable[str]) -> None:
@@ -63,7 +69,9 @@ class Notes:
     def flags(self, uri: str, driver_error: bool) -> int:
         if self.tables:
             return (IN_RESULTS if uri in self.results else 0) | (IN_ERRORS if uri in self.errors else 0)
-        return IN_ERRORS if driver_error or uri in self.errors else IN_RESULTS
+        if driver_error or uri in self.errors:
+            return IN_ERRORS | (NOT_FOUND if uri in self.missing else 0)
+        return IN_RESULTS
 
 
 def tables_with_results(unit: Any, part: Any) -> List[str]:

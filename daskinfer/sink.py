@@ -54,6 +54,7 @@ class OrderedSink:
                 stream.forget(changed)
         self.done -= changed
         self.notes.errors -= changed
+        self.notes.missing -= changed
 
     def write(self, part: records.PartitionResult, tables_with_results: Iterable[str] = ()) -> None:
         self.results.write(part.results, part.n_results)

@@ -305,6 +305,29 @@ def test_a_manifest_run_is_incremental_over_its_entries(models, corpus, tmp_path
     assert [r["filepath"] for r in read_jsonl(tmp_path / "2" / "res.jsonl")] == paths[10:300]
 
 
+def test_a_manifest_entry_missing_then_is_read_again_by_the_next_run(models, corpus, tmp_path, on_client):
+    """A manifest may name documents before they exist; its entries carry no size that would
+    tell one appeared since, so a "not found" entry is never carried: the next run reads it again."""
+    paths = sorted(str(p) for p in corpus.iterdir())[:20]
+    later, never = str(corpus / "zz-later.txt"), str(corpus / "zz-never.txt")
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join([*paths, later, never]) + "\n")
+    args = (f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}",
+            "inference.error_budget=0.5", *on_client)
+    first = run_cli(*args, f"inference.output_path={tmp_path / '1' / 'res.jsonl'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert [e["filepath"] for e in read_jsonl(tmp_path / "1" / "errors.jsonl")] == [later, never]
+    shutil.copyfile(TRAIN[0], later)
+    second = run_cli(*args, f"inference.output_path={tmp_path / '2' / 'res.jsonl'}",
+                     f"inference.incremental_from={tmp_path / '1'}", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert [r["filepath"] for r in read_jsonl(tmp_path / "2" / "res.jsonl")] == [*paths, later]
+    errors = read_jsonl(tmp_path / "2" / "errors.jsonl")
+    assert [e["filepath"] for e in errors] == [never] and errors[0]["error"].startswith("FileNotFoundError")
+    summary = json.loads((tmp_path / "2" / "summary.json").read_text())
+    assert (summary["carried"], summary["scored"]) == (20, 2), summary
+
+
 def test_an_incremental_run_killed_mid_way_resumes_with_every_document_once(tmp_path):
     from misuse_fakes import slow_model
 
