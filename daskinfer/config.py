@@ -184,6 +184,15 @@ def _check_cluster(cluster: DictConfig) -> None:
         if cluster[key] is not None and cluster[key] <= 0:
             raise ConfigError(f"cluster.{key} must be a number above 0, or null to size it to the machine; "
                               f"got {cluster[key]}")
+    if not cluster.address and not cluster.manager:  # a LocalCluster: processes of this machine
+        cores, most = os.cpu_count() or 1, 4 * (os.cpu_count() or 1)
+        for key in ("n_workers", "adapt.maximum"):
+            asked = OmegaConf.select(cluster, key)
+            if asked is not None and asked > most:
+                # tens of thousands of processes being started would hang the driver for good
+                raise ConfigError(f"cluster.{key}={asked} would start as many worker processes on this machine's "
+                                  f"{cores} cores; at most {most} here (4 a core): more workers run on other machines "
+                                  "(cluster.address) or through cluster.manager")
     if cluster.wait_for_workers_s <= 0:
         raise ConfigError(f"cluster.wait_for_workers_s must be above 0, got {cluster.wait_for_workers_s}")
     if adapt.minimum is not None and adapt.minimum < 0:

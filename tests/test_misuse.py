@@ -1004,6 +1004,8 @@ def test_a_misspelt_storage_option_is_a_configuration_error(keras_model, tmp_pat
     "cluster.tf_intra_op_threads=-5",
     "cluster.n_workers=0",
     "cluster.n_workers=-2",
+    "cluster.n_workers=100000",  # the driver started processes for ever, deaf to SIGTERM
+    "cluster.adapt.maximum=100000",
 ])
 def test_a_cluster_shape_that_cannot_run_is_refused_at_once(override, keras_model, tmp_path):
     copy_reviews(tmp_path / "docs", 20)
