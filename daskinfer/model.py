@@ -121,7 +121,11 @@ def _load(spec: ModelSpec) -> Predictor:
     # driver or another worker here already did); local_copy then has nothing left to do.
     fmt, uri = model_files.locate(spec.uri, spec.storage_options, spec.cache_dir)
     local = model_files.local_copy(uri, spec.storage_options, spec.cache_dir)
-    tf = tf_runtime.import_tensorflow()
+    try:
+        tf = tf_runtime.import_tensorflow()
+    except ImportError as exc:  # a worker set up without it: every task here would fail the same way
+        raise ModelLoadError(f"could not load model {spec.uri}: this worker cannot import TensorFlow "
+                             f"({first_line(exc)}): install it on every worker (pip install tensorflow)") from None
     tf_runtime.configure_threads(tf, spec.intra_op_threads, spec.inter_op_threads)
     try:
         make = _keras_predictor if fmt == "keras" else _savedmodel_predictor

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from daskinfer import (carrying, cluster, config, ledger, model, output_lock, outputs, planning, predict, reporting,
                        resume_changes, run_report, scheduling, sink, storage)
-from daskinfer.errors import ConfigError, Incomplete, Interrupted, WorkersDied, first_line
+from daskinfer.errors import ConfigError, Incomplete, Interrupted, RunFailed, WorkersDied, first_line
 
 if TYPE_CHECKING:
     import dask.bag as db
@@ -104,6 +104,10 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
             # "no dask worker left ..." keeps its line as it has always been; the command
             # to resume goes on the line before it.
             raise Incomplete(str(exc), out.uri, hint_apart=isinstance(exc, TimeoutError)) from None
+        raise
+    except RunFailed as exc:  # the model failing on a worker, ...: what other workers wrote stays, to resume
+        if out.abandon() and not isinstance(exc, ConfigError):
+            raise Incomplete(str(exc), out.uri) from None
         raise
     except BaseException:
         out.abandon()

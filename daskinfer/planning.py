@@ -3,6 +3,7 @@ the settings every task gets, and the checks that fail fast, before any cluster 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -130,7 +131,12 @@ def resolve_model(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def pinned_uri(described: Dict[str, Any], given: str) -> str:
-    return (described.get("resolved") or {}).get("uri") or given
+    """The URI workers load: an MLflow URI pinned to its version; a relative local path made
+    absolute, as the driver found it (a remote cluster's workers run in folders of their own)."""
+    resolved = (described.get("resolved") or {}).get("uri")
+    if resolved:
+        return resolved
+    return os.path.abspath(given) if storage.protocol_of(given) is None else given
 
 
 # What changes a document's record, besides the model (inference.model_path: its digest).

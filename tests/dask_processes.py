@@ -27,12 +27,14 @@ class DaskCluster:
     log_dir: Optional[Path] = None
     env: Optional[Dict[str, str]] = None
 
-    def add_worker(self, name: str, nanny: bool = True) -> subprocess.Popen:
+    def add_worker(self, name: str, nanny: bool = True, env: Optional[Dict[str, Optional[str]]] = None) -> subprocess.Popen:
+        """A `dask worker` of this cluster; env: variables to set (None: to unset) for it alone."""
         log = open(self.log_dir / f"{name}.log", "wb")
+        own = {k: v for k, v in {**self.env, **(env or {})}.items() if v is not None}
         worker = subprocess.Popen(
             [DASK, "worker", self.address, "--nthreads", "1", "--host", "127.0.0.1",
              "--dashboard-address", "127.0.0.1:0", "--name", name, "--nanny" if nanny else "--no-nanny", *self.tls_args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env=own, start_new_session=True,
         )
         worker.nanny = nanny
         self.workers.append(worker)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -71,6 +73,50 @@ def test_runs_on_an_existing_cluster_from_the_environment(cluster, models, test_
             eval(ONEDNN_ON),
         ))
     assert set(settings.values()) == {(None, False, 1000, True, True)}
+
+
+def test_a_relative_model_path_reaches_workers_started_in_other_folders(cluster, models, test_docs, reference_scores,
+                                                                       tmp_path):
+    """inference.model_path=model.keras, as the driver finds it in its folder: the workers, each
+    started from a folder of its own, load that file too (as input_data_dir's documents)."""
+    shutil.copyfile(models["keras"][0], tmp_path / "model.keras")
+    out = tmp_path / "res.jsonl"
+    run = run_cli("inference.model_path=model.keras", f"inference.input_data_dir={test_docs}",
+                  f"inference.output_path={out}", f"cluster.address={cluster.address}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert_predictions(read_jsonl(out), local_docs(test_docs), reference_scores["keras"])
+
+
+def test_a_worker_without_tensorflow_is_one_line_naming_it(tmp_path, models, many_small_docs):
+    """A worker set up without TensorFlow (and so without daskinfer's preload, which would
+    not start): its first task fails, the run stops in one line that says what to install,
+    and what the healthy worker wrote is kept to resume."""
+    blocker = tmp_path / "no-tensorflow"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(textwrap.dedent("""\
+        import importlib.abc, sys
+        class NoTensorFlow(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras"):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, NoTensorFlow())
+        """))
+    mixed = start_cluster(tmp_path, n_workers=1)
+    out = tmp_path / "out" / "res.jsonl"
+    try:
+        mixed.add_worker("without-tensorflow", env={"PYTHONPATH": str(blocker), "DASK_CONFIG": None})
+        with distributed.Client(mixed.address) as client:
+            client.wait_for_workers(2, timeout=120)
+        run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={many_small_docs[0]}",
+                      f"inference.output_path={out}", f"cluster.address={mixed.address}", cwd=tmp_path)
+    finally:
+        mixed.close()
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "this worker cannot import TensorFlow" in run.stderr_lines[-1], run.stderr
+    assert "pip install tensorflow" in run.stderr_lines[-1]
+    assert not out.exists()
+    if Path(f"{out}.partial").exists():  # the healthy worker's partitions, kept
+        assert "inference.resume=true" in run.stderr, run.stderr
 
 
 @pytest.mark.parametrize("given, expected", [(None, True), ("0", False)])
