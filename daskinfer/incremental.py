@@ -124,6 +124,19 @@ def check_same_predictions(previous: Previous, model_sha256: Optional[str], sett
                           "set inference.incremental_rescore=true to score everything again")
 
 
+def check_carriable(previous: Previous, storage_options: Mapping[str, Any], uri: str) -> None:
+    """Both files the lines are carried from are there (a run always leaves both, errors.jsonl
+    empty when nothing failed): one deleted since fails now, not once the cluster has scored."""
+    for kind, found in (("results", previous.results), ("errors", previous.errors)):
+        fs, path = storage.filesystem(found, storage_options)
+        with storage.storage_errors(found, "the previous run's "):
+            if not fs.isfile(path):
+                raise FileNotFoundError(
+                    f"inference.incremental_from: {uri} lacks its {kind} file {posixpath.basename(path)} (deleted or "
+                    "moved since?): nothing can be carried from it; set inference.incremental_rescore=true to score "
+                    "everything again")
+
+
 @dataclass
 class Plan:
     """Per current document, in source order: 0 to score it, else CARRIED | its ledger flags."""

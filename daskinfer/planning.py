@@ -108,6 +108,7 @@ def increment(cfg: DictConfig, source: Source, model_sha256: Optional[str]) -> O
     previous = incremental.locate(inf.incremental_from, options)
     if not inf.incremental_rescore:
         incremental.check_same_predictions(previous, model_sha256, recorded_settings(cfg), inf.incremental_from)
+        incremental.check_carriable(previous, options, inf.incremental_from)
     retry = incremental.failed_documents(previous, options, source.tables) if inf.retry_errors else None
     plan = incremental.plan(source.documents(), lambda: ledger.read(previous.ledger, options), retry, source.sorted)
     if inf.incremental_rescore:

@@ -222,6 +222,9 @@ def test_a_previous_run_damaged_since_is_one_line_not_a_traceback(models, corpus
     data[200:len(data) // 2] = bytes(b ^ 0x5A for b in data[200:len(data) // 2])
     (pages / "ledger.parquet").write_bytes(bytes(data))
     damaged.append((pages, "ledger.parquet cannot be read"))
+    shutil.copytree(tmp_path / "run1", tmp_path / "no-errors")  # deleted: failed late, after scoring
+    (tmp_path / "no-errors" / "errors.jsonl").unlink()
+    damaged.append((tmp_path / "no-errors", "lacks its errors file errors.jsonl"))
     summary = json.loads((tmp_path / "run1" / "summary.json").read_text())
     for name, edited in (("empty", {}), ("list", []), ("no-settings", {**summary, "settings": None})):
         shutil.copytree(tmp_path / "run1", tmp_path / name)
