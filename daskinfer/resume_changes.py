@@ -3,13 +3,16 @@ scored, so that the output holds every input as it is now, once.
 
 An interrupted run's lock file records when it started (`scored_since_ns`): every document
 it scored was read after that, so a local file changed since (modified, or replaced by a
-copy that keeps an older modification time) may have been scored in an older version. A finished output that a resume adds to has its ledger: a document whose size
-or version differs from the ledger's changed since. A document changed this way loses its
-earlier line (results or error entry) and is scored like a new one.
+copy that keeps an older modification time) may have been scored in an older version, and so
+may an object written to a listed bucket since (its LastModified). A finished output that a
+resume adds to has its ledger: a document whose size or version differs from the ledger's
+changed since. A document changed this way loses its earlier line (results or error entry)
+and is scored like a new one.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from typing import Any, Iterable, Mapping, Optional, Set
@@ -32,6 +35,7 @@ def changed(docs: Iterable[Any], done: Set[str], since_ns: Optional[int], ledger
         return set()
     if since_ns is not None:
         stale = {doc.uri for doc in docs if doc.uri in done and _modified_since(doc.uri, since_ns - SLACK_NS)}
+        stale |= _objects_written_since(getattr(docs, "prefix", ""), done, since_ns - SLACK_NS, storage_options)
     elif ledger_uri is not None and storage.filesystem(ledger_uri, storage_options)[0].exists(
             storage.path_on(ledger_uri)):
         stale = _differ_from_ledger(docs, done, ledger_uri, storage_options)
@@ -54,6 +58,27 @@ def _modified_since(uri: str, since_ns: int) -> bool:
     except OSError:
         return False  # gone: the resume leaves it out anyway
     return max(info.st_mtime_ns, info.st_ctime_ns) >= since_ns
+
+
+def _objects_written_since(prefix: str, done: Set[str], since_ns: int, storage_options: Mapping[str, Any]) -> Set[str]:
+    """The done documents under an object-store prefix (a listed bucket's) written there at or
+    after since_ns, by their LastModified: the store's clock, which SLACK_NS allows to differ a
+    little from this machine's. One listing of the prefix, a thousand keys a request. A
+    manifest's objects (no prefix) are not looked at."""
+    if storage.protocol_of(prefix) in (None, "file"):
+        return set()
+    fs, root = storage.filesystem(prefix, storage_options)
+    with storage.storage_errors(prefix):
+        found = fs.find(root, detail=True)
+    fs.invalidate_cache(root)  # s3fs would keep every entry for the process's life
+    stale = set()
+    for path, info in found.items():
+        written = info.get("LastModified")
+        if isinstance(written, datetime.datetime) and written.timestamp() * 1e9 >= since_ns:
+            uri = storage.full_uri(fs, path)
+            if uri in done:
+                stale.add(uri)
+    return stale
 
 
 def _differ_from_ledger(docs: Iterable[Any], done: Set[str], ledger_uri: str,

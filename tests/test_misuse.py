@@ -830,6 +830,35 @@ def test_an_s3_endpoint_stopped_mid_run_is_not_hundreds_of_error_entries_and_res
     assert filepaths(out) == uris
 
 
+def test_a_resume_scores_again_an_object_written_to_the_bucket_since(slow, tmp_path):
+    """A listed bucket's object replaced after it was scored, before the resume: its new
+    version is scored (by its LastModified), the others done before are kept."""
+    paths = [Path(p) for p in copy_reviews(tmp_path / "docs", 400)]
+    moto = MotoServer(free_port(), tmp_path / "moto.log").start()
+    try:
+        uris = sorted(moto.upload(paths, "reviews", "batch"))
+        time.sleep(2.5)  # the objects older than the slack a resume allows for clocks
+        out = tmp_path / "out" / "res.jsonl"
+        args = [f"inference.model_path={slow}", "inference.input_data_dir=s3://reviews/batch/",
+                f"inference.output_path={out}", *SLOW, *ONE_WORKER]
+        job = start(args, tmp_path, moto.env)
+        wait_for_lines(Path(f"{out}.partial"), job)
+        job.send_signal(signal.SIGTERM)
+        assert finish(job, 60).returncode == 130
+        done = [r["filepath"] for r in complete_lines(Path(f"{out}.partial"))]
+        replaced = done[4]
+        text = "rewritten in the bucket, much longer than before " * 50
+        moto.client().put_object(Bucket="reviews", Key=replaced.split("/", 3)[3], Body=text.encode())
+        resumed = cli(*args, "inference.resume=true", cwd=tmp_path, env=moto.env)
+    finally:
+        moto.kill()
+    assert resumed.returncode == 0, resumed.stderr
+    results = {r["filepath"]: r for r in read_jsonl(out)}
+    assert sorted(results) == uris
+    assert abs(results[replaced]["logit_prob"] - length_score(len(text))) <= 1e-5
+    assert json.loads(summary_beside(out).read_text())["skipped"] == len(done) - 1
+
+
 # ---------------------------------------------------------------- 13. disk full
 
 
