@@ -71,8 +71,6 @@ def test_a_model_saved_again_at_its_path_is_loaded_again_by_a_long_lived_cluster
 def test_a_config_changed_after_loading_is_checked_again_by_run_and_records_bag(client, models, test_docs, tmp_path):
     """A notebook edits cfg between load_config and run: a value load_config would refuse is
     refused by run and records_bag too, with the same one line, before any output exists."""
-    import pytest
-
     out = tmp_path / "edited" / "res.jsonl"
     cfg = daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
                                  f"inference.output_path={out}"])
