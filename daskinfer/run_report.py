@@ -39,7 +39,7 @@ def check_reference(uri: str, storage_options: Dict[str, Any]) -> None:
     from daskinfer import storage
     from daskinfer.errors import ConfigError
 
-    fs, path = storage.filesystem(uri, storage_options)
+    fs, path = storage.filesystem(reference_file(uri, storage_options), storage_options)
     with storage.storage_errors(uri, "the reference "):
         if not fs.isfile(path):
             raise FileNotFoundError(f"inference.reference not found: {uri}")
@@ -49,9 +49,29 @@ def check_reference(uri: str, storage_options: Dict[str, Any]) -> None:
         record = json.loads(first)
     except ValueError:  # also UnicodeDecodeError: a Parquet file, say
         record = None
-    if first and not (isinstance(record, dict) and "filepath" in record):
+    if first and not (isinstance(record, dict) and "filepath" in record and "logit_prob" in record):
         raise ConfigError(f"inference.reference: {uri} is not a JSONL results file of daskinfer "
-                          "(its first line is no record with a filepath)")
+                          "(its first line is no record with a filepath and a logit_prob: an errors file?)")
+
+
+def reference_file(uri: str, storage_options: Dict[str, Any]) -> str:
+    """uri, or for a run's folder the results file its summary.json names (incremental_from
+    takes a folder too)."""
+    import json
+    import posixpath
+
+    from daskinfer import storage
+
+    fs, path = storage.filesystem(uri, storage_options)
+    with storage.storage_errors(uri, "the reference "):
+        if not fs.isdir(path):
+            return uri
+        try:
+            output = json.loads(fs.cat_file(posixpath.join(path, "summary.json")))["output"]
+            return storage.full_uri(fs, posixpath.join(path, posixpath.basename(output)))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            raise FileNotFoundError(f"inference.reference: {uri} is a folder without a run's summary.json; "
+                                    "name the results file") from None
 
 
 def reference_stats(uri: str, storage_options: Dict[str, Any]) -> Dict[str, Any]:
@@ -61,7 +81,7 @@ def reference_stats(uri: str, storage_options: Dict[str, Any]) -> Dict[str, Any]
 
     from daskinfer import records, storage
 
-    fs, path = storage.filesystem(uri, storage_options)
+    fs, path = storage.filesystem(reference_file(uri, storage_options), storage_options)
     total = records.stats([], [])
     with storage.storage_errors(uri, "the reference "), fs.open(path, "rb") as lines:
         while True:

@@ -33,6 +33,12 @@ def test_report_html_renders_offline_and_agrees_with_the_summary(models, test_do
     before = read_jsonl(first)
     assert summary["drift"]["reference_label_shares"]["positive"] == round(
         sum(r["sentiment"] == "positive" for r in before) / len(before), 6)
+    # the reference named by its run's folder, as incremental_from takes one: the same drift
+    by_folder = tmp_path / "third" / "res.jsonl"
+    assert run_cli(*common, f"inference.output_path={by_folder}", f"inference.reference={first.parent}",
+                   "inference.threshold=0.3", cwd=tmp_path).returncode == 0
+    drift = json.loads((by_folder.parent / "summary.json").read_text())["drift"]
+    assert {**drift, "reference": None} == {**summary["drift"], "reference": None}
 
     report = out.parent / "report.html"
     dom = chromium(report.as_uri(), "--dump-dom", profile=tmp_path / "profile")
@@ -89,3 +95,13 @@ def test_a_reference_that_goes_bad_after_its_first_line_costs_the_drift_not_the_
     assert f"inference.reference {reference}: JSONDecodeError" in caplog.text
     reference.write_bytes(json.dumps(good).encode() + b"\n")
     assert pipeline._reference(str(reference), {})["labels"] == {"positive": 1}
+
+
+def test_an_errors_file_as_the_reference_is_refused_before_any_work(models, test_docs, tmp_path):
+    errors = tmp_path / "errors.jsonl"  # its records have a filepath, and no score to compare with
+    errors.write_text(json.dumps({"time": "2026-12-01T00:00:00+0000", "filepath": "/d/a.txt",
+                                  "error": "ValueError: empty document"}) + "\n")
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
+                  f"inference.reference={errors}", cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "is not a JSONL results file" in run.stderr_lines[-1] and "Scoring" not in run.stderr
