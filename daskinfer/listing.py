@@ -217,7 +217,7 @@ class NameFilter:
         folder, _, name = path.rpartition("/")
         if self._match(name) is None:
             return False
-        if self._hidden_ok or not ((name[0] == "." and not self._dotted_glob) or f"/{folder}".find("/.") >= 0):
+        if self._hidden_ok or not ((name.startswith(".") and not self._dotted_glob) or "/." in f"/{folder}"):
             return True
         self.hidden += 1
         self.example = self.example or path

@@ -4,10 +4,11 @@ sends back to the driver."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # UTC, as the original script wrote it
 KEYS = ("time", "filepath", "logit_prob", "sentiment")  # every prediction has exactly these (and extras asked for)
@@ -104,6 +105,17 @@ def stats(predicted: List[Dict[str, Any]], errors: List[Dict[str, Any]], bins: i
         kind = entry["error"].split(":", 1)[0]
         kinds[kind] = kinds.get(kind, 0) + 1
     return {"hist": hist, "labels": labels, "errors": kinds}
+
+
+def stats_of_jsonl(lines: Iterable[bytes], errors: bool = False) -> Dict[str, Any]:
+    """stats of a JSONL file's records (errors: of its error entries), read 10,000 lines at a
+    time, never held whole; lines that are no record with a score are not counted."""
+    total, lines = stats([], []), iter(lines)
+    while True:
+        rows = [json.loads(line) for line in itertools.islice(lines, 10_000)]
+        if not rows:
+            return total
+        add_stats(total, stats([], rows) if errors else stats([r for r in rows if "logit_prob" in r], []))
 
 
 def encode(records: List[Dict[str, Any]], output_format: str) -> Union[bytes, Any, None]:

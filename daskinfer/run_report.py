@@ -76,22 +76,11 @@ def reference_file(uri: str, storage_options: Dict[str, Any]) -> str:
 
 def reference_stats(uri: str, storage_options: Dict[str, Any]) -> Dict[str, Any]:
     """The histogram and label counts of an earlier run's results, streamed (never held whole)."""
-    import itertools
-    import json
-
     from daskinfer import records, storage
 
     fs, path = storage.filesystem(reference_file(uri, storage_options), storage_options)
-    total = records.stats([], [])
     with storage.storage_errors(uri, "the reference "), fs.open(path, "rb") as lines:
-        while True:
-            chunk = [json.loads(line) for line in itertools.islice(lines, 10_000)]
-            if not chunk:
-                return total
-            part = records.stats([r for r in chunk if "logit_prob" in r], [])
-            total["hist"] = [a + b for a, b in zip(total["hist"], part["hist"])]
-            for name, n in part["labels"].items():
-                total["labels"][name] = total["labels"].get(name, 0) + n
+        return records.stats_of_jsonl(lines)
 
 
 def drift(stats: Dict[str, Any], reference: Dict[str, Any], uri: str) -> Dict[str, Any]:

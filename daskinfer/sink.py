@@ -10,7 +10,6 @@ published results file always has its summary beside it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from typing import Any, Container, Dict, Iterable, Iterator, Mapping, Optional, Set, Tuple
@@ -80,14 +79,10 @@ class OrderedSink:
         if not (self.done and isinstance(self.results, _LocalStream)):
             return None
         total = records.stats([], [])
-        for stream, kind in ((self.results, "results"), (self.errors, "errors")):
+        for stream in (self.results, self.errors):
             stream._open().flush()
             with open(stream.partial, "rb") as f:
-                while True:
-                    rows = [json.loads(line) for line in itertools.islice(f, 10_000)]
-                    if not rows:
-                        break
-                    records.add_stats(total, records.stats(rows, []) if kind == "results" else records.stats([], rows))
+                records.add_stats(total, records.stats_of_jsonl(f, errors=stream is self.errors))
         return total
 
     def commit(self, summary: Dict[str, Any], config_yaml: str, report_html: Optional[str] = None,
