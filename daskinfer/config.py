@@ -26,9 +26,11 @@ from omegaconf.errors import (
 )
 
 from daskinfer import config_file_reading, redaction
-from daskinfer.config_schema import COLUMN_KEYS, INPUT_FORMATS, OUTPUT_FORMATS, PATH_LABELS, Config
+from daskinfer.config_schema import INPUT_FORMATS, OUTPUT_FORMATS, PATH_LABELS, Config, text_keys
 from daskinfer.errors import ConfigError
 from daskinfer.redaction import redacted, redacted_override, to_yaml  # noqa: F401  (what callers use)
+
+TEXT_KEYS = text_keys()
 
 
 def defaults_path() -> Path:
@@ -78,7 +80,8 @@ def _is_missing(cfg: DictConfig, key: str) -> bool:
 
 
 def _dotlist(overrides: Sequence[str]) -> DictConfig:
-    """key=value overrides; a value that is not valid YAML (a glob like *.txt) stays a string."""
+    """key=value overrides; a value that is not valid YAML (a glob like *.txt) stays a string, and
+    so does any value of a text key (config_schema.text_keys)."""
     conf = OmegaConf.create()
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -90,8 +93,8 @@ def _dotlist(overrides: Sequence[str]) -> DictConfig:
             conf.merge_with_dotlist([item])
         except yaml.YAMLError:
             OmegaConf.update(conf, key, value, force_add=True)
-        if key in COLUMN_KEYS and isinstance(OmegaConf.select(conf, key), bool):
-            OmegaConf.update(conf, key, value)  # a column named "on" or "no", which YAML reads as a boolean
+        if key in TEXT_KEYS and not isinstance(OmegaConf.select(conf, key), (str, type(None))):
+            OmegaConf.update(conf, key, value)  # a folder 0123, a column "on": text as written
     return conf
 
 

@@ -3,8 +3,9 @@ conf/inference.yaml (config.py reads both)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, FrozenSet, List, Optional
 
 from omegaconf import MISSING
 
@@ -97,3 +98,20 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+def text_keys() -> FrozenSet[str]:
+    """Every key whose value is text (a path, a URI, a column's name): given as key=value, it is
+    kept as written rather than read as YAML, which makes a folder 0123 the octal 83, "x: y" a
+    mapping, and a column "on" a boolean (null still means none)."""
+    found = set()
+
+    def walk(schema: type, prefix: str) -> None:
+        for each in dataclasses.fields(schema):
+            if each.type in ("str", "Optional[str]"):
+                found.add(prefix + each.name)
+            elif dataclasses.is_dataclass(each.default_factory):
+                walk(each.default_factory, f"{prefix}{each.name}.")
+
+    walk(Config, "")
+    return frozenset(found)

@@ -129,6 +129,18 @@ def test_a_column_named_as_a_yaml_boolean_keeps_its_name():
     assert (cfg.inference.id_column, cfg.inference.text_column, cfg.inference.labels_from) == ("on", "no", None)
 
 
+def test_a_path_on_the_command_line_is_kept_as_written():
+    """A folder named 0123 (YAML: the octal 83), "x: y" (YAML: a mapping), 1e3 or on: paths
+    as the shell and the Docker image's INPUT_DATA_DIR pass them."""
+    from daskinfer import load_config
+
+    for folder in ("0123", "reviews/x: y", "1e3", "on", "[draft]"):
+        cfg = load_config(["inference.model_path=007", f"inference.input_data_dir={folder}",
+                           f"inference.output_path={folder}/res.jsonl", "inference.reference=null"])
+        assert (cfg.inference.input_data_dir, cfg.inference.model_path) == (folder, "007")
+        assert (cfg.inference.output_path, cfg.inference.reference) == (f"{folder}/res.jsonl", None)
+
+
 def test_a_column_named_as_a_yaml_boolean_in_a_config_file_keeps_its_name(tmp_path):
     """In a --config file too: `text_column: on` names the column "on", not true."""
     from daskinfer import load_config
