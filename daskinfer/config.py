@@ -11,6 +11,7 @@ import codecs
 import difflib
 import glob
 import importlib.util
+import math
 import os
 import re
 from pathlib import Path
@@ -103,8 +104,8 @@ def check(cfg: DictConfig) -> None:
     inf = cfg.inference
     if inf.batch_size <= 0:
         raise ConfigError(f"inference.batch_size must be > 0, got {inf.batch_size}")
-    if not 0.0 <= inf.threshold <= 1.0:
-        raise ConfigError(f"inference.threshold must be within [0, 1], got {inf.threshold}")
+    if not math.isfinite(inf.threshold):  # any other number: a model may output logits, not probabilities
+        raise ConfigError(f"inference.threshold must be a finite number, got {inf.threshold}")
     if len(inf.labels) < 2 or len(set(inf.labels)) != len(inf.labels):
         raise ConfigError(f"inference.labels must be at least two distinct labels, got {list(inf.labels)}")
     if cfg.cluster.start_method not in ("spawn", "forkserver", "fork"):

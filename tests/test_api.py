@@ -79,3 +79,12 @@ def test_a_config_changed_after_loading_is_checked_again_by_run_and_records_bag(
         with pytest.raises(daskinfer.ConfigError, match=r"^inference.batch_size must be > 0, got 0$"):
             call()
     assert not out.parent.exists()
+
+
+def test_a_threshold_outside_0_1_splits_scores_as_the_model_gives_them(client, models, test_docs):
+    """A model may output logits: the threshold applies to the score as it comes, whatever its
+    range (here a sigmoid's scores, all below 1.5 and above -1)."""
+    args = [f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}"]
+    for threshold, label in ((1.5, "negative"), (-1.0, "positive")):
+        records = daskinfer.records_bag(daskinfer.load_config([*args, f"inference.threshold={threshold}"])).compute()
+        assert len(records) == 1600 and {r["sentiment"] for r in records} == {label}

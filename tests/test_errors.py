@@ -79,7 +79,7 @@ def test_unknown_key_suggests_the_nearest_valid_key(model, test_docs, tmp_path):
     [
         ("inference.batch_size=0", "inference.batch_size must be > 0"),
         ("inference.max_batch_chars=0", "inference.max_batch_chars must be > 0"),
-        ("inference.threshold=1.5", "inference.threshold must be within [0, 1]"),
+        ("inference.threshold=nan", "inference.threshold must be a finite number"),
         ("inference.labels=[good,good]", "inference.labels"),
         ("inference.batch_size=many", "inference.batch_size"),
         ("inference.encoding=klingon", "unknown encoding"),
