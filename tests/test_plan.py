@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -115,3 +118,14 @@ def test_plan_of_a_table_with_a_malformed_line_past_its_head_samples_the_rest(ta
                   "inference.input_format=jsonl", *on_client, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert re.search(r"^sample: (\d+) documents on 2 thread\(s\) at once", run.stdout, re.M), run.stdout
+
+
+def test_the_start_up_a_plan_reports_is_the_process_age():
+    """The plan's start-up figure is the time since its process started: never more than the
+    process lived (psutil's create_time was up to a second late: Linux gives the boot time in
+    whole seconds), never less than it waited."""
+    script = "import time; time.sleep(1.0); from daskinfer import plan; print(plan._since_process_start())"
+    started = time.monotonic()
+    age = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    lived = time.monotonic() - started
+    assert 1.0 <= age <= lived, (age, lived)
