@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import signal
+import tempfile
 import threading
 
 import click
@@ -49,6 +50,11 @@ def dask_setup(worker, spec, owned) -> None:
         with contextlib.suppress(ValueError):  # not the main thread: nothing to protect
             signal.signal(signal.SIGINT, signal.SIG_IGN)
     tf_runtime.set_worker_threads(worker.state.nthreads)
+    # TensorFlow's autograph writes each traced function's source to a temporary file and
+    # deletes it at exit, but a worker process leaves by os._exit (multiprocessing's way),
+    # skipping that: every run left a file per worker in /tmp. In the worker's own folder,
+    # dask removes them with it.
+    tempfile.tempdir = worker.local_directory
     gc.freeze()  # the worker's own start-up objects too
     if spec:
         spec = model.ModelSpec(**json.loads(spec))

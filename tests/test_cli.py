@@ -17,7 +17,8 @@ FORMATS = ["keras", "keras3-export", "tf-keras2-savedmodel", "mlflow"]
 def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs, reference_scores, tmp_path, request):
     """On a LocalCluster of the run's own for the Keras file; the other formats on the
     session's cluster (the same workers' code, at a quarter of the suite's time)."""
-    output = tmp_path / "out" / "results.jsonl"
+    output, scratch = tmp_path / "out" / "results.jsonl", tmp_path / "tmp"
+    scratch.mkdir()
     cluster = ("cluster.n_workers=2", "cluster.threads_per_worker=1") if fmt == "keras" else \
         request.getfixturevalue("on_client")
     run = run_cli(
@@ -26,8 +27,11 @@ def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs
         "inference.output_path=out/results.jsonl",  # relative: the closing line names it in full
         *cluster,
         cwd=tmp_path,
+        env={"TMPDIR": str(scratch)},
     )
     assert run.returncode == 0, run.stderr
+    # Nothing left in the temporary folder by the run or its own workers (dask's locks aside)
+    assert [p.name for p in scratch.rglob("*") if p.is_file() and p.suffix != ".lock"] == []
     assert run.stderr_lines[-1] == f"[{run.stderr_lines[-1][1:24]}][daskinfer][INFO] - Output result location: {output}"
     assert "Traceback" not in run.stderr and "Warning" not in run.stderr
     assert_predictions(read_jsonl(output), local_docs(test_docs), reference_scores[fmt])
