@@ -15,6 +15,8 @@ import importlib
 _PUBLIC = {
     "ConfigError": "daskinfer.errors",
     "ErrorBudgetExceeded": "daskinfer.errors",
+    "Incomplete": "daskinfer.errors",
+    "Interrupted": "daskinfer.errors",
     "ModelLoadError": "daskinfer.model",
     "RunFailed": "daskinfer.errors",
     "RunResult": "daskinfer.pipeline",

@@ -6,6 +6,7 @@ first seconds on, with flat memory, whatever order the workers finish in."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 import uuid
@@ -77,9 +78,16 @@ class Runner:
         as a graph. A task whose worker dies is recomputed elsewhere by dask, and still
         written once, here.
         """
+        pending: collections.deque = collections.deque()
+        try:
+            yield from self._in_order(units, window, pending)
+        finally:  # a failed or interrupted run: see _cancel
+            self._cancel([future for _, future in pending])
+            pending.clear()
+
+    def _in_order(self, units: Iterable[Unit], window: int, pending: collections.deque):
         from distributed.scheduler import KilledWorker
 
-        pending: collections.deque = collections.deque()
         numbered = enumerate(units)
         self.submitted = 0  # units with a task: those done before or carried hold no worker
         exhausted = False
@@ -154,14 +162,27 @@ class Runner:
         from distributed.scheduler import KilledWorker
 
         futures, parts = [self._submit(0, unit) for unit in units], []
-        for future in futures:
-            try:
-                parts.append(self.result(future))
-            except KilledWorker:
-                parts.append(None)
-            finally:
-                future.release()
+        try:
+            for future in futures:
+                try:
+                    parts.append(self.result(future))
+                except KilledWorker:
+                    parts.append(None)
+                finally:
+                    future.release()
+        finally:
+            self._cancel(futures[len(parts):])
         return parts
+
+    def _cancel(self, futures: Iterable[Any]) -> None:
+        """Cancel the tasks of a run that stops before their turn. Dropping their futures is
+        not enough: the exception that stopped the run keeps this frame, and so them, alive
+        (a notebook keeps it as sys.last_value), and their tasks would go on holding the user's
+        workers, and their results the workers' memory, into the next run. Finished ones too."""
+        left = [future for future in futures if future is not None]
+        if left:
+            with contextlib.suppress(Exception):  # a scheduler already gone has nothing to cancel
+                self.client.cancel(left)
 
     @property
     def busy(self) -> bool:

@@ -88,3 +88,38 @@ def test_a_threshold_outside_0_1_splits_scores_as_the_model_gives_them(client, m
     for threshold, label in ((1.5, "negative"), (-1.0, "positive")):
         records = daskinfer.records_bag(daskinfer.load_config([*args, f"inference.threshold={threshold}"])).compute()
         assert len(records) == 1600 and {r["sentiment"] for r in records} == {label}
+
+
+def test_an_interrupted_run_leaves_no_task_on_the_notebooks_cluster(client, models, test_docs, tmp_path):
+    """Interrupting the kernel mid-run raises KeyboardInterrupt in run; the notebook keeps the
+    exception (Jupyter's sys.last_value), and with it the run's frames. The tasks the run had
+    submitted ahead must not stay on the user's workers, holding them and their memory."""
+    import _thread
+    import threading
+    import time
+
+    out = tmp_path / "res.jsonl"
+    cfg = daskinfer.load_config([
+        f"inference.model_path={models['keras3-export'][0]}", f"inference.input_data_dir={test_docs}",
+        f"inference.output_path={out}", "inference.partition_size=8",
+    ])
+    partial = tmp_path / "res.jsonl.partial"
+
+    def interrupt_once_written():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size):
+            time.sleep(0.01)
+        _thread.interrupt_main()  # what Jupyter's "interrupt the kernel" does
+
+    threading.Thread(target=interrupt_once_written, daemon=True).start()
+    with pytest.raises(daskinfer.Interrupted) as kept:
+        daskinfer.run(cfg, client=client)
+    assert 0 < len(read_jsonl(partial)) < 1600  # stopped mid-run
+
+    def run_tasks(dask_scheduler):
+        return [key for key in dask_scheduler.tasks if str(key).startswith("daskinfer-partition")]
+
+    deadline = time.monotonic() + 30
+    while client.run_on_scheduler(run_tasks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.run_on_scheduler(run_tasks) == [] and kept.value is not None
