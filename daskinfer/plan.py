@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from daskinfer import cluster, ledger, model, planning, predict, scheduling
+from daskinfer import cluster, compat, ledger, model, planning, predict, scheduling
 from daskinfer.partitions import Partition
 
 SAMPLE_PER_THREAD = 2000  # a partition's worth for each thread, spread over the whole listing
@@ -36,6 +36,9 @@ def plan(cfg: DictConfig) -> Dict[str, Any]:
     job = planning.prepare(cfg, planning.pinned_uri(model_info, cfg.inference.model_path), model_info["sha256"])
     inputs = job.source.profile(cfg.inference.max_document_bytes)
     increment = job.increment and job.increment.plan
+    if increment and not increment.to_score:  # the run would start no cluster (pipeline._cluster)
+        compat.kill_forkserver()  # still importing TensorFlow, for no worker
+        return {"inputs": inputs, "incremental": _changes(increment), "probe": None, "estimates": []}
     with cluster.connect(cfg.cluster, job.settings.model) as client:
         ready = _since_process_start()  # the run's start-up: interpreter, imports, listing, cluster, model
         nthreads = client.nthreads()
@@ -48,12 +51,16 @@ def plan(cfg: DictConfig) -> Dict[str, Any]:
               "threads_per_worker": max(nthreads.values()) if nthreads else None, "probe": probe,
               "finish_s": round(closing + _publishing_s(job.source), 2)}
     if increment:
-        result["incremental"] = {"carried": increment.carried, "to_score": increment.to_score,
-                                 "removed": increment.removed, "retried": increment.retried}
+        result["incremental"] = _changes(increment)
     to_score = increment.to_score if increment else inputs["documents"] or inputs.get("rows")
     result["estimates"] = _estimates(to_score, ready + result["finish_s"], probe, threads,
                                      result["threads_per_worker"])
     return result
+
+
+def _changes(increment: Any) -> Dict[str, int]:
+    return {"carried": increment.carried, "to_score": increment.to_score, "removed": increment.removed,
+            "retried": increment.retried}
 
 
 def _since_process_start() -> float:
@@ -176,6 +183,9 @@ def lines(result: Dict[str, Any]) -> List[str]:
         changes = result["incremental"]
         out.append(f"incremental: {changes['to_score']} to score (new or changed), {changes['carried']} carried "
                    f"unchanged, {changes['removed']} removed since the previous run")
+    if "threads" not in result:
+        return out + ["nothing new or changed to score: a run would copy every line from the previous run, "
+                      "with no cluster"]
     probe = result["probe"]
     if probe:
         out.append(f"model: loaded in {probe['model_load_s']:.2f} s on a worker, which then holds "

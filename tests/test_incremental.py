@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -156,6 +157,22 @@ def test_nothing_changed_scores_nothing_and_starts_no_cluster(models, corpus, tm
     assert (summary["carried"], summary["scored"], summary["removed"]) == (300, 0, 0)
     assert "no cluster needed" in again.stderr and "LocalCluster" not in again.stderr
     assert "300 documents carried unchanged" in again.stderr
+
+    since = f"inference.incremental_from={tmp_path / 'b' / 'res.jsonl'}"
+    plan = run_cli("plan", *args, since, cwd=tmp_path)  # the plan says so too, and starts none either
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines()[-2:] == [
+        "incremental: 0 to score (new or changed), 300 carried unchanged, 0 removed since the previous run",
+        "nothing new or changed to score: a run would copy every line from the previous run, with no cluster"]
+    assert "LocalCluster" not in plan.stderr
+
+    shutil.copyfile(TEST[300], corpus / TEST[300].name)
+    plan = run_cli("plan", *args, since, *on_client, cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert "incremental: 1 to score (new or changed), 300 carried unchanged, 0 removed since the previous run" \
+        in plan.stdout.splitlines()
+    estimate = re.search(r"^\s+this cluster:\s+[\d,]+ docs/s, about ([\d.,]+) s$", plan.stdout, re.M)
+    assert estimate, plan.stdout
 
 
 def test_another_model_is_refused_in_one_line_unless_rescoring(models, corpus, tmp_path, on_client):
