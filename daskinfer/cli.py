@@ -73,9 +73,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except config.ConfigError as exc:
         return fail(str(exc), EXIT_CONFIG_ERROR)
     except Interrupted as exc:
-        return fail(f"{exc}; {resume_hint(argv, exc.output_uri)}", EXIT_INTERRUPTED)
+        return fail(f"{exc}; {resume_hint(argv, exc.output_uri, exc.model_uri)}", EXIT_INTERRUPTED)
     except Incomplete as exc:
-        hint = f"partial results kept; {resume_hint(argv, exc.output_uri)}"
+        hint = f"partial results kept; {resume_hint(argv, exc.output_uri, exc.model_uri)}"
         if exc.hint_apart:
             print(f"daskinfer: {hint}", file=sys.stderr, flush=True)
             return fail(str(exc), EXIT_USER_ERROR)
@@ -105,18 +105,21 @@ def entry() -> None:
     os._exit(code)
 
 
-def resume_hint(argv: List[str], output_uri: str) -> str:
-    """`to resume: ` and the same command, told to resume into the same output. An override
-    holding a secret is left out, and named: a command that passed *** for it would fail."""
+def resume_hint(argv: List[str], output_uri: str, model_uri: Optional[str] = None) -> str:
+    """`to resume: ` and the same command, told to resume into the same output, with the
+    model pinned (model_uri: an MLflow alias's version then). An override holding a secret is
+    left out, and named: a command that passed *** for it would fail."""
     kept, secret = [], []
     for arg in argv:
-        if arg.startswith(("inference.resume=", "inference.output_path=")):
+        if arg.startswith(("inference.resume=", "inference.output_path=")) or \
+                (model_uri and arg.startswith("inference.model_path=")):
             continue
         if redaction.redacted_override(arg) == arg:
             kept.append(arg)
         else:
             secret.append(arg.partition("=")[0])
-    command = shlex.join(["daskinfer", *kept, "inference.resume=true", f"inference.output_path={output_uri}"])
+    pinned = [f"inference.model_path={model_uri}"] if model_uri else []
+    command = shlex.join(["daskinfer", *kept, *pinned, "inference.resume=true", f"inference.output_path={output_uri}"])
     if secret:
         return f"to resume, add back {', '.join(secret)} (left out as secret) to: {command}"
     return f"to resume: {command}"

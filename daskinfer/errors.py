@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Optional
 
 
 class ConfigError(ValueError):
@@ -25,17 +26,20 @@ class Incomplete(RunFailed):
     """The run stopped before the end (a lost scheduler, a storage outage, a full disk),
     with what was written kept for inference.resume."""
 
-    def __init__(self, reason: str, output_uri: str, hint_apart: bool = False):
+    def __init__(self, reason: str, output_uri: str, hint_apart: bool = False, model_uri: Optional[str] = None):
         super().__init__(reason)
         self.output_uri = output_uri
         self.hint_apart = hint_apart  # the resume command on a line of its own, before the reason
+        # the model's MLflow URI pinned to the version the run used: its alias may move before the resume
+        self.model_uri = model_uri
 
 
 class Interrupted(Incomplete):
     """Stopped by Ctrl-C or SIGTERM, with what was written kept for inference.resume."""
 
-    def __init__(self, output_uri: str):
-        super().__init__(f"interrupted; partial results kept for resuming into {output_uri}", output_uri)
+    def __init__(self, output_uri: str, model_uri: Optional[str] = None):
+        super().__init__(f"interrupted; partial results kept for resuming into {output_uri}", output_uri,
+                         model_uri=model_uri)
 
 
 def first_line(exc: BaseException) -> str:

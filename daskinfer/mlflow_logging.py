@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from daskinfer import mlflow_client, mlflow_models, reporting, storage
 from daskinfer.mlflow_client import LogFailed
-from daskinfer.errors import first_line
+from daskinfer.errors import ConfigError, first_line
 
 DEFAULT_EXPERIMENT = "daskinfer"
 ARTIFACT_NAMES = {"summary": "summary.json", "errors": "errors.jsonl", "config": "config.yaml"}
@@ -31,13 +31,21 @@ MAX_PARAM = 6000  # MLflow's limit on a parameter's value
 
 def check(cfg: DictConfig) -> None:
     """When the run is to be logged, before any work: MLflow installed, a tracking server set
-    (ConfigError) and answering (ConnectionError, PermissionError), each in one line."""
+    (ConfigError) and answering (ConnectionError, PermissionError), and the experiment named
+    not deleted (ConfigError: MLflow would refuse the record only after the scoring), each in
+    one line."""
     if not cfg.inference.mlflow.log:
         return
     mlflow = mlflow_client.import_mlflow("inference.mlflow.log=true")
     with mlflow_client.settings(mlflow_client.LOOKUP), mlflow_client.one_line_errors("the batch run's MLflow record"):
         mlflow_client.require_tracking_uri(mlflow, "inference.mlflow.log=true")
-        mlflow.MlflowClient().search_experiments(max_results=1)
+        client = mlflow.MlflowClient()
+        client.search_experiments(max_results=1)
+        name = cfg.inference.mlflow.experiment
+        found = client.get_experiment_by_name(name) if name else None
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise ConfigError(f"inference.mlflow.experiment={name}: that MLflow experiment is deleted; restore it "
+                          f"(mlflow experiments restore --experiment-id {found.experiment_id}) or name another")
 
 
 def log_run(cfg: DictConfig, summary: Mapping[str, Any], files: Mapping[str, str], results_uri: str) -> Optional[str]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, Mapping, Optional
 
 from daskinfer.errors import ConfigError
@@ -45,16 +46,30 @@ class ResolvedModel:
     version: Optional[str] = None
     alias: Optional[str] = None
     tracking_uri: str = ""  # credentials removed
+    content: str = ""  # what changes when the files at location do (_content)
 
     def cache_key(self) -> str:
-        """The name of this model's folder in the model cache: the run and the artifact path."""
-        return "mlflow-" + hashlib.sha256(f"{self.run_id}\n{self.location}".encode()).hexdigest()[:32]
+        """The name of this model's folder in the model cache: the run, the artifact path and
+        what its files were when resolved, so that a model logged again over them (a run's
+        artifacts, an mlflow-artifacts:/ path, are writable) is downloaded again."""
+        return "mlflow-" + hashlib.sha256(f"{self.run_id}\n{self.location}\n{self.content}".encode()).hexdigest()[:32]
 
     def as_dict(self) -> Dict[str, Any]:
         """What summary.json says the URI resolved to."""
         version = int(self.version) if self.version and self.version.isdigit() else self.version
         return {"uri": self.pinned_uri, "run_id": self.run_id, "name": self.name, "version": version,
-                "alias": self.alias, "source": self.location, "tracking_uri": self.tracking_uri}
+                "alias": self.alias, "source": self.location, "tracking_uri": self.tracking_uri,
+                "content": self.content}
+
+    @classmethod
+    def from_dict(cls, said: Mapping[str, Any]) -> "ResolvedModel":
+        """The model as_dict describes, pinned: what a worker gets, to fetch the files the
+        driver resolved without asking the tracking server again (on the driver's machine
+        they are in the cache already)."""
+        version = said.get("version")
+        return cls(said["uri"], said["uri"], said["source"], said.get("run_id"), said.get("name"),
+                   None if version is None else str(version), said.get("alias"), said.get("tracking_uri", ""),
+                   said.get("content", ""))
 
 
 def resolve(uri: str) -> ResolvedModel:
@@ -69,10 +84,40 @@ def resolve(uri: str) -> ResolvedModel:
         tracking = require_tracking_uri(mlflow, f"inference.model_path={uri}")
         client = mlflow.MlflowClient()
         if uri.startswith("runs:/"):
-            return _resolve_run(client, uri, tracking)
-        if uri.startswith("models:/"):
-            return _resolve_model(client, uri, tracking)
-        return _resolve_location(mlflow, uri, tracking)
+            found = _resolve_run(client, uri, tracking)
+        elif uri.startswith("models:/"):
+            found = _resolve_model(client, uri, tracking)
+        else:
+            found = _resolve_location(mlflow, uri, tracking)
+        return replace(found, content=_content(mlflow, found.location))
+
+
+def _content(mlflow, location: str) -> str:
+    """A digest of what is stored at location, asked of the artifact store without downloading
+    the model: every file's path and size, and the MLflow model's MLmodel file, whose
+    model_uuid and utc_time_created change each time a model is logged (retrained weights
+    keep their sizes)."""
+    location = location.rstrip("/")
+    sha, files = hashlib.sha256(), []
+    pending = [location]
+    while pending:
+        listed = pending.pop()
+        # paths come relative to the listed URI's parent (mlflow.artifacts.list_artifacts)
+        for info in mlflow.artifacts.list_artifacts(artifact_uri=listed):
+            full = f"{posixpath.dirname(listed)}/{info.path}"
+            if info.is_dir:
+                pending.append(full)
+            else:
+                files.append((full[len(location) + 1:], info.file_size))
+    if not files:  # a file (a .keras) lists nothing itself: its folder does
+        base = posixpath.basename(location)
+        files = [("", info.file_size) for info in mlflow.artifacts.list_artifacts(artifact_uri=posixpath.dirname(location))
+                 if info.path.rpartition("/")[2] == base]
+    for relative, size in sorted(files):
+        sha.update(f"{relative}\t{size}\n".encode())
+    if any(name == "MLmodel" for name, _ in files):
+        sha.update(mlflow.artifacts.load_text(f"{location}/MLmodel").encode())
+    return sha.hexdigest()
 
 
 def download(resolved: ResolvedModel, dest: str) -> str:
@@ -111,17 +156,21 @@ def _logged_model_location(client, run, path: str) -> Optional[str]:
     name, _, rest = path.partition("/")
     if not hasattr(client, "search_logged_models"):  # an MLflow 2 client: no logged models
         return None
-    try:
-        found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                            filter_string=f"name = '{name}'", max_results=100)
-    except Exception as exc:
-        if getattr(exc, "error_code", "") == "ENDPOINT_NOT_FOUND" or "404" in str(exc):
-            return None  # an MLflow 2 server: no logged models either
-        raise
-    for model in found:
-        if model.source_run_id == run.info.run_id:
-            return model.artifact_location.rstrip("/") + (f"/{rest}" if rest else "")
-    return None
+    token = None
+    while True:  # a sweep logs many models of one name in an experiment: page through them all
+        try:
+            found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                filter_string=f"name = '{name}'", max_results=100, page_token=token)
+        except Exception as exc:
+            if getattr(exc, "error_code", "") == "ENDPOINT_NOT_FOUND" or "404" in str(exc):
+                return None  # an MLflow 2 server: no logged models either
+            raise
+        for model in found:
+            if model.source_run_id == run.info.run_id:
+                return model.artifact_location.rstrip("/") + (f"/{rest}" if rest else "")
+        token = found.token
+        if not token:
+            return None
 
 
 def _resolve_model(client, uri: str, tracking: str) -> ResolvedModel:

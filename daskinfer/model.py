@@ -56,6 +56,9 @@ class ModelSpec:
     # worker that loaded other content at this uri (a model saved again, another MLflow
     # server's "models:/name/1") loads the model again rather than score with the old one.
     sha256: Optional[str] = None
+    # What the driver resolved an MLflow URI to (describe's "resolved"): a worker fetches those
+    # files without asking the tracking server again, and none where the cache has them.
+    mlflow: Optional[Dict[str, Any]] = None
 
 
 # ---------------------------------------------------------------- worker side
@@ -119,7 +122,7 @@ def padding_changes_scores(uri: str) -> bool:
 def _load(spec: ModelSpec) -> Predictor:
     # An MLflow URI is fetched into this machine's cache by locate (no download when the
     # driver or another worker here already did); local_copy then has nothing left to do.
-    fmt, uri = model_files.locate(spec.uri, spec.storage_options, spec.cache_dir)
+    fmt, uri = model_files.locate(spec.uri, spec.storage_options, spec.cache_dir, spec.mlflow)
     local = model_files.local_copy(uri, spec.storage_options, spec.cache_dir)
     try:
         tf = tf_runtime.import_tensorflow()

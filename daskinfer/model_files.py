@@ -32,15 +32,17 @@ from daskinfer import mlflow_models, storage
 FETCHED = "daskinfer-model.json"  # beside an MLflow model in the cache: its format, digest, path
 
 
-def locate(uri: str, storage_options: Mapping[str, Any], cache_dir: Optional[str] = None) -> Tuple[str, str]:
+def locate(uri: str, storage_options: Mapping[str, Any], cache_dir: Optional[str] = None,
+           resolved: Optional[Mapping[str, Any]] = None) -> Tuple[str, str]:
     """(format, uri of the loadable model) for a model path, following MLflow folders.
 
-    An MLflow URI is resolved and its model fetched into the cache (once per machine): the
-    uri returned is then the local path of the loadable model inside.
+    An MLflow URI is resolved (unless resolved, describe's, says what the driver found) and
+    its model fetched into the cache (once per machine): the uri returned is then the local
+    path of the loadable model inside.
     Raises FileNotFoundError when nothing loadable is there.
     """
     if mlflow_models.is_mlflow_uri(uri):
-        fetched = _fetch_mlflow(uri, cache_dir)
+        fetched = _fetch_mlflow(uri, cache_dir, resolved and mlflow_models.ResolvedModel.from_dict(resolved))
         return fetched["format"], fetched["path"]
     fs, path = storage.filesystem(uri, storage_options)
     with storage.storage_errors(uri, "the model "):

@@ -46,7 +46,7 @@ def records_bag(cfg: DictConfig, n_threads: int = 1) -> db.Bag:
 
     planning.check(cfg, writes=False)
     model_info = planning.resolve_model(cfg)
-    job = planning.prepare(cfg, planning.pinned_uri(model_info, cfg.inference.model_path), model_info["sha256"])
+    job = planning.prepare(cfg, model_info)
     score = dask.delayed(predict.score_records, pure=False)
     return db.from_delayed([score(piece, job.settings, *data) for piece, data in job.source.pieces(n_threads)])
 
@@ -80,8 +80,9 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
 
         mlflow_logging.check(cfg)
     model_info = planning.resolve_model(cfg)  # an MLflow alias is resolved here, once
-    pinned = planning.pinned_uri(model_info, inf.model_path)
-    job = planning.prepare(cfg, pinned, model_info["sha256"])
+    job = planning.prepare(cfg, model_info)
+    pinned = (model_info.get("resolved") or {}).get("uri")
+    resume_model = pinned if pinned != inf.model_path else None  # what a resume must name
     prediction = planning.prediction_settings(cfg, model_info["sha256"])
     if job.source.tables:  # rows are known by number: a table changed since would be misnumbered
         prediction["tables"] = job.source.versions()
@@ -97,17 +98,17 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
         summary = _publish(cfg, job, out, scoring, model_info, started)
     except KeyboardInterrupt:  # also while publishing: until the commit, the partial files stand
         if out.abandon():
-            raise Interrupted(out.uri) from None
+            raise Interrupted(out.uri, resume_model) from None
         raise
     except (ConnectionError, TimeoutError, OSError, WorkersDied) as exc:  # a lost service, a full disk
         if out.abandon():
             # "no dask worker left ..." keeps its line as it has always been; the command
             # to resume goes on the line before it.
-            raise Incomplete(str(exc), out.uri, hint_apart=isinstance(exc, TimeoutError)) from None
+            raise Incomplete(str(exc), out.uri, isinstance(exc, TimeoutError), resume_model) from None
         raise
     except RunFailed as exc:  # the model failing on a worker, ...: what other workers wrote stays, to resume
         if out.abandon() and not isinstance(exc, ConfigError):
-            raise Incomplete(str(exc), out.uri) from None
+            raise Incomplete(str(exc), out.uri, model_uri=resume_model) from None
         raise
     except BaseException:
         out.abandon()

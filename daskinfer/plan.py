@@ -33,7 +33,7 @@ def plan(cfg: DictConfig) -> Dict[str, Any]:
     planning.check(cfg)
     cluster.start_forkserver(cfg.cluster)
     model_info = planning.resolve_model(cfg)
-    job = planning.prepare(cfg, planning.pinned_uri(model_info, cfg.inference.model_path), model_info["sha256"])
+    job = planning.prepare(cfg, model_info)
     inputs = job.source.profile(cfg.inference.max_document_bytes)
     increment = job.increment and job.increment.plan
     if increment and not increment.to_score:  # the run would start no cluster (pipeline._cluster)

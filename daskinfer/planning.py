@@ -33,24 +33,27 @@ def storage_options(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg.storage.options, resolve=True)
 
 
-def model_spec(cfg: DictConfig, uri: Optional[str] = None, sha256: Optional[str] = None) -> model.ModelSpec:
-    """How workers find and run the model. uri: the model_path as resolved on the driver (an
-    MLflow alias pinned to its version), so that every worker scores with the same model;
-    sha256: its content, which a worker that loaded other content at uri loads anew."""
+def model_spec(cfg: DictConfig, described: Optional[Dict[str, Any]] = None) -> model.ModelSpec:
+    """How workers find and run the model. described: the model as the driver found it
+    (resolve_model): the workers load its pinned URI (an MLflow alias pinned to its version),
+    so that every one scores with the same model, fetch what the driver resolved, and know its
+    content (sha256), which a worker that loaded other content at that URI loads anew."""
+    described = described or {}
     return model.ModelSpec(
-        uri=uri or cfg.inference.model_path,
+        uri=pinned_uri(described, cfg.inference.model_path) if described else cfg.inference.model_path,
         storage_options=storage_options(cfg),
         intra_op_threads=cfg.cluster.tf_intra_op_threads,
         inter_op_threads=cfg.cluster.tf_inter_op_threads,
         cache_dir=cfg.inference.model_cache_dir,
-        sha256=sha256,
+        sha256=described.get("sha256"),
+        mlflow=described.get("resolved"),
     )
 
 
-def settings(cfg: DictConfig, model_uri: Optional[str] = None, model_sha256: Optional[str] = None) -> Settings:
+def settings(cfg: DictConfig, described: Optional[Dict[str, Any]] = None) -> Settings:
     inf = cfg.inference
     return Settings(
-        model=model_spec(cfg, model_uri, model_sha256),
+        model=model_spec(cfg, described),
         encoding=inf.encoding,
         batch_size=inf.batch_size,
         threshold=inf.threshold,
@@ -92,11 +95,13 @@ def check(cfg: DictConfig, writes: bool = True) -> None:
         check_remote(cfg.cluster)
 
 
-def prepare(cfg: DictConfig, model_uri: Optional[str] = None, model_sha256: Optional[str] = None) -> Job:
-    """List the inputs (or read the tables' schemas) and settle what every task needs; in an
-    incremental run, which documents keep their previous records."""
+def prepare(cfg: DictConfig, described: Optional[Dict[str, Any]] = None) -> Job:
+    """List the inputs (or read the tables' schemas) and settle what every task needs (the
+    model as resolve_model described it); in an incremental run, which documents keep their
+    previous records."""
     source = sources.open_source(cfg.inference, storage_options(cfg))
-    return Job(cfg, source, settings(cfg, model_uri, model_sha256), increment(cfg, source, model_sha256))
+    sha256 = (described or {}).get("sha256")
+    return Job(cfg, source, settings(cfg, described), increment(cfg, source, sha256))
 
 
 def increment(cfg: DictConfig, source: Source, model_sha256: Optional[str]) -> Optional[Increment]:

@@ -64,10 +64,12 @@ class MlflowServer:
         return MlflowClient(self.url)
 
     def downloads(self) -> int:
-        """How many artifact files the server has sent so far (GET .../mlflow-artifacts/artifacts/<path>;
-        a listing is GET .../artifacts?path=...)."""
+        """How many of a model's files the server has sent so far (GET .../mlflow-artifacts/artifacts/<path>;
+        a listing is GET .../artifacts?path=...). Not its MLmodel file, which every resolve reads
+        (a few hundred bytes: a model logged again over the same path has a new one)."""
         text = self.log.read_text(errors="replace")
-        return len(re.findall(r'"GET /api/2\.0/mlflow-artifacts/artifacts/\S+ HTTP', text))
+        sent = re.findall(r'"GET /api/2\.0/mlflow-artifacts/artifacts/(\S+) HTTP', text)
+        return sum(1 for path in sent if not path.endswith("/MLmodel"))
 
 
 @pytest.fixture(scope="session")

@@ -349,3 +349,104 @@ def test_the_cli_logs_the_run_when_asked(alias_moved, mlflow_server, registered,
     assert found[0].data.metrics["predicted"] == summary["predicted"] == 1600
     assert found[0].data.params["model_uri"] == f"models:/{NAME}@champion"
     assert found[0].data.tags["daskinfer.model_version"] == "1"
+
+
+def test_a_model_logged_again_over_a_runs_artifacts_is_scored_as_it_is_now(mlflow_server, registered, models, tmp_path,
+                                                                          test_docs, reference_scores, on_client):
+    """A run's artifacts can be written again (a nightly job logging its retrained model to the
+    same run): the next run on the same machine scores with the model as it is now, not the
+    copy cached before, and its summary's sha256 says it changed (what an incremental run
+    compares). On the session's workers, which have no MLflow settings: they fetch what the
+    driver resolved, from this machine's cache, without asking the tracking server."""
+    import shutil
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(models["mlflow"][0], retrained)
+    shutil.rmtree(retrained / "data" / "model")
+    shutil.copytree(models["keras3-export"][0], retrained / "data" / "model")
+    mlmodel = retrained / "MLmodel"
+    mlmodel.write_text(mlmodel.read_text().replace("06:30:00", "07:45:00"))
+    with mlflow_server.environment():
+        client = mlflow_server.client()
+        run_id = client.create_run(registered.experiment_id, run_name="logged twice").info.run_id
+        client.log_artifacts(run_id, str(models["mlflow"][0]), "model")
+    summaries = []
+    for name, logged, reference in (("before", None, "mlflow"), ("after", retrained, "keras3-export")):
+        if logged:
+            with mlflow_server.environment():
+                client.log_artifacts(run_id, str(logged), "model")
+        run = score(mlflow_server, f"runs:/{run_id}/model", tmp_path, name, *on_client, docs=test_docs)
+        assert run.returncode == 0, run.stderr
+        records, summary = outputs(tmp_path, name)
+        assert_predictions(records, local_docs(test_docs), reference_scores[reference])
+        summaries.append(summary["model"])
+    assert summaries[0]["sha256"] != summaries[1]["sha256"]
+    assert summaries[0]["resolved"]["content"] != summaries[1]["resolved"]["content"]
+
+
+def test_an_interrupted_run_on_an_alias_is_resumed_on_the_version_it_began_with(mlflow_server, tmp_path, test_docs):
+    """The resume command printed at SIGTERM names the version the alias named when the run
+    began: the alias may move before the resume, which then still continues the same model."""
+    import signal
+
+    from misuse_fakes import slow_model
+    from test_misuse import resume_args
+
+    name = f"{NAME}-slow"
+    with mlflow_server.environment():
+        client = mlflow_server.client()
+        run = client.create_run(client.get_experiment_by_name("Default").experiment_id).info
+        client.log_artifacts(run.run_id, str(slow_model(tmp_path / "slow")), "model")
+        client.create_registered_model(name)
+        for _ in range(2):
+            client.create_model_version(name, f"{run.artifact_uri}/model", run.run_id)
+        client.set_registered_model_alias(name, "nightly", "1")
+    (tmp_path / "home").mkdir()
+    out = tmp_path / "out" / "res.jsonl"
+    args = [f"inference.model_path=models:/{name}@nightly", f"inference.input_data_dir={test_docs}",
+            f"inference.output_path={out}", f"inference.model_cache_dir={tmp_path}/cache", "inference.batch_size=4",
+            "inference.partition_size=20", "cluster.n_workers=1"]
+    env = {**os.environ, **mlflow_server.env, "HOME": str(tmp_path / "home")}
+    job = subprocess.Popen([sys.executable, "-m", "daskinfer", *args], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    partial, deadline = Path(f"{out}.partial"), time.monotonic() + 180
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 20) and time.monotonic() < deadline:
+        assert job.poll() is None, job.stderr.read()[-2000:]
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130, stderr
+    hint = resume_args(stderr.strip().splitlines()[-1])
+    assert f"inference.model_path=models:/{name}/1" in hint and not any("@nightly" in arg for arg in hint)
+
+    with mlflow_server.environment():
+        mlflow_server.client().set_registered_model_alias(name, "nightly", "2")
+    resumed = run_cli(*hint, cwd=tmp_path, env={**mlflow_server.env, "HOME": str(tmp_path / "home")})
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["filepath"] for r in read_jsonl(out)] == sorted(local_docs(test_docs))
+
+
+def test_a_runs_uri_finds_its_model_among_many_of_the_same_name(mlflow_server, registered, tmp_path):
+    """runs:/<run>/model of an MLflow 3 run, in an experiment where a sweep has since logged a
+    hundred more models named "model": it still names that run's model (MLflow pages them)."""
+    with mlflow_server.environment():
+        client = mlflow_server.client()
+        experiment = client.get_run(registered.keras_run).info.experiment_id
+        for _ in range(101):
+            client.create_logged_model(experiment, name="model")
+        resolved = mlflow_models.resolve(f"runs:/{registered.keras_run}/model")
+        [own] = [m for m in client.search_logged_models([experiment], filter_string="name = 'model'", max_results=200)
+                 if m.source_run_id == registered.keras_run]
+    assert resolved.location == own.artifact_location.rstrip("/")
+
+
+def test_a_deleted_experiment_to_log_into_is_refused_before_any_work(mlflow_server, models, tmp_path):
+    with mlflow_server.environment():
+        client = mlflow_server.client()
+        client.delete_experiment(client.create_experiment("nightly-scores-gone"))
+    run = score(mlflow_server, str(models["keras"][0]), tmp_path, "out", "inference.mlflow.log=true",
+                "inference.mlflow.experiment=nightly-scores-gone", "inference.input_glob=*.py",
+                docs=Path(__file__).parent)
+    assert_user_error(run, "inference.mlflow.experiment=nightly-scores-gone: that MLflow experiment is deleted",
+                      code=2)
+    assert "Scoring" not in run.stderr and not (tmp_path / "out").exists()
