@@ -77,7 +77,7 @@ def walk_local(root: str, recursive: bool, errors: Dict[str, str], relative: str
                     yield from walk_local(root, recursive, errors, name + "/", seen)
                 continue
             if not stat.S_ISREG(info.st_mode):
-                errors[name] = f"not a regular file ({_kind(info.st_mode)})"
+                errors[name] = f"not a regular file ({kind_of(info.st_mode)})"
             yield name, info.st_size, info.st_mtime_ns
 
 
@@ -85,7 +85,8 @@ def _identity(info: os.stat_result) -> Tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a file that is neither a regular file nor a folder is, in words."""
     for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device")):
         if test(mode):

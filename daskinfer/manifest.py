@@ -46,7 +46,7 @@ class Manifest:
 
     def _entries(self) -> Iterator[Tuple[int, str]]:
         fs, path = storage.filesystem(self.uri, self.storage_options)
-        with storage.storage_errors(self.uri), fs.open(path, "rt", encoding="utf-8") as lines:
+        with storage.storage_errors(self.uri), fs.open(path, "rt", encoding="utf-8-sig") as lines:  # -sig: Notepad's and Excel's byte-order mark
             for number, line in enumerate(lines, 1):
                 line = line.strip()
                 if line:

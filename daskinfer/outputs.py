@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from daskinfer import output_lock, storage
+from daskinfer import compat, output_lock, storage
 from daskinfer.errors import ConfigError
 
 RESULTS_NAME = "batch-infer-res.jsonl"
@@ -85,6 +85,8 @@ def check_output_path(uri: str, storage_options: Mapping[str, Any], resume: bool
                               f"e.g. {uri.rstrip('/')}/{RESULTS_NAME}")
         if storage.is_local(fs):
             _check_local_folder(os.path.dirname(os.path.abspath(path)), uri)
+        elif compat.pages_listable(fs) and not fs.exists(path.split("/", 1)[0]):  # else found at the commit
+            raise FileNotFoundError(f"bucket not found: {path.split('/', 1)[0]} (output {uri})")
         if not resume and fs.exists(path):
             raise FileExistsError(f"output already exists, refusing to overwrite: {uri}")
 

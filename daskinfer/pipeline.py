@@ -86,7 +86,8 @@ def run(cfg: DictConfig, client: Any = None) -> RunResult:
     prediction = planning.prediction_settings(cfg, model_info["sha256"])
     if job.source.tables:  # rows are known by number: a table changed since would be misnumbered
         prediction["tables"] = job.source.versions()
-    uri, made = (inf.output_path, None) if inf.output_path else outputs.default_output_path(inf.output_format)
+    uri, made = (storage.expand_user(inf.output_path), None) if inf.output_path else \
+        outputs.default_output_path(inf.output_format)
     out = _open_output(uri, made, cfg, prediction, job.source)
     try:
         with _cluster(cfg, job, client) as live:

@@ -142,7 +142,7 @@ def pinned_uri(described: Dict[str, Any], given: str) -> str:
     resolved = (described.get("resolved") or {}).get("uri")
     if resolved:
         return resolved
-    return os.path.abspath(given) if storage.protocol_of(given) is None else given
+    return os.path.abspath(storage.expand_user(given)) if storage.protocol_of(given) is None else given
 
 
 # What changes a document's record, besides the model (inference.model_path: its digest).

@@ -50,6 +50,12 @@ def is_local(fs: AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+def expand_user(uri: str) -> str:
+    """A local path with its leading ~ expanded, as fsspec reads it (what the run says it
+    wrote, and what a worker elsewhere loads, must be the same file); another URI as it is."""
+    return os.path.expanduser(uri) if protocol_of(uri) is None else uri
+
+
 def protocol_of(uri: str) -> Optional[str]:
     """The URI's protocol, or None for a plain local path."""
     protocol, sep, _ = uri.partition("://")

@@ -16,10 +16,12 @@ import collections
 import itertools
 import json
 import logging
+import os
 import re
+import stat
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from daskinfer import csv_reading, storage
+from daskinfer import csv_reading, folder_walk, storage
 from daskinfer.csv_reading import DECODE_ERRORS, BadLine, python_strings
 from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
 
@@ -43,6 +45,7 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
     options = dict(storage_options)
     try:
         with storage.storage_errors(uri):
+            _check_local_file(uri, fmt, options)
             if fmt == "parquet":
                 # numpy_nullable: an int64 column with a null stays integers (pandas would make 2**53 + 1 a float)
                 table = dd.read_parquet(uri, split_row_groups="adaptive", blocksize=blocksize, storage_options=options,
@@ -66,10 +69,34 @@ def frame(uri: str, fmt: str, columns: Columns, storage_options: Mapping[str, An
                 return _jsonl_frame(uri, columns.names(), options, encoding, blocksize, meta)
     except FileNotFoundError:
         raise FileNotFoundError(f"table not found: {uri}") from None
-    except (OSError, ConnectionError, ConfigError):
+    except OSError as exc:
+        if exc.errno is None and not storage.is_connection_error(exc):  # pyarrow's: a damaged Parquet footer
+            raise RunFailed(f"cannot read {uri} as {fmt}: {explain(root_cause(exc), uri, fmt, options)}") from None
+        raise
+    except (ConnectionError, ConfigError):
         raise
     except Exception as exc:  # not a table of this format: pyarrow's, pandas' or dask's own errors
         raise RunFailed(f"cannot read {uri} as {fmt}: {explain(root_cause(exc), uri, fmt, options)}") from None
+
+
+def _check_local_file(uri: str, fmt: str, options: Mapping[str, Any]) -> None:
+    """A local table is a file: a FIFO would hang the driver reading its head, and a folder
+    (but a Parquet dataset's) or a symbolic link loop would end the run with a traceback."""
+    fs, path = storage.filesystem(uri, options)
+    if not storage.is_local(fs):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RunFailed(f"cannot read the table {uri}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode) and fmt == "parquet":
+        return
+    if stat.S_ISDIR(mode):
+        raise RunFailed(f"cannot read the table {uri}: it is a folder (inference.input_data_dir lists one)")
+    if not stat.S_ISREG(mode):
+        raise RunFailed(f"cannot read the table {uri}: not a regular file ({folder_walk.kind_of(mode)})")
 
 
 def _check_columns(uri: str, found: Iterable[Any], columns: Columns) -> None:
@@ -79,7 +106,7 @@ def _check_columns(uri: str, found: Iterable[Any], columns: Columns) -> None:
     missing = [f"{column!r} ({', '.join(key for key, value in named if value == column)})"
                for column in columns.names() if column not in found]
     if missing:
-        raise ConfigError(f"{uri} has no column {', '.join(missing)}; its columns: {', '.join(found)}")
+        raise ConfigError(f"{uri} has no column {', '.join(missing)}; its columns: {', '.join(map(repr, found))}")
 
 
 def _head(uri: str, fmt: str, columns: Columns, options: Mapping[str, Any], encoding: str) -> Optional[pd.DataFrame]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -154,3 +155,21 @@ def test_a_column_named_as_a_yaml_boolean_in_a_config_file_keeps_its_name(tmp_pa
     cfg = load_config(["inference.model_path=m.keras", "inference.input_data_dir=t.csv", "inference.input_format=csv"],
                       config_file=str(job))
     assert (cfg.inference.text_column, cfg.inference.id_column, cfg.inference.labels_from) == ("On", "yes", "no")
+
+
+def test_paths_under_home_are_where_the_run_says_and_where_its_workers_look(models, test_docs, tmp_path, on_client):
+    """`~/...` as a shell would not expand it (inside a config file, or quoted): the results
+    are written under HOME and the closing line says so; the model is found there by workers
+    started elsewhere (the session's, run from another folder)."""
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    shutil.copyfile(models["keras"][0], home / "models" / "sentiment.keras")
+    manifest = tmp_path / "docs.txt"
+    manifest.write_text("\n".join(sorted(local_docs(test_docs))[:20]) + "\n")
+    run = run_cli("inference.model_path=~/models/sentiment.keras", f"inference.input_manifest={manifest}",
+                  "inference.output_path=~/scores/res.jsonl", *on_client, cwd=tmp_path, env={"HOME": str(home)})
+    assert run.returncode == 0, run.stderr
+    output = home / "scores" / "res.jsonl"
+    assert run.stderr_lines[-1].endswith(f"Output result location: {output}")
+    assert len(read_jsonl(output)) == 20 and not (tmp_path / "~").exists()
+    assert json.loads((output.parent / "summary.json").read_text())["output"] == str(output)

@@ -103,18 +103,21 @@ def test_s3_inputs_and_mlflow_model_through_storage_options(s3_server, s3_data, 
         ("wrong secret", "s3://reviews/imdb/test/", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "access denied to s3://reviews/imdb/test/"),
         ("unreachable endpoint", "s3://reviews/imdb/test/", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach the storage for s3://reviews/imdb/test/"),
         ("empty prefix", "s3://reviews/nothing-here/", {}, "no files matching '*.txt' in s3://reviews/nothing-here/"),
+        ("missing output bucket", "s3://reviews/imdb/test/", {},
+         "bucket not found: no-such-bucket (output s3://no-such-bucket/scores/res.jsonl)"),
     ],
 )
 def test_s3_errors_are_one_line_and_quick(case, input_dir, env_change, needle, s3_server, s3_data, tmp_path):
     started = time.monotonic()
+    output = ("inference.output_path=s3://no-such-bucket/scores/res.jsonl",) if "output" in case else ()
     run = run_cli(
-        "inference.model_path=s3://models/exported", f"inference.input_data_dir={input_dir}",
+        "inference.model_path=s3://models/exported", f"inference.input_data_dir={input_dir}", *output,
         cwd=tmp_path, env={**s3_server.env, **env_change},
     )
     assert time.monotonic() - started < 60
     assert_user_error(run, needle)
     assert s3_server.secret not in run.stderr + run.stdout
-    assert not Path(tmp_path / "outputs").exists()
+    assert not Path(tmp_path / "outputs").exists() and "Scoring" not in run.stderr  # before any cluster
 
 
 @pytest.mark.parametrize("listed_by", ["listing", "manifest"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import List
 
@@ -243,7 +245,7 @@ def test_missing_text_column_is_one_clear_line(models, table_files, tmp_path):
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table_files['parquet']}",
         "inference.input_format=parquet", "inference.text_column=review", cwd=tmp_path,
     )
-    assert_user_error(run, "has no column 'review' (inference.text_column); its columns: text, id, label", code=2)
+    assert_user_error(run, "has no column 'review' (inference.text_column); its columns: 'text', 'id', 'label'", code=2)
     assert not list(tmp_path.rglob("*.jsonl*"))
 
 
@@ -328,6 +330,17 @@ def test_manifest_as_json_lines(client, models, test_docs, tmp_path):
     assert [r["filepath"] for r in read_jsonl(daskinfer.run(cfg, client=client).output_uri)] == paths
 
 
+def test_a_manifest_saved_with_a_byte_order_mark_keeps_its_first_entry(client, models, test_docs, tmp_path):
+    """Notepad and Excel open a UTF-8 file with a byte-order mark: it is no part of a path."""
+    paths = sorted(str(p) for p in test_docs.glob("*.txt"))[:3]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join(paths) + "\n", encoding="utf-8-sig")
+    cfg = daskinfer.load_config([f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}",
+                                 f"inference.output_path={tmp_path / 'res.jsonl'}"])
+    result = daskinfer.run(cfg, client=client)
+    assert [r["filepath"] for r in read_jsonl(result.output_uri)] == paths and result.summary["errors"] == 0
+
+
 def test_manifest_line_without_a_path_is_refused(client, models, tmp_path):
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text('{"path": "/data/a.txt"}\n{"file": "/data/b.txt"}\n')
@@ -372,6 +385,39 @@ def test_unreadable_table_is_one_clear_line(fmt, content, message, models, tmp_p
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
                   f"inference.input_format={fmt}", cwd=tmp_path)
     assert_user_error(run, f"cannot read {table} as {fmt}", message, code=1)
+
+
+def test_a_parquet_file_with_a_damaged_footer_is_one_clear_line(table_files, models, tmp_path):
+    data = bytearray(table_files["parquet"].read_bytes())
+    data[-40:-8] = b"\xff" * 32  # the footer's metadata, before its length and magic bytes
+    table = tmp_path / "damaged.parquet"
+    table.write_bytes(bytes(data))
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
+                  "inference.input_format=parquet", cwd=tmp_path)
+    assert_user_error(run, f"cannot read {table} as parquet", code=1)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link loop"])
+def test_a_table_that_is_no_file_is_one_clear_line(kind, table_files, models, tmp_path):
+    """A FIFO among the tables would hang the run reading it; a folder a manifest names, or a
+    symbolic link to itself, ended it with a traceback."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    shutil.copyfile(table_files["csv"], tables / "a.csv")
+    odd = tables / "b.csv"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "folder":
+        odd.mkdir()
+    else:
+        odd.symlink_to(odd)
+    manifest = tmp_path / "tables.txt"
+    manifest.write_text(f"{tables / 'a.csv'}\n{odd}\n")
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_manifest={manifest}",
+                  "inference.input_format=csv", cwd=tmp_path, timeout=120)
+    why = {"fifo": "not a regular file (a FIFO)", "folder": "it is a folder (inference.input_data_dir lists one)",
+           "link loop": "Too many levels of symbolic links"}[kind]
+    assert_user_error(run, f"cannot read the table {odd}: {why}", code=1)
 
 
 def test_manifest_and_parquet_output_on_s3(client, models, test_docs, s3_tables, reference_scores, tmp_path):
