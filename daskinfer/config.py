@@ -32,6 +32,7 @@ from daskinfer.errors import ConfigError
 from daskinfer.redaction import redacted, redacted_override, to_yaml  # noqa: F401  (what callers use)
 
 TEXT_KEYS = text_keys()
+COMPRESSED_NAMES = ("gz", "bz2", "xz", "zst", "zip", "lz4", "snappy")  # of an output named so
 
 
 def defaults_path() -> Path:
@@ -134,6 +135,9 @@ def check(cfg: DictConfig) -> None:
     if named in OUTPUT_FORMATS and named != inf.output_format:  # a Parquet file named .jsonl, or JSON lines .parquet
         raise ConfigError(f"inference.output_path {inf.output_path} is named .{named}, but inference.output_format="
                           f"{inf.output_format}: set inference.output_format={named}, or name the file .{inf.output_format}")
+    if named in COMPRESSED_NAMES:  # a reader would take the plain file written there for a compressed one
+        raise ConfigError(f"inference.output_path {inf.output_path} is named .{named}, but the results are written "
+                          f"uncompressed: name the file .{inf.output_format}, and compress it once written")
     if inf.resume and inf.output_format != "jsonl":
         raise ConfigError("inference.resume needs inference.output_format=jsonl (a Parquet file cut short cannot be appended to)")
     if inf.input_format == "files":

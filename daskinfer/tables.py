@@ -181,7 +181,8 @@ def _values(rows, column: str) -> List[Any]:
 def _text_problem(text: Any, column: str, max_bytes: int) -> Optional[str]:
     if text is None:
         return f"null text in column '{column}'"
-    if not isinstance(text, (str, numbers.Number)):  # a JSON list or object, a Parquet list
+    # a JSON list, object or true (which Python would print "True"), a Parquet list
+    if isinstance(text, bool) or not isinstance(text, (str, numbers.Number)):
         kind = "list" if type(text).__name__ == "ndarray" else type(text).__name__  # a Parquet list, as pandas reads it
         return f"the text in column '{column}' is a {kind}, not a string"
     size = len(str(text).encode("utf-8"))

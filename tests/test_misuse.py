@@ -1020,6 +1020,20 @@ def test_an_output_named_for_the_other_format_is_refused(name, output_format, tm
                      f"inference.output_path={tmp_path / name}", f"inference.output_format={output_format}"])
 
 
+@pytest.mark.parametrize("name", ["res.jsonl.gz", "res.parquet.zst"])
+def test_an_output_named_as_compressed_is_refused(name, tmp_path):
+    """The results are written as plain JSON lines (or Parquet): under a .gz name a reader would
+    fail on them, or a pipeline that gunzips every .gz would."""
+    from daskinfer.config import load_config
+    from daskinfer.errors import ConfigError
+
+    output_format = name.split(".")[1]
+    with pytest.raises(ConfigError, match=rf"is named \.{name.rsplit('.', 1)[1]}, but the results are written "
+                                          rf"uncompressed: name the file \.{output_format}"):
+        load_config(["inference.model_path=m", f"inference.input_data_dir={tmp_path}",
+                     f"inference.output_path={tmp_path / name}", f"inference.output_format={output_format}"])
+
+
 def test_a_misspelt_storage_option_is_a_configuration_error(keras_model, tmp_path):
     run = cli(f"inference.model_path={keras_model}", "inference.input_data_dir=s3://reviews/batch/",
               "storage.options.endpont_url=http://127.0.0.1:9", cwd=tmp_path, timeout=60,

@@ -537,10 +537,10 @@ def test_empty_shards_hold_no_rows(fmt, client, models, tmp_path):
 
 
 def test_a_json_list_or_object_as_text_is_an_error_entry(client, models, tmp_path):
-    """Pre-tokenized text (a list) is not scored as Python would print it."""
+    """Pre-tokenized text (a list) is not scored as Python would print it, nor is true."""
     table = tmp_path / "t.jsonl"
     table.write_text('{"text": "a fine, warm film"}\n{"text": ["a", "fine", "film"]}\n{"text": {"title": "x"}}\n'
-                     '{"text": "dull and far too long"}\n')
+                     '{"text": "dull and far too long"}\n{"text": true}\n')
     out = tmp_path / "out" / "res.jsonl"
     daskinfer.run(daskinfer.load_config([
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}",
@@ -548,7 +548,8 @@ def test_a_json_list_or_object_as_text_is_an_error_entry(client, models, tmp_pat
     assert [r["filepath"] for r in read_jsonl(out)] == [f"{table}#0", f"{table}#3"]
     assert [(e["filepath"], e["error"]) for e in read_jsonl(out.parent / "errors.jsonl")] == [
         (f"{table}#1", "ValueError: the text in column 'text' is a list, not a string"),
-        (f"{table}#2", "ValueError: the text in column 'text' is a dict, not a string")]
+        (f"{table}#2", "ValueError: the text in column 'text' is a dict, not a string"),
+        (f"{table}#4", "ValueError: the text in column 'text' is a bool, not a string")]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
