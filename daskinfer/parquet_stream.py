@@ -40,7 +40,12 @@ class ParquetStream:
         self.count = self.written
 
     def publish(self) -> None:
-        self._open(records.parquet_schema()).close()
+        import pyarrow
+
+        empty = records.parquet_schema()  # a file with no row still has the columns its rows would have
+        for name, kind in self.column_types.items():
+            empty = empty.append(pyarrow.field(name, kind or pyarrow.string()))
+        self._open(empty).close()
         self.file.close()
         if self.local:
             os.replace(self.spool, self.path)
@@ -60,7 +65,7 @@ class ParquetStream:
             import pyarrow
 
             for name, kind in self.column_types.items():  # decided for the whole file, not by its first rows
-                if name in schema.names:
+                if kind is not None and name in schema.names:
                     schema = schema.set(schema.get_field_index(name), pyarrow.field(name, kind))
             self._start(schema)
         return self.writer

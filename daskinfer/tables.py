@@ -64,7 +64,8 @@ def versions(uris: Sequence[str], storage_options: Mapping[str, Any]) -> Dict[st
 
 def output_types(frames: Sequence[Any], columns: Columns) -> Dict[str, Any]:
     """The Parquet output's id column type, one for the whole file: the tables' own where
-    they agree (a slice whose ids are all missing included), text where they do not."""
+    they agree (a slice whose ids are all missing included), text where they do not, None
+    where no head tells (the rows will: parquet_stream takes the first type that comes)."""
     if not columns.id:
         return {}
     import pandas as pd
@@ -74,7 +75,7 @@ def output_types(frames: Sequence[Any], columns: Columns) -> Dict[str, Any]:
                                         preserve_index=False).field("id").type for frame in frames}
     kinds -= {pyarrow.null()}  # a head whose ids are all missing (typed null or object) decides nothing
     if not kinds:
-        return {}  # the rows will tell: parquet_stream takes the first type that comes
+        return {"id": None}
     return {"id": kinds.pop() if len(kinds) == 1 else pyarrow.string()}
 
 

@@ -512,6 +512,24 @@ def test_parquet_output_keeps_csv_ids_as_written_when_one_table_mixes_kinds(clie
     assert table.column("id").to_pylist() == ["007", "12", "1", "2"]
 
 
+@pytest.mark.parametrize("rows", ["", "7,\n8,\n"])
+def test_a_parquet_output_without_rows_still_has_its_id_column(rows, client, models, tmp_path):
+    """A table of a header alone, or one whose every row is an error entry: the results file
+    has no row, and the columns a reader of this job's results expects."""
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "t.csv"
+    table.write_text("id,text\n" + rows)
+    out = tmp_path / "out" / "res.parquet"
+    daskinfer.run(daskinfer.load_config([
+        f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={table}", "inference.error_budget=1",
+        "inference.input_format=csv", "inference.id_column=id", "inference.output_format=parquet",
+        f"inference.output_path={out}"]), client=client)
+    written = pq.read_table(out)
+    assert written.num_rows == 0
+    assert written.schema.names == ["time", "filepath", "logit_prob", "sentiment", "id"]
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_empty_shards_hold_no_rows(fmt, client, models, tmp_path):
     """A folder of shards where a writer left some empty (Spark writes an empty part file for
