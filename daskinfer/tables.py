@@ -117,12 +117,15 @@ class Rows(NamedTuple):
                 if isinstance(text, Exception):
                     out.fail(position, key, text)
                     continue
-            problem = (_undecodable((text, ids and ids[i], labels and labels[i]), columns, settings.encoding)
+            ident = ids[i] if ids is not None else None
+            if isinstance(ident, bytes):  # a binary id column: its text, as a binary text column's (not "b'...'")
+                ident = ident.decode(settings.encoding, csv_reading.DECODE_ERRORS)
+            problem = (_undecodable((text, ident, labels and labels[i]), columns, settings.encoding)
                        or _text_problem(text, columns.text, settings.max_document_bytes))
             if problem:
                 out.fail(position, key, ValueError(problem))
                 continue
-            extra = {"id": ids[i]} if ids is not None else {}
+            extra = {"id": ident} if ids is not None else {}
             label = _label(labels[i], settings.labels) if labels is not None else None
             ready.append(Text(key, str(text), position, label, extra))
         return ready

@@ -446,24 +446,30 @@ def test_manifest_and_parquet_output_on_s3(client, models, test_docs, s3_tables,
 
 
 def test_binary_text_column_is_decoded(client, models, reviews_table, tmp_path):
-    """Parquet text stored as bytes: decoded with inference.encoding; undecodable rows are errors."""
+    """Parquet text and ids stored as bytes: decoded with inference.encoding (an id as its text,
+    not Python's b'...'); undecodable rows are errors."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows, scores = reviews_table
     texts = [r["text"] for r in rows[:20] if r["text"] is not None]
-    values = [t.encode("utf-8") for t in texts] + [b"\xff\xfe not utf-8"]
-    pq.write_table(pa.table({"text": pa.array(values, type=pa.binary())}), tmp_path / "bytes.parquet")
+    values = [t.encode("utf-8") for t in texts] + [b"\xff\xfe not utf-8", b"a fine film"]
+    ids = [f"r-{i}".encode() for i in range(len(texts) + 1)] + [b"bad \xff id"]
+    pq.write_table(pa.table({"text": pa.array(values, type=pa.binary()), "id": pa.array(ids, type=pa.binary())}),
+                   tmp_path / "bytes.parquet")
     cfg = daskinfer.load_config([
         f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={tmp_path / 'bytes.parquet'}",
         "inference.input_format=parquet", f"inference.output_path={tmp_path / 'out' / 'res.jsonl'}",
-        "inference.error_budget=0.1",
+        "inference.error_budget=0.2", "inference.id_column=id",
     ])
     records = read_jsonl(daskinfer.run(cfg, client=client).output_uri)
     assert len(records) == len(texts)
     assert [abs(r["logit_prob"] - scores[t]) <= 1e-5 for r, t in zip(records, texts)] == [True] * len(texts)
+    assert [r["id"] for r in records] == [f"r-{i}" for i in range(len(texts))]
     errors = read_jsonl(tmp_path / "out" / "errors.jsonl")
-    assert [(e["filepath"].rsplit("#")[1], e["error"][:22]) for e in errors] == [(str(len(texts)), "ValueError: not valid ")]
+    assert [(e["filepath"].rsplit("#")[1], e["error"][:22]) for e in errors] == [
+        (str(len(texts)), "ValueError: not valid "), (str(len(texts) + 1), "ValueError: not valid ")]
+    assert "in column 'id'" in errors[1]["error"]
 
 
 @pytest.mark.parametrize("second_ids, kind", [([5, 6, 7], "int64"), (["x", "y", "z"], "string")])
