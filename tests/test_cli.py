@@ -18,8 +18,12 @@ FORMATS = ["keras", "keras3-export", "tf-keras2-savedmodel", "mlflow"]
 def test_cli_scores_every_document_with_each_model_format(fmt, models, test_docs, reference_scores, tmp_path, request):
     """On a LocalCluster of the run's own for the Keras file; the other formats on the
     session's cluster (the same workers' code, at a quarter of the suite's time)."""
-    output, scratch = tmp_path / "out" / "results.jsonl", tmp_path / "tmp"
-    scratch.mkdir()
+    import tempfile
+
+    # a temporary folder of its own, with a short path: multiprocessing's forkserver socket
+    # goes in it, and a Unix socket's path is at most 107 bytes
+    output, scratch = tmp_path / "out" / "results.jsonl", Path(tempfile.mkdtemp(prefix="di-"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     cluster = ("cluster.n_workers=2", "cluster.threads_per_worker=1") if fmt == "keras" else \
         request.getfixturevalue("on_client")
     run = run_cli(
