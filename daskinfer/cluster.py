@@ -216,8 +216,16 @@ def start_forkserver(cfg: DictConfig) -> None:
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload(["daskinfer.worker_setup"])
-    with _sigint_ignored():
-        forkserver.ensure_running()
+    try:
+        with _sigint_ignored():
+            forkserver.ensure_running()
+    except OSError as exc:  # its socket is made in the temporary folder, and a socket's path is 107 bytes at most
+        if "path too long" not in str(exc):
+            raise
+        import tempfile
+
+        raise ConfigError(f"the temporary folder {tempfile.gettempdir()} has too long a path for the workers' "
+                          "Unix socket (107 bytes at most): set TMPDIR to a shorter one") from None
 
 
 @contextlib.contextmanager

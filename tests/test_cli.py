@@ -177,3 +177,13 @@ def test_paths_under_home_are_where_the_run_says_and_where_its_workers_look(mode
     assert run.stderr_lines[-1].endswith(f"Output result location: {output}")
     assert len(read_jsonl(output)) == 20 and not (tmp_path / "~").exists()
     assert json.loads((output.parent / "summary.json").read_text())["output"] == str(output)
+
+
+def test_a_temporary_folder_too_deep_for_a_unix_socket_is_one_line(models, test_docs, tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
+                  cwd=tmp_path, env={"TMPDIR": str(deep)})
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr_lines[-1] == (f"daskinfer: error: the temporary folder {deep} has too long a path for the "
+                                    "workers' Unix socket (107 bytes at most): set TMPDIR to a shorter one")
