@@ -68,6 +68,7 @@ class Runner:
         self._lost_since: Optional[float] = None
         self.submitted = 0
         self._last_look = 0.0
+        self._submitting: Optional[str] = None  # the key of a task whose future is not in pending yet
 
     def in_order(self, units: Iterable[Unit], window: int) -> Iterator[Tuple[Unit, Optional[Any]]]:
         """(unit, its PartitionResult) in unit order, with at most `window` tasks submitted
@@ -82,7 +83,7 @@ class Runner:
         try:
             yield from self._in_order(units, window, pending)
         finally:  # a failed or interrupted run: see _cancel
-            self._cancel([future for _, future in pending])
+            self._cancel([future for _, future in pending] + self._unrecorded())
             pending.clear()
 
     def _in_order(self, units: Iterable[Unit], window: int, pending: collections.deque):
@@ -99,6 +100,7 @@ class Runner:
                     break
                 future = self._submit(*following)
                 pending.append((following[1], future))
+                self._submitting = None
                 self.submitted += future is not None
             if not pending:
                 if exhausted:
@@ -162,6 +164,7 @@ class Runner:
         from distributed.scheduler import KilledWorker
 
         futures, parts = [self._submit(0, unit) for unit in units], []
+        self._submitting = None
         try:
             for future in futures:
                 try:
@@ -184,6 +187,15 @@ class Runner:
             with contextlib.suppress(Exception):  # a scheduler already gone has nothing to cancel
                 self.client.cancel(left)
 
+    def _unrecorded(self) -> List[Any]:
+        """The future of the task being submitted when the run stopped, if any: an interrupt
+        (KeyboardInterrupt, raised between any two bytecodes) can land after the scheduler got
+        the task and before its future reached pending, and it would run on unseen."""
+        from distributed import Future
+
+        key, self._submitting = self._submitting, None
+        return [Future(key, self.client)] if key else []
+
     @property
     def busy(self) -> bool:
         """Whether tasks are out whose results are still to be written."""
@@ -192,10 +204,9 @@ class Runner:
     def _submit(self, index: int, unit: Unit):
         if unit.piece is None:
             return None
-        return self.client.submit(
-            predict.score, unit.piece, self.settings, *unit.data,
-            priority=-index, pure=False, key=f"daskinfer-partition-{index}-{uuid.uuid4().hex}",
-        )
+        key = self._submitting = f"daskinfer-partition-{index}-{uuid.uuid4().hex}"
+        return self.client.submit(predict.score, unit.piece, self.settings, *unit.data,
+                                  priority=-index, pure=False, key=key)
 
     def result(self, future: Any) -> Any:
         """The future's result, checking the workers every second while it is not there.

@@ -51,3 +51,44 @@ def test_a_worker_its_local_cluster_closed_is_started_again():
         cluster.revive(client)
         client.wait_for_workers(1, timeout=60)
         assert client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+
+
+class _SubmitInterrupted:
+    """The session's client, but its third submit is interrupted (as Jupyter's "interrupt the
+    kernel" can be, between any two bytecodes) once the scheduler has the task: its future
+    lives on in the exception's frames, as sys.last_value keeps them in a notebook."""
+
+    def __init__(self, client):
+        self.client, self.calls, self.kept = client, 0, []
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def submit(self, fn, *args, **kwargs):
+        self.calls += 1
+        self.kept.append(self.client.submit(_after, 60, None, **kwargs))  # a task that would hold a thread a minute
+        if self.calls == 3:
+            raise KeyboardInterrupt
+        return self.kept[-1]
+
+
+def test_a_task_submitted_as_the_run_is_interrupted_is_cancelled_too(client):
+    from daskinfer.units import Unit
+
+    interrupted = _SubmitInterrupted(client)
+    runner = Runner(interrupted, settings=None, wait_s=30)
+    with pytest.raises(KeyboardInterrupt):
+        list(runner.in_order([Unit(piece=i, data=(), documents=1, skipped=0) for i in range(6)], window=4))
+
+    def run_tasks(dask_scheduler):
+        return [str(key) for key, task in dask_scheduler.tasks.items()
+                if str(key).startswith("daskinfer-partition") and task.state != "forgotten"]
+
+    deadline = time.monotonic() + 30  # the third task may reach the scheduler after the interrupt
+    while interrupted.kept[2].status == "pending" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    while client.run_on_scheduler(run_tasks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [f.status for f in interrupted.kept] == ["cancelled"] * 3
+    assert client.run_on_scheduler(run_tasks) == []
