@@ -27,6 +27,7 @@ class MlflowConfig:
 @dataclass
 class InferenceConfig:
     model_path: str = MISSING
+    model_output: Optional[str] = MISSING
     input_data_dir: Optional[str] = MISSING
     input_format: str = MISSING
     input_glob: Optional[str] = MISSING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from typing import Optional
 
 
@@ -12,6 +13,16 @@ class ConfigError(ValueError):
 
 class RunFailed(RuntimeError):
     """The run cannot finish for a reason the user must see (and retrying won't fix)."""
+
+
+class ModelLoadError(RunFailed):
+    """The model exists but could not be loaded; retrying will not help."""
+
+
+class NotATextModel(ModelLoadError, ConfigError):
+    """The model loads, but daskinfer cannot feed it or read it as it is configured (it takes
+    token ids, it has several outputs and inference.model_output names none of them): a
+    configuration matter, exit status 2."""
 
 
 class ErrorBudgetExceeded(RunFailed):
@@ -48,7 +59,9 @@ def first_line(exc: BaseException) -> str:
     A first line that only announces more ("Graph execution error:", as TensorFlow's
     errors start) gets the first informative line after it.
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # TensorFlow starts an op's error with the traced function's name: {{function_node __inference_...}}
+    lines = [_FUNCTION_NODE.sub("", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
     if not lines:
         return type(exc).__name__
     if lines[0].startswith(_DASK_BACKEND):  # dask re-raises a reader's error with this line first
@@ -60,6 +73,9 @@ def first_line(exc: BaseException) -> str:
         if detail:
             return f"{lines[0]} {detail}"
     return lines[0]
+
+
+_FUNCTION_NODE = re.compile(r"^\{\{function_node [^}]*\}\}")
 
 
 def may_pass(exc: BaseException) -> bool:

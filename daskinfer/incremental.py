@@ -22,7 +22,7 @@ from daskinfer.errors import ConfigError, RunFailed
 from daskinfer.listing import Listing
 
 CARRIED = 4  # in a document's plan: its lines come from the previous run (with ledger flags)
-COMPARED = ("threshold", "labels", "all_scores", "encoding", "input_format", "text_column", "id_column",
+COMPARED = ("model_output", "threshold", "labels", "all_scores", "encoding", "input_format", "text_column", "id_column",
             "max_document_bytes")  # summary.json settings that change what a record says
 
 

@@ -4,40 +4,24 @@ format it has is model_files' job, done on the driver without TensorFlow."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import threading
 import time
 import warnings
-import zipfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from daskinfer import compat, model_files, tf_runtime
-from daskinfer.errors import ConfigError, RunFailed, first_line
+from daskinfer import model_files, predictors, tf_runtime
+from daskinfer.errors import ModelLoadError, NotATextModel, first_line  # noqa: F401 (callers catch model.*)
+from daskinfer.predictors import Predictor
 
 
 # Models are loaded for scoring alone (compile=False), yet Keras warns on every worker's stderr
 # that it left a saved optimizer's state unread: noise before a run's own lines.
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
-
-
-class ModelLoadError(RunFailed):
-    """The model exists but could not be loaded; retrying will not help."""
-
-
-class NotATextModel(ModelLoadError, ConfigError):
-    """The model loads, but takes something other than raw text (token ids, several
-    inputs): daskinfer feeds it strings. A configuration matter: exit status 2."""
-
-
-TOKEN_IDS_ADVICE = (
-    "daskinfer feeds raw strings: save a model that takes text and tokenizes it inside "
-    "(a Keras TextVectorization layer, or a keras_hub classifier with its preprocessor), see README"
-)
 
 
 @dataclass(frozen=True)
@@ -59,11 +43,10 @@ class ModelSpec:
     # What the driver resolved an MLflow URI to (describe's "resolved"): a worker fetches those
     # files without asking the tracking server again, and none where the cache has them.
     mlflow: Optional[Dict[str, Any]] = None
+    output: Optional[str] = None  # inference.model_output: which output to score, when the model has several
 
 
 # ---------------------------------------------------------------- worker side
-
-Predictor = Callable[[list], Any]
 
 _lock = threading.Lock()
 _loaded: Dict[str, Predictor] = {}
@@ -130,16 +113,35 @@ def _load(spec: ModelSpec) -> Predictor:
         raise ModelLoadError(f"could not load model {spec.uri}: this worker cannot import TensorFlow "
                              f"({first_line(exc)}): install it on every worker (pip install tensorflow)") from None
     tf_runtime.configure_threads(tf, spec.intra_op_threads, spec.inter_op_threads)
+    # Raised after the except clause, not in it: an exception raised while handling another keeps
+    # it as __context__ (from None only hides it), and shipped to the driver, that TensorFlow
+    # error would import TensorFlow there, whose log lines come before the run's one line.
     try:
-        make = _keras_predictor if fmt == "keras" else _savedmodel_predictor
-        predict = make(tf, local)
-        warm_up = predict(["warm-up: traces the graph and starts the runtime before the first task"])
-        predict.output_shape = tuple(getattr(warm_up, "shape", (1,))[1:])  # per document
+        predict = predictors.build(tf, fmt, local, spec.output)
+        predict.output_shape = _warm_up(predict)
         return predict
     except ModelLoadError as exc:
-        raise type(exc)(f"could not load model {spec.uri}: {exc}") from None
+        failed = type(exc)(f"could not load model {spec.uri}: {exc}")
     except Exception as exc:  # any failure here means the model file itself is unusable
-        raise ModelLoadError(f"could not load model {spec.uri}: {_reason(exc)}") from None
+        failed = ModelLoadError(f"could not load model {spec.uri}: {_reason(exc)}")
+    raise failed
+
+
+# Traces the graph and starts the runtime before the first task, and gives the shape of a
+# document's output. A model may fail on one of these (an assertion on a word, a convolution
+# wider than a short text): it fails the load only when it fails on all of them.
+WARM_UP_TEXTS = ("warm-up: traces the graph and starts the runtime before the first task",
+                 "good", " ".join(["a long review of a film that runs on and on"] * 30))
+
+
+def _warm_up(predict: Predictor) -> tuple:
+    """The shape of a document's output, predict called on a warm-up text."""
+    for number, text in enumerate(WARM_UP_TEXTS, 1):
+        try:
+            return tuple(getattr(predict([text]), "shape", (1,))[1:])
+        except Exception:
+            if number == len(WARM_UP_TEXTS):
+                raise
 
 
 def _reason(exc: BaseException) -> str:
@@ -160,120 +162,3 @@ def preload(spec: ModelSpec) -> None:
         predictor(spec)
     except Exception:
         pass
-
-
-def _savedmodel_predictor(tf, path: str) -> Predictor:
-    loaded = tf.saved_model.load(path)
-    signatures = loaded.signatures
-    if not signatures:
-        raise ValueError("the SavedModel has no serving signature")
-    fn = signatures.get("serving_default") or next(iter(signatures.values()))
-    _, inputs = fn.structured_input_signature
-    kinds = ", ".join(f"{name}: {spec.dtype.name}" for name, spec in sorted(inputs.items()))
-    if len(inputs) != 1 or next(iter(inputs.values())).dtype != tf.string:
-        raise NotATextModel(f"its serving signature takes {kinds}, not one string input; {TOKEN_IDS_ADVICE}")
-    (name, spec), = inputs.items()
-    column = spec.shape.rank == 2
-    output = sorted(fn.structured_outputs)[0]
-
-    def predict(texts: list):
-        return fn(**{name: _string_batch(tf, texts, column)})[output].numpy()
-
-    predict.model = loaded  # keep the trackable objects alive with the function
-    widths = compat.padded_widths(fn.graph)  # none: it tokenizes some other way, unknown here
-    predict.fixed_length = bool(widths) and None not in widths
-    return predict
-
-
-def _keras_predictor(tf, path: str) -> Predictor:
-    import keras
-
-    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of it
-        raise ModelLoadError("it is not a .keras file: not a zip archive (truncated or corrupt?)")
-    _import_packages_of(path)
-    _check_vocabularies(path)
-    model = keras.saving.load_model(path, compile=False)
-    preprocessor = getattr(model, "preprocessor", None)  # a keras_hub task: text in, through it
-    if preprocessor is not None:
-        column, forward = False, lambda x: model(preprocessor(x), training=False)
-        # keras_hub's packers pad every document to the preprocessor's sequence_length
-        fixed = getattr(preprocessor, "sequence_length", None) is not None
-    elif len(model.inputs) == 1 and model.inputs[0].dtype == "string":
-        column, forward = len(model.inputs[0].shape) == 2, lambda x: model(x, training=False)
-        fixed = _vectorizes_to_fixed_length(model)
-    else:
-        kinds = ", ".join(f"{i.name}: {i.dtype}" for i in model.inputs)
-        raise NotATextModel(f"it takes {kinds}, not one string input; {TOKEN_IDS_ADVICE}")
-    spec = tf.TensorSpec((None, 1) if column else (None,), tf.string)
-    # One traced graph for every batch, whatever its documents' lengths (the batch is a
-    # vector of strings; tokenizing and padding happen inside): no retracing per shape,
-    # and calling the tf.function would match its signature again on every batch (~0.1 ms).
-    function = tf.function(forward, input_signature=[spec])
-    call = function.get_concrete_function()
-
-    def predict(texts: list):
-        return call(_string_batch(tf, texts, column)).numpy()
-
-    predict.traces = function.experimental_get_tracing_count  # 1, whatever the batches (tested)
-    predict.fixed_length = fixed
-    return predict
-
-
-def _vectorizes_to_fixed_length(model) -> bool:
-    """Whether every TextVectorization in model (however deep) gives each document the
-    same width whatever its length: a fixed output_sequence_length, or counts over the
-    vocabulary. False when there is none: the model tokenizes some other way, unknown here."""
-    import keras
-
-    found = []
-    for layer in compat.sublayers(model):
-        if isinstance(layer, keras.layers.TextVectorization):
-            config = layer.get_config()
-            found.append(config.get("output_mode") != "int" or config.get("output_sequence_length") is not None)
-    return bool(found) and all(found)
-
-
-def _import_packages_of(path: str) -> None:
-    """Import the packages whose layers a .keras file names (keras_hub, a user's own), so that
-    Keras finds their classes; a package this worker lacks is named in one line."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = archive.read("config.json").decode("utf-8")
-    except (OSError, KeyError, zipfile.BadZipFile):
-        return  # not a .keras archive: Keras' own loader says what is wrong
-    packages = {module.split(".", 1)[0] for module in re.findall(r'"module":\s*"([\w.]+)"', config)}
-    for package in sorted(packages - {"keras", "builtins", "tensorflow", "numpy"}):
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            raise ModelLoadError(
-                f"the model needs the Python package '{package}', which this worker lacks: install it on every "
-                f"worker (e.g. pip install {package.replace('_', '-')})") from None
-
-
-# What str.splitlines() splits at besides "\n": Keras joins a vocabulary with "\n" and reads it back
-# with splitlines(), so a token holding one of these loads as two, every later index shifts by
-# one, and the model scores with the wrong words, or fails on a "repeated term" with no hint.
-_LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-
-
-def _check_vocabularies(path: str) -> None:
-    """A .keras file whose saved vocabulary Keras would read back wrong is refused in one line,
-    rather than loaded to give other scores than the model gave when it was saved."""
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if name.startswith("assets/") and name.endswith("/vocabulary.txt"):
-                text = archive.read(name).decode("utf-8", "replace")
-                found = next((c for c in text if c in _LINE_BREAKS), None)
-                if found:
-                    raise ModelLoadError(
-                        f"a token of its vocabulary ({name}) holds U+{ord(found):04X}, which Keras reads back as a line "
-                        "break: the vocabulary would load shifted and the scores be wrong; replace such characters in "
-                        "the text before adapt(), and save the model again")
-
-
-def _string_batch(tf, texts: list, column: bool):
-    """texts as the model's string input, shaped (n,) or (n, 1); shaped in numpy, which
-    costs less than one more TensorFlow op per batch."""
-    array = np.array(texts, dtype=object)
-    return tf.constant(array.reshape(-1, 1) if column else array, dtype=tf.string)

@@ -47,6 +47,7 @@ def model_spec(cfg: DictConfig, described: Optional[Dict[str, Any]] = None) -> m
         cache_dir=cfg.inference.model_cache_dir,
         sha256=described.get("sha256"),
         mlflow=described.get("resolved"),
+        output=cfg.inference.model_output,
     )
 
 
@@ -124,7 +125,7 @@ def increment(cfg: DictConfig, source: Source, model_sha256: Optional[str]) -> O
 def recorded_settings(cfg: DictConfig) -> Dict[str, Any]:
     """The settings summary.json records (incremental.COMPARED among them)."""
     inf = cfg.inference
-    return {"threshold": inf.threshold, "labels": list(inf.labels), "batch_size": inf.batch_size,
+    return {"model_output": inf.model_output, "threshold": inf.threshold, "labels": list(inf.labels), "batch_size": inf.batch_size,
             "length_batching": inf.length_batching, "max_batch_chars": inf.max_batch_chars,
             "all_scores": inf.all_scores, "encoding": inf.encoding, "input_format": inf.input_format,
             "text_column": inf.text_column, "id_column": inf.id_column, "max_document_bytes": inf.max_document_bytes}
@@ -146,8 +147,7 @@ def pinned_uri(described: Dict[str, Any], given: str) -> str:
 
 
 # What changes a document's record, besides the model (inference.model_path: its digest).
-PREDICTION_KEYS = ("threshold", "labels", "all_scores", "encoding", "input_format", "text_column", "id_column",
-                   "max_document_bytes")
+PREDICTION_KEYS = incremental.COMPARED
 
 
 def prediction_settings(cfg: DictConfig, model_digest: Optional[str]) -> Dict[str, Any]:

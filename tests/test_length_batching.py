@@ -156,7 +156,7 @@ def test_a_vectorizer_inside_a_custom_layer_is_seen():
     """A TextVectorization held by a custom layer (not in any .layers list) that pads to the
     longest document makes the model length-padded, whatever the others do."""
     import keras
-    from daskinfer import model as loader
+    from daskinfer import predictors
 
     class Words(keras.layers.Layer):
         def __init__(self):
@@ -170,9 +170,9 @@ def test_a_vectorizer_inside_a_custom_layer_is_seen():
     fixed = keras.layers.TextVectorization(vocabulary=["good", "bad"], output_sequence_length=4)(inputs)
     pooled = [keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(4, 2)(x)) for x in (fixed, Words()(inputs))]
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Concatenate()(pooled)))
-    assert not loader._vectorizes_to_fixed_length(model)
+    assert not predictors.vectorizes_to_fixed_length(model)
     without = keras.Model(inputs, keras.layers.Dense(1)(pooled[0]))
-    assert loader._vectorizes_to_fixed_length(without)
+    assert predictors.vectorizes_to_fixed_length(without)
 
 
 def test_tasks_batch_within_the_model_budget(models, attention, monkeypatch):
