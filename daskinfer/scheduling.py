@@ -215,9 +215,11 @@ class Runner:
         finished result lost with its worker is computed again, and a timeout passed to
         dask's own wait can instead fail with an UnboundLocalError when it ends just as
         the result arrives (dask/distributed#8514). This thread only watches the workers.
-        A scheduler that goes away cancels every future: that is a lost connection, not a
-        failed document.
+        A scheduler that goes away cancels every future, or fails the fetch under way on its
+        closed connection: either is a lost scheduler, not a failed document.
         """
+        from distributed.comm import CommClosedError  # distributed is imported once a run has a client
+
         fetch = InBackground(future.result, name="daskinfer-fetch")
         while True:
             self.check()
@@ -225,7 +227,7 @@ class Runner:
                 break
         try:
             return fetch.result()
-        except CancelledError:
+        except (CancelledError, CommClosedError):
             raise ConnectionError(f"lost the dask scheduler at {self.client.scheduler.address}") from None
 
     def check(self) -> None:

@@ -92,3 +92,30 @@ def test_a_task_submitted_as_the_run_is_interrupted_is_cancelled_too(client):
         time.sleep(0.1)
     assert [f.status for f in interrupted.kept] == ["cancelled"] * 3
     assert client.run_on_scheduler(run_tasks) == []
+
+
+def test_a_scheduler_lost_as_a_result_is_fetched_is_said_so(tmp_path):
+    """A `dask scheduler` killed while a finished task's result is being fetched: the fetch
+    fails on the closed connection (not with a cancelled future, as when the client noticed
+    first), and that is a lost scheduler too, not "Stream is closed"."""
+    import os
+    import signal
+    import threading
+
+    import distributed
+    from dask_processes import start_cluster
+
+    cluster = start_cluster(tmp_path, n_workers=1, nanny=False)
+    try:
+        with distributed.Client(cluster.address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+            runner = Runner(client, settings=None, wait_s=30)
+            future = client.submit(bytes, 2**23, pure=False)  # a builtin: this module is not on the worker
+            distributed.wait(future, timeout=60)
+            runner._last_look = time.monotonic() + 60  # its look at the workers would notice first
+            os.killpg(cluster.scheduler.pid, signal.SIGSTOP)  # the fetch is asked for, and waits
+            threading.Timer(0.5, os.killpg, (cluster.scheduler.pid, signal.SIGKILL)).start()
+            with pytest.raises(ConnectionError, match=f"lost the dask scheduler at {cluster.address}"):
+                runner.result(future)
+    finally:
+        cluster.close()
