@@ -15,7 +15,7 @@ import posixpath
 import re
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 from daskinfer.errors import ConfigError
 from daskinfer.mlflow_client import LOOKUP, TRANSFER, LogFailed, import_mlflow, is_missing, one_line_errors, \
@@ -146,31 +146,38 @@ def _resolve_run(client, uri: str, tracking: str) -> ResolvedModel:
         if location is None:
             have = ", ".join(sorted(p.rpartition("/")[2] for p in listed)) or "no artifacts"
             where = f" under {parent}" if parent else ""
+            logged = sorted({model.name for model in _models_logged_by(client, run)})
+            logged_too = f"; models it logged: {', '.join(logged)}" if logged else ""
             raise FileNotFoundError(f"MLflow model {uri} not found: run {run_id} has no artifact '{path}' "
-                                    f"(it has {have}{where})")
+                                    f"(it has {have}{where}{logged_too})")
     return ResolvedModel(uri, f"runs:/{run_id}/{path}", location, run_id, tracking_uri=tracking)
 
 
 def _logged_model_location(client, run, path: str) -> Optional[str]:
     """Where a model that run logged with MLflow 3 (name = path's first part) keeps its files."""
     name, _, rest = path.partition("/")
-    if not hasattr(client, "search_logged_models"):  # an MLflow 2 client: no logged models
-        return None
-    token = None
-    while True:  # a sweep logs many models of one name in an experiment: page through them all
+    model = next(_models_logged_by(client, run, name), None)
+    return None if model is None else model.artifact_location.rstrip("/") + (f"/{rest}" if rest else "")
+
+
+def _models_logged_by(client, run, name: Optional[str] = None) -> Iterator[Any]:
+    """The models run logged the MLflow 3 way (of that name, if given); none from an MLflow 2
+    client or server, which have no logged models."""
+    if not hasattr(client, "search_logged_models"):
+        return
+    token, named = None, f"name = '{name}'" if name is not None else None
+    while True:  # a sweep logs many models in an experiment: page through them all
         try:
-            found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                                filter_string=f"name = '{name}'", max_results=100, page_token=token)
+            found = client.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=named,
+                                                max_results=100, page_token=token)
         except Exception as exc:
             if getattr(exc, "error_code", "") == "ENDPOINT_NOT_FOUND" or "404" in str(exc):
-                return None  # an MLflow 2 server: no logged models either
+                return
             raise
-        for model in found:
-            if model.source_run_id == run.info.run_id:
-                return model.artifact_location.rstrip("/") + (f"/{rest}" if rest else "")
+        yield from (model for model in found if model.source_run_id == run.info.run_id)
         token = found.token
         if not token:
-            return None
+            return
 
 
 def _resolve_model(client, uri: str, tracking: str) -> ResolvedModel:

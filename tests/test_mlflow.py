@@ -214,6 +214,8 @@ ERRORS = {
     "unknown alias": (f"models:/{NAME}@nope", {}, f"registered model '{NAME}' has no alias 'nope' (it has champion)"),
     "unknown run": ("runs:/" + "0" * 32 + "/model", {}, "no MLflow run 00000000000000000000000000000000"),
     "run without the artifact": ("runs:/{legacy}/no-such-model", {}, "has no artifact 'no-such-model' (it has model)"),
+    "model name mistyped (MLflow 3)": ("runs:/{keras}/modle", {},
+                                       "has no artifact 'modle' (it has no artifacts; models it logged: model)"),
     "not a TensorFlow model": ("runs:/{sklearn}/model", {}, "has flavors ['sklearn'], expected tensorflow or keras"),
     "server down": (f"models:/{NAME}@champion", {"MLFLOW_TRACKING_URI": "down"}, "cannot reach the MLflow tracking server"),
     "server hangs": (f"models:/{NAME}@champion", {"MLFLOW_TRACKING_URI": "hangs"}, "no answer within 5 s"),
@@ -227,7 +229,7 @@ ERRORS = {
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_errors_are_one_line_quick_and_before_any_worker(case, mlflow_server, registered, hanging_server, tmp_path):
     uri, env, needle = ERRORS[case]
-    uri = uri.format(legacy=registered.legacy_run, sklearn=registered.sklearn_run)
+    uri = uri.format(legacy=registered.legacy_run, sklearn=registered.sklearn_run, keras=registered.keras_run)
     urls = {"down": f"http://127.0.0.1:{free_port()}", "hangs": hanging_server}
     env = {k: urls.get(v, v) for k, v in env.items()}
     started = time.monotonic()
