@@ -64,6 +64,27 @@ def own_files(output_uri: Optional[str], storage_options: Mapping[str, Any]) -> 
     return [os.path.abspath("outputs")], files
 
 
+def earlier_outputs(folder_uri: str, storage_options: Mapping[str, Any]) -> List[str]:
+    """The results and sidecars of earlier runs written into folder, as records name files: in
+    a folder of tables that is also where outputs go, one run's results would be read as the
+    next one's tables. Each run's summary (summary.json or <results>.summary.json) names its
+    results file; a folder that cannot be listed is left for the listing to report."""
+    fs, root = storage.filesystem(folder_uri, storage_options)
+    found: List[str] = []
+    try:
+        summaries = [p for p in fs.ls(root, detail=False) if p.endswith(SIDECARS["summary"])] if fs.isdir(root) else []
+        for path in summaries:
+            with fs.open(path, "rb") as f:
+                output = json.load(f).get("output")
+            if isinstance(output, str):
+                results = posixpath.join(posixpath.dirname(path), posixpath.basename(output.rstrip("/")))
+                named = posixpath.basename(path) != SIDECARS["summary"]
+                found += [results, *(_named(results) if named else _plain(results)).values()]
+    except (OSError, ValueError, AttributeError):  # not a summary of ours, or unreadable: nothing to leave out
+        pass
+    return [storage.full_uri(fs, p) for p in found]
+
+
 def _first_missing(folder: str) -> Optional[str]:
     """The topmost folder of folder's path that does not exist yet (None: all do)."""
     missing = None

@@ -37,7 +37,10 @@ def open_source(inf: Any, storage_options: dict) -> "Source":
             streamed = object_listing.open_listing(inf.input_data_dir, glob, inf.recursive, storage_options,
                                                     inf.include_hidden)
         if streamed is None:
-            own = outputs.own_files(inf.output_path, storage_options)
+            folders, files = outputs.own_files(inf.output_path, storage_options)
+            if inf.input_format != "files":  # a results file, or an errors.jsonl, matches *.jsonl
+                files += outputs.earlier_outputs(inf.input_data_dir, storage_options)
+            own = (folders, files)
             docs = list_documents(inf.input_data_dir, glob, inf.recursive, storage_options, leave_out=own,
                                   include_hidden=inf.include_hidden)
         else:

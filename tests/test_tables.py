@@ -729,7 +729,7 @@ def test_a_row_that_is_not_valid_in_the_encoding_is_an_error_entry(fmt, client, 
 def test_a_runs_own_outputs_in_the_input_folder_are_not_taken_for_inputs(models, table_files, tmp_path, on_client):
     """Run in the folder of the tables, the default outputs/ (JSON lines too) and a results file
     named beside the tables are left out of the next run's inputs; a finished folder of tables
-    resumes as unchanged."""
+    resumes as unchanged, and a run to another results file there reads the tables alone."""
     folder = tmp_path / "tables"
     folder.mkdir()
     rows = table_files["jsonl"].read_text("utf-8").splitlines(keepends=True)[10:50]  # no null text
@@ -749,3 +749,7 @@ def test_a_runs_own_outputs_in_the_input_folder_are_not_taken_for_inputs(models,
     assert again.returncode == 0, again.stderr
     summary = json.loads((folder / "summary.json").read_text())
     assert (summary["documents"], summary["scored"], summary["skipped"]) == (40, 0, 40)
+    other = run_cli(*args, f"inference.output_path={folder / 'res2.jsonl'}", cwd=folder)  # res.jsonl is no table
+    assert other.returncode == 0, other.stderr
+    assert [r["filepath"] for r in read_jsonl(folder / "res2.jsonl")] + [
+        e["filepath"] for e in read_jsonl(folder / "res2.errors.jsonl")] == expected
