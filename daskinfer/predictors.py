@@ -114,7 +114,7 @@ def keras_predictor(tf, path: str, output: Optional[str] = None) -> Predictor:
     # and calling the tf.function would match its signature again on every batch (~0.1 ms).
     function = tf.function(forward, input_signature=[spec])
     call = function.get_concrete_function()
-    key = choose_output(call.structured_outputs, output, getattr(model, "output_names", None) or ())
+    key = choose_output(call.structured_outputs, output, _output_names(model))
 
     def predict(texts: list):
         found = call(_string_batch(tf, texts, column))
@@ -123,6 +123,15 @@ def keras_predictor(tf, path: str, output: Optional[str] = None) -> Predictor:
     predict.traces = function.experimental_get_tracing_count  # 1, whatever the batches (tested)
     predict.fixed_length = fixed
     return predict
+
+
+def _output_names(model) -> Sequence[str]:
+    """A Keras model's outputs by name; none for a model that does not know them (a subclassed
+    one, whose outputs exist only once called: its list's outputs go by index)."""
+    try:
+        return tuple(model.output_names or ())
+    except Exception:
+        return ()
 
 
 def choose_output(outputs: Any, wanted: Optional[str], names: Sequence[str] = ()) -> Any:

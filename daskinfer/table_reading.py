@@ -19,10 +19,10 @@ import logging
 import os
 import re
 import stat
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from daskinfer import csv_reading, folder_walk, storage
-from daskinfer.csv_reading import DECODE_ERRORS, BadLine, python_strings
+from daskinfer import csv_reading, folder_walk, jsonl_reading, storage
+from daskinfer.csv_reading import DECODE_ERRORS, python_strings
 from daskinfer.errors import ConfigError, RunFailed, first_line, root_cause
 
 if TYPE_CHECKING:
@@ -133,9 +133,9 @@ def _head(uri: str, fmt: str, columns: Columns, options: Mapping[str, Any], enco
         lines = head_lines(f, encoding, HEAD_LINES)
     if not lines:
         return None
-    rows = [_row_or_bad(line) for line in lines]
+    rows = [jsonl_reading.row_or_bad(line, columns.names()) for line in lines]
     if not any(isinstance(row, dict) for row in rows):  # no JSON lines at all: not a bad row, a bad table
-        _row(lines[0])
+        jsonl_reading.row(lines[0])
     with python_strings():  # the head types the columns: a bad line's row is an error entry when read
         return pd.DataFrame.from_records([row for row in rows if isinstance(row, dict)]).convert_dtypes(
             dtype_backend="numpy_nullable")
@@ -222,37 +222,7 @@ def read_jsonl_part(offset: int, uri: str, names: Sequence[str], options: Mappin
     fs, path = storage.filesystem(uri, options)
     with storage.storage_errors(uri), fs.open(path, "rb") as f:
         block = read_block(f, offset, blocksize, delimiter=b"\n")
-    return read_jsonl_block(block, names, encoding)
-
-
-def read_jsonl_block(block: bytes, names: Sequence[str], encoding: str) -> pd.DataFrame:
-    """On a worker: a block's rows, each value as JSON wrote it (an id above 2**53 exactly,
-    a list as a list), a missing one as None."""
-    return read_jsonl_rows([line for line in block.decode(encoding, DECODE_ERRORS).split("\n") if line.strip()], names)
-
-
-def read_jsonl_rows(lines: Sequence[str], names: Sequence[str]) -> pd.DataFrame:
-    """The rows of decoded JSON lines, as read_jsonl_block gives them."""
-    import pandas as pd
-
-    rows = [_row_or_bad(line) for line in lines]
-    return pd.DataFrame({name: pd.Series([row.get(name) if isinstance(row, dict) else row if name == names[0] else None
-                                          for row in rows], dtype=object) for name in names})
-
-
-def _row_or_bad(line: str) -> Any:
-    try:
-        return _row(line)
-    except ValueError as exc:  # json.JSONDecodeError among them
-        return BadLine(f"not a JSON object: {first_line(exc)}" if isinstance(exc, json.JSONDecodeError) else
-                       f"holds {first_line(exc)}")
-
-
-def _row(line: str) -> Dict[str, Any]:
-    row = json.loads(line.lstrip("\ufeff"))  # a byte-order mark opens some files
-    if not isinstance(row, dict):
-        raise ValueError(f"a JSON {type(row).__name__}, not an object")
-    return row
+    return jsonl_reading.read_block(block, names, encoding)
 
 
 def read_ahead(client: Any, frames: List[Tuple[str, Any]], depth: int = 1) -> Iterator[Tuple[str, Any, Any]]:
@@ -288,7 +258,7 @@ def explain(exc: BaseException, uri: str, fmt: str, storage_options: Mapping[str
             for number, line in enumerate(lines, 1):
                 if line.strip():
                     try:
-                        _row(line.decode("latin-1"))
+                        jsonl_reading.row(line.decode("latin-1"))
                     except json.JSONDecodeError as bad:
                         return f"line {number} is not valid JSON ({first_line(bad)})"
                     except ValueError as bad:

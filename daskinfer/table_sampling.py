@@ -8,7 +8,7 @@ import csv
 import io
 from typing import TYPE_CHECKING, Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from daskinfer import csv_reading, storage, table_reading, tables
+from daskinfer import csv_reading, jsonl_reading, storage, table_reading, tables
 from daskinfer.errors import RunFailed, root_cause
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def head_rows(uri: str, fmt: str, columns: tables.Columns, options: Mapping[str,
             return batch.to_pandas() if batch is not None else pd.DataFrame(columns=names)
         if fmt == "csv":
             return csv_reading.read(f, columns, encoding, nrows=n)[names]
-        return table_reading.read_jsonl_rows(table_reading.head_lines(f, encoding, n), names)
+        return jsonl_reading.read_rows(table_reading.head_lines(f, encoding, n), names)
 
 
 @contextlib.contextmanager

@@ -1211,16 +1211,19 @@ def test_a_malformed_jsonl_table_line_is_an_error_entry_and_the_rest_is_scored(b
     rows = [json.dumps({"text": source.read_text("utf-8")}) for source in REVIEWS[:200]]
     rows[bad] = '{"text": "a review cut short'
     rows[bad + 1] = '["a list, not an object"]'
+    rows[bad + 2] = '{"text": "which of two reviews", "text": "is meant cannot be told"}'  # json would keep the last
+    rows[bad + 3] = '{"text": "a fine film", "meta": {"text": 1}}'  # a key nested under another: fine
     table.write_text("\n".join(rows) + "\n")
     run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={table}", "inference.error_budget=0.05",
               "inference.input_format=jsonl", f"inference.output_path={tmp_path / 'res.jsonl'}", *on_client,
               cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert [r["filepath"] for r in read_jsonl(tmp_path / "res.jsonl")] == [
-        f"{table}#{i}" for i in range(200) if i not in (bad, bad + 1)]
+        f"{table}#{i}" for i in range(200) if i not in (bad, bad + 1, bad + 2)]
     errors = read_jsonl(tmp_path / "errors.jsonl")
     assert [(e["filepath"], e["error"].split(":")[:2]) for e in errors] == [
-        (f"{table}#{bad}", ["ValueError", " not a JSON object"]), (f"{table}#{bad + 1}", ["ValueError", " holds a JSON list, not an object"])]
+        (f"{table}#{bad}", ["ValueError", " not a JSON object"]), (f"{table}#{bad + 1}", ["ValueError", " holds a JSON list, not an object"]),
+        (f"{table}#{bad + 2}", ["ValueError", " holds the key 'text' more than once"])]
 
 
 @pytest.mark.parametrize("bad", [2, 150])  # in the head the driver reads, and past it
