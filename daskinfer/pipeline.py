@@ -165,7 +165,9 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
     try:
         before = held.previous.get("prediction") or (inf.resume and _finished_prediction(held, source.tables))
         if inf.resume and before:
-            changed = [key for key, value in prediction.items() if before.get(key) != value]
+            # where the inputs are was not recorded by earlier versions: unknown there, not changed
+            changed = [key for key, value in prediction.items()
+                       if before.get(key) != value and (key in before or key != "inputs")]
             if changed:
                 raise ConfigError(
                     f"cannot resume into {uri}: it was started with other settings or inputs "
@@ -209,6 +211,8 @@ def _differences(keys, before: Dict[str, Any], now: Dict[str, Any]) -> str:
             if key not in before:
                 return "by a daskinfer that did not record its tables' versions"
             return _tables_differ(before[key], now[key])
+        if key == "inputs":
+            return f"inputs from {before[key]} now {now[key]}"  # (a URI with a password is refused)
         return f"{key}={before.get(key)} now {now[key]}"
 
     return ", ".join(difference(key) for key in keys)

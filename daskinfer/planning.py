@@ -125,7 +125,7 @@ def increment(cfg: DictConfig, source: Source, model_sha256: Optional[str]) -> O
 def recorded_settings(cfg: DictConfig) -> Dict[str, Any]:
     """The settings summary.json records (incremental.COMPARED among them)."""
     inf = cfg.inference
-    return {"model_output": inf.model_output, "threshold": inf.threshold, "labels": list(inf.labels), "batch_size": inf.batch_size,
+    return {"inputs": input_location(cfg), "model_output": inf.model_output, "threshold": inf.threshold, "labels": list(inf.labels), "batch_size": inf.batch_size,
             "length_batching": inf.length_batching, "max_batch_chars": inf.max_batch_chars,
             "all_scores": inf.all_scores, "encoding": inf.encoding, "input_format": inf.input_format,
             "text_column": inf.text_column, "id_column": inf.id_column, "max_document_bytes": inf.max_document_bytes}
@@ -143,7 +143,19 @@ def pinned_uri(described: Dict[str, Any], given: str) -> str:
     resolved = (described.get("resolved") or {}).get("uri")
     if resolved:
         return resolved
+    return absolute(given)
+
+
+def absolute(given: str) -> str:
+    """A path or URI as another process finds it again: a relative local path made absolute."""
     return os.path.abspath(storage.expand_user(given)) if storage.protocol_of(given) is None else given
+
+
+def input_location(cfg: DictConfig) -> Optional[str]:
+    """Where the inputs are listed from (the manifest, else the folder or table), as a resume
+    must find them again: documents of another folder are not those it began with."""
+    given = cfg.inference.input_manifest or cfg.inference.input_data_dir
+    return absolute(given).rstrip("/") if given else None
 
 
 # What changes a document's record, besides the model (inference.model_path: its digest).
@@ -151,10 +163,11 @@ PREDICTION_KEYS = incremental.COMPARED
 
 
 def prediction_settings(cfg: DictConfig, model_digest: Optional[str]) -> Dict[str, Any]:
-    """Everything that changes what a document's record says: two runs that differ here
-    cannot share one output (a resume refuses, naming the difference)."""
+    """Everything that changes what a document's record says, and where the documents are
+    listed from: two runs that differ here cannot share one output (a resume refuses, naming
+    the difference)."""
     inf = OmegaConf.to_container(cfg.inference, resolve=True)
-    return {"inference.model_path": model_digest or inf["model_path"],
+    return {"inference.model_path": model_digest or inf["model_path"], "inputs": input_location(cfg),
             **{f"inference.{key}": inf[key] for key in PREDICTION_KEYS}}
 
 
@@ -165,4 +178,6 @@ def recorded_prediction(summary: Dict[str, Any], tables: Optional[Dict[str, List
     model, settings = summary.get("model") or {}, summary.get("settings") or {}
     found = {"inference.model_path": model.get("sha256") or model.get("uri"),
              **{f"inference.{key}": settings[key] for key in PREDICTION_KEYS if key in settings}}
+    if "inputs" in settings:  # (not in the summaries of earlier versions)
+        found["inputs"] = settings["inputs"]
     return {**found, "tables": tables} if tables is not None else found

@@ -412,7 +412,7 @@ def test_a_table_row_its_workers_die_on_stops_the_run_with_how_to_resume(killer,
 # ---------------------------------------------------------------- 4. a resume that is not the same run
 
 
-def test_a_resume_with_another_threshold_or_model_is_refused(slow, keras_model, tmp_path, on_client):
+def test_a_resume_with_another_threshold_model_or_input_folder_is_refused(slow, keras_model, tmp_path, on_client):
     docs, out, args = interrupted_run(slow, tmp_path)
     partial = Path(f"{out}.partial")
     kept = partial.read_bytes()
@@ -425,6 +425,14 @@ def test_a_resume_with_another_threshold_or_model_is_refused(slow, keras_model, 
     model = cli(*other_model, "inference.resume=true", cwd=tmp_path)
     assert_user_error(model, single_line=False)
     assert "model" in last_line(model).replace(keras_model, "").replace(slow, ""), last_line(model)
+    assert partial.read_bytes() == kept and not out.exists()
+
+    # another folder's documents: their lines would replace the interrupted run's, which were dropped
+    shutil.copytree(tmp_path / "docs", tmp_path / "elsewhere")
+    elsewhere = [a for a in args if not a.startswith("inference.input_data_dir=")] + [
+        f"inference.input_data_dir={tmp_path / 'elsewhere'}"]
+    moved = cli(*elsewhere, "inference.resume=true", *on_client, cwd=tmp_path)
+    assert_user_error(moved, f"inputs from {tmp_path / 'docs'} now {tmp_path / 'elsewhere'}", code=2, single_line=False)
     assert partial.read_bytes() == kept and not out.exists()
 
     resumed = cli(*args, "inference.resume=true", *on_client, cwd=tmp_path)
