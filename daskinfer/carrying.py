@@ -117,7 +117,8 @@ class Carrier:
         return records.PartitionResult(
             results, b"".join(line for line, _ in failed), len(predicted), len(failed), tally,
             scored.worker if scored is not None else "", records.stats(records_, [entry for _, entry in failed]),
-            carried=len(predicted) + len(failed) - n_scored), before - len(predicted) - len(failed)
+            carried=len(predicted) + len(failed) - n_scored, read_as=scored.read_as if scored is not None else ()
+        ), before - len(predicted) - len(failed)
 
     def close(self) -> None:
         self.results.close()

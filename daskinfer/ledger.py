@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from daskinfer import storage
 from daskinfer.errors import RunFailed, first_line
@@ -49,9 +49,13 @@ class Notes:
         self.errors: set = set()
         self.missing: set = set()  # of errors: documents that were not there (NOT_FOUND)
         self.results: set = set()  # tables only: a document file has one line, in one place
+        self.read_as: Dict[str, Tuple[int, int]] = {}  # files read otherwise than listed: their (size, version) as read
 
-    def add(self, errors: bytes, tables_with_results: Iterable[str] = ()) -> None:
-        """A unit's error lines (JSONL), and the tables of which it wrote results."""
+    def add(self, errors: bytes, tables_with_results: Iterable[str] = (),
+            read_as: Iterable[Tuple[str, int, int]] = ()) -> None:
+        """A unit's error lines (JSONL), the tables of which it wrote results, and the files
+        its worker read otherwise than they were listed (changed or replaced since)."""
+        self.read_as.update((uri, (size, version)) for uri, size, version in read_as)
         for line in (errors or b"").splitlines():
             entry = json.loads(line)
             if REPEATED not in entry.get("error", ""):  # made anew by each run, never carried
@@ -108,7 +112,8 @@ Columns = Tuple[List[bytes], Sequence[int], Sequence[int], Sequence[int]]
 def _batches(docs: Iterable[Any], notes: Notes) -> Iterator[Columns]:
     """Columns of BATCH documents at a time. A document listed twice in a manifest has one
     row: its repeats are error entries made anew each run."""
-    rows = (Row(doc.uri, doc.size, doc.version, notes.flags(doc.uri, bool(doc.error)))
+    read_as = notes.read_as
+    rows = (Row(doc.uri, *read_as.get(doc.uri, (doc.size, doc.version)), notes.flags(doc.uri, bool(doc.error)))
             for doc in docs if not (doc.error and REPEATED in doc.error))
     while True:
         batch = list(itertools.islice(rows, BATCH))
@@ -126,11 +131,13 @@ def _listing_batches(listing: Listing, notes: Notes) -> Iterator[Columns]:
     listing.sized()
     sizes = np.frombuffer(listing.sizes, dtype=np.int64) if len(listing.sizes) else np.zeros(0, np.int64)
     failed = {i for i, name in enumerate(listing.names) if name in listing.errors} if listing.errors else set()
-    for uri in notes.errors:
-        if uri.startswith(listing.prefix):
-            i = bisect.bisect_left(listing.names, uri[len(listing.prefix):])
-            if i < len(listing.names) and listing.prefix + listing.names[i] == uri:
-                failed.add(i)
+    failed.update(i for i in map(lambda uri: _index(listing, uri), notes.errors) if i is not None)
+    read_as = {i: seen for uri, seen in notes.read_as.items() if (i := _index(listing, uri)) is not None}
+    versions = listing.versions
+    if read_as:  # (a listing's own columns stay as listed)
+        sizes, versions = sizes.copy(), versions.copy()
+        for i, (size, version) in read_as.items():
+            sizes[i], versions[i] = size, version
     for start in range(0, max(len(listing), 1), BATCH):
         stop = min(start + BATCH, len(listing))
         flags = np.full(stop - start, IN_RESULTS if not notes.tables else 0, dtype=np.int8)
@@ -140,7 +147,16 @@ def _listing_batches(listing: Listing, notes: Notes) -> Iterator[Columns]:
         if notes.tables:
             flags = np.array([notes.flags(listing.prefix + n, False) for n in listing.names[start:stop]], np.int8)
         paths = [(listing.prefix + name).encode("utf-8", "surrogateescape") for name in listing.names[start:stop]]
-        yield paths, sizes[start:stop], listing.versions[start:stop], flags
+        yield paths, sizes[start:stop], versions[start:stop], flags
+
+
+def _index(listing: Listing, uri: str) -> Optional[int]:
+    """Where uri is in listing's sorted names; None if it is not there."""
+    if uri.startswith(listing.prefix):
+        i = bisect.bisect_left(listing.names, uri[len(listing.prefix):])
+        if i < len(listing.names) and listing.prefix + listing.names[i] == uri:
+            return i
+    return None
 
 
 def _table(paths: List[bytes], sizes: Sequence[int], versions: Sequence[int], flags: Sequence[int]):

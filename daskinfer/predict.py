@@ -82,6 +82,7 @@ class Scored:
     predicted: List[Tuple[int, Dict[str, Any]]] = field(default_factory=list)  # (position, record)
     errors: List[Tuple[int, Dict[str, Any]]] = field(default_factory=list)  # (position, entry)
     tally: Optional[evaluation.Tally] = None
+    read_as: List[Tuple[str, int, int]] = field(default_factory=list)  # files not as listed: (uri, size, version)
 
     @property
     def records(self) -> List[Dict[str, Any]]:
@@ -104,7 +105,7 @@ def score(piece: Any, settings: Settings, *data: Any) -> records.PartitionResult
     return records.PartitionResult(
         records.encode(predicted, settings.output_format), records.jsonl(errors),
         len(predicted), len(errors), out.tally, _worker_address(), records.stats(predicted, errors),
-        tables=of_tables(p for p, _ in out.predicted) if of_tables else (),
+        tables=of_tables(p for p, _ in out.predicted) if of_tables else (), read_as=tuple(out.read_as),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from daskinfer import storage
 
@@ -14,8 +14,10 @@ if TYPE_CHECKING:
     from daskinfer.partitions import Partition
 
 
-def read_all(part: Partition, storage_options: Mapping[str, Any], max_bytes: int) -> List[Union[bytes, Exception]]:
-    """The bytes of each document (or the exception that stopped it), in order.
+def read_all(part: Partition, storage_options: Mapping[str, Any], max_bytes: int,
+             seen: Optional[Dict[int, Tuple[int, int]]] = None) -> List[Union[bytes, Exception]]:
+    """The bytes of each document (or the exception that stopped it), in order; into seen,
+    by index, each local file's (size, modification time) as read.
 
     One `cat_ranges` call per filesystem in the partition (a manifest may mix local paths
     and URIs): async stores such as s3fs fetch the objects concurrently, with no
@@ -31,7 +33,10 @@ def read_all(part: Partition, storage_options: Mapping[str, Any], max_bytes: int
             by_protocol.setdefault(storage.protocol_of(uri), []).append(i)
     for protocol, wanted in by_protocol.items():
         if protocol is None:  # absolute local paths, as listings and manifests write them
-            read = _read_local([uris[i] for i in wanted], [sizes[i] for i in wanted], max_bytes)
+            versions: List[Tuple[int, int]] = []
+            read = _read_local([uris[i] for i in wanted], [sizes[i] for i in wanted], max_bytes, versions)
+            if seen is not None:
+                seen.update(zip(wanted, versions))
         else:
             read = _read_remote([uris[i] for i in wanted], [sizes[i] for i in wanted], storage_options, max_bytes)
         for i, data in zip(wanted, read):
@@ -57,19 +62,24 @@ def _read_remote(uris: List[str], sizes: List[int], storage_options: Mapping[str
     return out
 
 
-def _read_local(paths: List[str], sizes: List[int], max_bytes: int) -> List[Union[bytes, Exception]]:
+def _read_local(paths: List[str], sizes: List[int], max_bytes: int,
+                versions: List[Tuple[int, int]]) -> List[Union[bytes, Exception]]:
     """Local files read with plain system calls: fsspec's file objects, and even Python's
-    buffered ones, cost more per small file than the model spends per document."""
+    buffered ones, cost more per small file than the model spends per document. versions
+    gets each file's (size, modification time) as read ((-1, 0) where it was not)."""
     out: List[Union[bytes, Exception]] = []
     for path, size in zip(paths, sizes):
         try:
-            out.append(_read_file(path, size, max_bytes + 1))
+            data, version = _read_file(path, size, max_bytes + 1)
+            out.append(data)
+            versions.append(version)
         except OSError as exc:
             out.append(exc)
+            versions.append((-1, 0))
     return out
 
 
-def _read_file(path: str, size: int, limit: int) -> bytes:
+def _read_file(path: str, size: int, limit: int) -> Tuple[bytes, Tuple[int, int]]:
     """Up to limit bytes of a file, asking first for its listed size (-1: unknown) and one
     byte more, so a file that grew since it was listed is still read whole.
 
@@ -77,6 +87,9 @@ def _read_file(path: str, size: int, limit: int) -> bytes:
     confirm its end, one system call more per document. Anything else (more, or a short
     read, as network filesystems may give) reads on to the end. O_NONBLOCK: a FIFO put in
     place since the listing must not block the worker (for regular files it changes nothing).
+    The file's (size, modification time) is taken once read: a file replaced since it was
+    listed (a copy keeping an older time, as cp -p and rsync -a make it) is known by what was
+    read, not by what was listed.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
@@ -93,7 +106,8 @@ def _read_file(path: str, size: int, limit: int) -> bytes:
             if total == size and len(chunks) == 1:
                 break
             want = 1 << 16
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        read = os.fstat(fd)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks), (read.st_size, read.st_mtime_ns)
     finally:
         os.close(fd)
 

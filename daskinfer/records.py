@@ -46,6 +46,7 @@ class PartitionResult(NamedTuple):
     stats: Optional[Dict[str, Any]] = None  # for the run report: score histogram, labels, errors by kind
     carried: int = 0  # of documents, those whose lines an incremental run copied from the previous one
     tables: Tuple[str, ...] = ()  # of a table's rows: the tables the results are rows of
+    read_as: Tuple[Tuple[str, int, int], ...] = ()  # (uri, size, version) of files read otherwise than listed
 
     @property
     def documents(self) -> int:
@@ -74,6 +75,7 @@ def merged(parts: List[PartitionResult]) -> PartitionResult:
         sum(part.n_errors for part in parts), tallies[0] if tallies else None,
         max(by_worker, key=by_worker.get) if by_worker else "",
         _merged_stats([part.stats for part in parts if part.stats]),
+        read_as=tuple(found for part in parts for found in part.read_as),
     )
 
 

@@ -58,7 +58,7 @@ class OrderedSink:
     def write(self, part: records.PartitionResult, tables_with_results: Iterable[str] = ()) -> None:
         self.results.write(part.results, part.n_results)
         self.errors.write(part.errors, part.n_errors)
-        self.notes.add(part.errors, tables_with_results)
+        self.notes.add(part.errors, tables_with_results, part.read_as)
 
     @property
     def written(self) -> int:

@@ -133,6 +133,42 @@ def test_files_are_read_whole_whatever_their_listed_size(tmp_path):
     assert all("max_document_bytes" in str(r) for r in too_large[:2])
 
 
+def test_a_file_replaced_since_its_listing_is_in_the_ledger_as_it_was_read(tmp_path):
+    """A file replaced after it was listed by a copy that keeps an older time (cp -p, rsync -a):
+    its worker says how it read it, and the ledger records that, not the listing, so that a
+    later incremental run does not carry the score of other content as unchanged."""
+    from daskinfer import ledger, partitions, predict
+
+    for name in ("same.txt", "replaced.txt"):
+        (tmp_path / name).write_text("a review as it was listed")
+    found = list_documents(str(tmp_path), "*.txt")
+    found.sized()
+    replacement = tmp_path / "new"
+    replacement.write_text("another review, longer than the one that was listed")
+    os.utime(replacement, ns=(10**18, 10**18))  # an older time than the listed file's
+    os.replace(replacement, tmp_path / "replaced.txt")
+    part = next(partitions.group(found, 10, 10**6))
+    scored = predict.Scored()
+    texts = part.texts(predict.Settings(model=None), scored)
+    assert [t.text for t in texts] == ["another review, longer than the one that was listed", "a review as it was listed"]
+    read = (tmp_path / "replaced.txt").stat()
+    assert scored.read_as == [(str(tmp_path / "replaced.txt"), read.st_size, read.st_mtime_ns)]
+    notes = ledger.Notes(tables=False)
+    notes.add(b"", (), scored.read_as)
+    rows = {name: (size, version) for name, size, version, _ in ledger_rows(ledger.encode(found, notes), tmp_path)}
+    assert rows[str(tmp_path / "replaced.txt")] == (read.st_size, read.st_mtime_ns)
+    same = (tmp_path / "same.txt").stat()
+    assert rows[str(tmp_path / "same.txt")] == (same.st_size, same.st_mtime_ns)
+
+
+def ledger_rows(encoded: bytes, folder) -> list:
+    from daskinfer import ledger
+
+    path = folder / "ledger.parquet"
+    path.write_bytes(encoded)
+    return list(ledger.read(str(path), {}))
+
+
 def test_a_listing_cuts_into_the_same_partitions_as_any_sequence_of_documents():
     from daskinfer import listing as listings
     from daskinfer import partitions
