@@ -274,14 +274,18 @@ def describe(client, cfg: DictConfig) -> None:
 def _wait_for_workers(client, cfg: DictConfig) -> None:
     """Wait until the scheduler has a worker. Decided by what the scheduler says, not by a
     timeout alone: on a busy machine a worker may be there before the answer is."""
-    deadline = time.monotonic() + cfg.wait_for_workers_s
+    began = time.monotonic()
+    deadline, told, where = began + cfg.wait_for_workers_s, False, cfg.address or "the LocalCluster"
     while True:
         try:
             if client.scheduler_info(n_workers=-1).get("workers"):
                 return
         except OSError as exc:
-            raise ConnectionError(f"lost the dask scheduler at {cfg.address or 'the LocalCluster'}: {first_line(exc)}") from None
+            raise ConnectionError(f"lost the dask scheduler at {where}: {first_line(exc)}") from None
         if time.monotonic() > deadline:
-            where = cfg.address or "the LocalCluster"
             raise TimeoutError(f"no dask worker joined {where} within {cfg.wait_for_workers_s:g} s")
+        if not told and time.monotonic() - began > 1:  # a LocalCluster's workers are there by then
+            log.info("Waiting for a dask worker to join %s, for up to %g s (cluster.wait_for_workers_s)", where,
+                     cfg.wait_for_workers_s)
+            told = True
         time.sleep(0.1)

@@ -14,6 +14,7 @@ import importlib.util
 import math
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
@@ -188,6 +189,11 @@ def _check_cluster(cluster: DictConfig) -> None:
             "cluster.manager and cluster.adapt start a cluster of this run's own; "
             f"they cannot be combined with cluster.address={cluster.address}"
         )
+    if cluster.address:
+        try:  # a port out of range would be tried for dask's whole connect timeout (30 s) before failing
+            urllib.parse.urlsplit(cluster.address if "://" in cluster.address else f"tcp://{cluster.address}").port
+        except ValueError as exc:
+            raise ConfigError(f"cluster.address={cluster.address} is not a scheduler address ({exc})") from None
     for key in ("n_workers", "threads_per_worker", "tf_intra_op_threads", "tf_inter_op_threads"):
         if cluster[key] is not None and cluster[key] <= 0:
             raise ConfigError(f"cluster.{key} must be a number above 0, or null to size it to the machine; "

@@ -245,7 +245,9 @@ class Runner:
         if workers:
             self._lost_since = None
             return
-        self._lost_since = self._lost_since or now
+        if self._lost_since is None:
+            log.warning("No dask worker left: waiting up to %g s for one (cluster.wait_for_workers_s)", self.wait_s)
+            self._lost_since = now
         if now - self._lost_since > self.wait_s:
             raise TimeoutError(
                 f"no dask worker left for {self.wait_s:g} s (cluster.wait_for_workers_s); the run is incomplete"

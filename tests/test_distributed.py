@@ -181,6 +181,7 @@ def test_no_worker_joins(tmp_path, models, test_docs):
     finally:
         empty.close()
     assert_user_error(run, f"no dask worker joined {empty.address} within 2 s", single_line=False)
+    assert f"Waiting for a dask worker to join {empty.address}, for up to 2 s" in run.stderr  # not a silent wait
     assert not list(tmp_path.rglob("*.jsonl*"))
 
 
@@ -212,6 +213,7 @@ def test_every_worker_lost_ends_the_run_with_a_clear_message(tmp_path, models, m
     assert stderr.strip().splitlines()[-1] == (
         "daskinfer: error: no dask worker left for 3 s (cluster.wait_for_workers_s); the run is incomplete"
     )
+    assert "No dask worker left: waiting up to 3 s for one" in stderr
     assert not out.exists()
 
 
@@ -265,6 +267,8 @@ def test_cluster_manager_with_adaptive_scaling(models, many_small_docs, tmp_path
      "cluster.manager distributed.LocalCluster did not start with cluster.manager_kwargs={'n_workers': 'two'}: TypeError"),
     (["cluster.address=tcp://127.0.0.1:1", "cluster.adapt.maximum=2"], "cannot be combined with cluster.address"),
     (["cluster.adapt.minimum=3", "cluster.adapt.maximum=2"], "cluster.adapt.maximum must be >= 1 and >= cluster.adapt.minimum"),
+    (["cluster.address=tcp://127.0.0.1:99999"], "cluster.address=tcp://127.0.0.1:99999 is not a scheduler address"),
+    (["cluster.address=127.0.0.1:port"], "cluster.address=127.0.0.1:port is not a scheduler address"),
 ])
 def test_bad_cluster_manager_settings(models, test_docs, tmp_path, overrides, message):
     run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
