@@ -53,6 +53,17 @@ class Interrupted(Incomplete):
                          model_uri=model_uri)
 
 
+def this_worker() -> str:
+    """"this worker", with its address when it is a dask worker's: of several, one set up
+    otherwise (a package missing) must be found by the one line."""
+    try:
+        from distributed import get_worker
+
+        return f"this worker ({get_worker().address})"
+    except (ImportError, ValueError):
+        return "this worker"
+
+
 def first_line(exc: BaseException) -> str:
     """One line that says what went wrong: the message's first line, or its type's name.
 

@@ -7,7 +7,7 @@ import importlib
 import re
 import zipfile
 
-from daskinfer.errors import ModelLoadError
+from daskinfer.errors import ModelLoadError, this_worker
 
 _OWN_MODULES = {"keras", "builtins", "tensorflow", "numpy"}  # Keras finds these itself
 
@@ -30,10 +30,11 @@ def import_modules_of(path: str) -> None:
             missing = getattr(exc, "name", None) or module.split(".", 1)[0]
             package = missing.split(".", 1)[0]
             if missing != package:  # the package is there, without the module the model names
-                raise ModelLoadError(f"the model needs the Python module '{missing}', which this worker's '{package}' "
-                                     "lacks: install the version the model was saved with on every worker") from None
+                raise ModelLoadError(f"the model needs the Python module '{missing}', which the '{package}' of "
+                                     f"{this_worker()} lacks: install the version the model was saved with on every "
+                                     "worker") from None
             raise ModelLoadError(
-                f"the model needs the Python package '{package}', which this worker lacks: install it on every "
+                f"the model needs the Python package '{package}', which {this_worker()} lacks: install it on every "
                 f"worker (e.g. pip install {package.replace('_', '-')})") from None
 
 

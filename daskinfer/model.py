@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from daskinfer import model_files, predictors, tf_runtime
-from daskinfer.errors import ModelLoadError, NotATextModel, first_line  # noqa: F401 (callers catch model.*)
+from daskinfer.errors import ModelLoadError, NotATextModel, first_line, this_worker  # noqa: F401 (callers catch model.*)
 from daskinfer.predictors import Predictor
 
 
@@ -110,7 +110,7 @@ def _load(spec: ModelSpec) -> Predictor:
     try:
         tf = tf_runtime.import_tensorflow()
     except ImportError as exc:  # a worker set up without it: every task here would fail the same way
-        raise ModelLoadError(f"could not load model {spec.uri}: this worker cannot import TensorFlow "
+        raise ModelLoadError(f"could not load model {spec.uri}: {this_worker()} cannot import TensorFlow "
                              f"({first_line(exc)}): install it on every worker (pip install tensorflow)") from None
     tf_runtime.configure_threads(tf, spec.intra_op_threads, spec.inter_op_threads)
     # Raised after the except clause, not in it: an exception raised while handling another keeps

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from daskinfer import compat, keras_archive
-from daskinfer.errors import ModelLoadError, NotATextModel
+from daskinfer.errors import ModelLoadError, NotATextModel, this_worker
 
 Predictor = Callable[[list], Any]
 
@@ -76,7 +76,7 @@ def _load_savedmodel(tf, path: str):
             if f"'{op.group(1)}'" not in str(exc):
                 raise
     wanted = " or ".join(f"pip install {name}" for name in OP_PACKAGES.values())
-    raise ModelLoadError(f"its graph uses the TensorFlow op '{op.group(1)}', which no package this worker has "
+    raise ModelLoadError(f"its graph uses the TensorFlow op '{op.group(1)}', which no package {this_worker()} has "
                          f"registers: install the package the model was exported with on every worker (for "
                          f"tokenizer ops: {wanted})")
 

@@ -107,12 +107,14 @@ def test_a_worker_without_tensorflow_is_one_line_naming_it(tmp_path, models, man
         mixed.add_worker("without-tensorflow", env={"PYTHONPATH": str(blocker), "DASK_CONFIG": None})
         with distributed.Client(mixed.address) as client:
             client.wait_for_workers(2, timeout=120)
+            [lacking] = [address for address, worker in client.scheduler_info(n_workers=-1)["workers"].items()
+                         if worker["name"] == "without-tensorflow"]
         run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={many_small_docs[0]}",
                       f"inference.output_path={out}", f"cluster.address={mixed.address}", cwd=tmp_path)
     finally:
         mixed.close()
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-    assert "this worker cannot import TensorFlow" in run.stderr_lines[-1], run.stderr
+    assert f"this worker ({lacking}) cannot import TensorFlow" in run.stderr_lines[-1], run.stderr  # which of them
     assert "pip install tensorflow" in run.stderr_lines[-1]
     assert not out.exists()
     if Path(f"{out}.partial").exists():  # the healthy worker's partitions, kept
