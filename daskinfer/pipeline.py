@@ -249,6 +249,7 @@ def _score(job: planning.Job, client: Any, out: sink.OrderedSink) -> reporting.S
         progress.close()
         if carrier:
             carrier.close()
+    scoring.carried_before = getattr(job.source, "carried_before", 0)  # (a table's rows: not counted)
     if out.written and client is not None:
         scoring.model_loads = client.run(model.load_count, job.settings.model.uri)
         if settings.batch_size > 1:

@@ -26,6 +26,7 @@ class Scoring:
     documents: int = 0
     skipped: int = 0
     carried: int = 0  # an incremental run's documents whose lines came from the previous run
+    carried_before: int = 0  # of those, the ones written before a resume (counted as skipped too)
     tally: Optional[evaluation.Tally] = None
     by_worker: Dict[str, int] = field(default_factory=dict)  # worker address -> documents
     model_loads: Dict[str, int] = field(default_factory=dict)
@@ -64,7 +65,7 @@ def summary(scoring: Scoring, predicted: int, errors: int, elapsed: float, outpu
         "errors": errors,
         "skipped": scoring.skipped,
         "scored": scored,
-        "carried": scoring.carried,
+        "carried": scoring.carried + scoring.carried_before,
         "removed": (incremental or {}).get("removed", 0),
         "retried": (incremental or {}).get("retried", 0),
         "elapsed_s": round(elapsed, 3),

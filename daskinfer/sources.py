@@ -64,6 +64,7 @@ class FileSource:
 
     def __init__(self, docs: Union[Listing, Manifest], configured_size: Optional[int], max_bytes: int):
         self.docs, self.configured_size, self.max_bytes = docs, configured_size, max_bytes
+        self.carried_before = 0  # of an incremental run resumed: the done documents carried from the previous run
 
     @property
     def count(self) -> Optional[int]:
@@ -93,6 +94,8 @@ class FileSource:
                 yield NOT_YET if part is None else Unit(part, (), len(part), 0)
             return
         skipped = sum(1 for doc in self.docs if doc.uri in done) if done else 0
+        if skipped and carry is not None:
+            self.carried_before = sum(1 for doc, flags in zip(self.docs, carry.tolist()) if flags and doc.uri in done)
         if skipped:
             yield Unit(None, (), skipped, skipped)
         if carry is None:

@@ -376,6 +376,8 @@ def test_an_incremental_run_killed_mid_way_resumes_with_every_document_once(tmp_
     assert all(new[key] == line for key, line in old.items())
     summary = json.loads((tmp_path / "2" / "summary.json").read_text())
     assert summary["documents"] == summary["predicted"] + summary["errors"] == 300, summary
+    assert summary["carried"] == 60, summary  # those carried before the kill too (they are skipped as well)
+    assert "Incremental run: 60 documents carried unchanged" in resumed.stderr
 
 
 def test_an_incremental_run_of_tables_killed_mid_way_resumes_with_every_row_once_and_counted(tmp_path):
