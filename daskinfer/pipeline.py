@@ -187,6 +187,8 @@ def _open_output(uri: str, made: Optional[str], cfg: DictConfig, prediction: Dic
         raise
     if out.done:
         log.info("Resuming %s: %d documents already done", uri, len(out.done))
+    elif inf.resume:  # a typo'd output path would otherwise score everything again unannounced
+        log.info("Nothing to resume in %s (no earlier run's lines there): scoring every document", uri)
     return out
 
 

@@ -412,6 +412,18 @@ def test_a_table_row_its_workers_die_on_stops_the_run_with_how_to_resume(killer,
 # ---------------------------------------------------------------- 4. a resume that is not the same run
 
 
+def test_a_resume_with_nothing_to_resume_says_so(keras_model, tmp_path, on_client):
+    """A resume on an output no run wrote (a typo in the path): every document is scored, and the
+    log says why, rather than a resume that quietly does everything again."""
+    docs = copy_reviews(tmp_path / "docs", 10)
+    out = tmp_path / "out" / "res.jsonl"
+    run = cli(f"inference.model_path={keras_model}", f"inference.input_data_dir={tmp_path / 'docs'}",
+              f"inference.output_path={out}", "inference.resume=true", *on_client, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert f"Nothing to resume in {out} (no earlier run's lines there): scoring every document" in run.stderr
+    assert filepaths(out) == docs
+
+
 def test_a_resume_with_another_threshold_model_or_input_folder_is_refused(slow, keras_model, tmp_path, on_client):
     docs, out, args = interrupted_run(slow, tmp_path)
     partial = Path(f"{out}.partial")
