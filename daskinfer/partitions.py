@@ -5,10 +5,11 @@ hands their texts to the model (texts)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from daskinfer import evaluation, reading, storage
-from daskinfer.errors import first_line
+from daskinfer.errors import first_line, this_worker
 from daskinfer.listing import Document, Listing
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Partition(Sequence[Document]):
                 # The storage is down, not the document: the whole unit fails, and the run
                 # stops as incomplete (resumable) rather than filing every document as an error.
                 raise ConnectionError(f"cannot reach the storage for {uri}: {first_line(data)}")
+        _check_inputs_seen(self, raw)
         ready = []
         for position, (uri, data) in enumerate(zip(self.uris, raw)):
             text = reading.decode(data, settings.encoding)
@@ -130,6 +132,24 @@ class Partition(Sequence[Document]):
             else:
                 out.fail(position, uri, text)
         return ready
+
+
+def _check_inputs_seen(part: Partition, raw: Sequence[Any]) -> None:
+    """A worker that cannot see the local files the driver listed (a VM without the folder, or
+    with another disk mounted there) would file every one of its documents as not found; so
+    a partition of local files all missing, or one missing from a folder this worker does not
+    have, stops the run as incomplete (resumable), naming the worker, like storage gone away."""
+    # listed: seen by the driver's listing (a size); a manifest's entries may name files to come
+    listed = [i for i in range(len(part)) if i not in part.errors and part.sizes[i] >= 0]
+    missing = [i for i in listed if isinstance(raw[i], FileNotFoundError)]
+    if not missing or storage.protocol_of(part.uris[missing[0]]) is not None:
+        return
+    example = part.uris[missing[0]]
+    if (len(missing) == len(listed) > 1) or not os.path.isdir(os.path.dirname(example)):
+        raise ConnectionError(
+            f"{this_worker()} does not see the input files the driver listed ({len(missing)} of {len(listed)} of a "
+            f"partition not there, e.g. {example}): run the workers where the inputs are, at the same path, or put "
+            "them on shared storage (s3://...)")
 
 
 def group(docs: Iterable[Optional[Document]], max_docs: Union[int, Callable[[], int]], max_bytes: int

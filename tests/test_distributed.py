@@ -87,6 +87,38 @@ def test_a_relative_model_path_reaches_workers_started_in_other_folders(cluster,
     assert_predictions(read_jsonl(out), local_docs(test_docs), reference_scores["keras"])
 
 
+def test_a_worker_that_does_not_see_the_input_files_stops_the_run_naming_it(tmp_path, models, test_docs):
+    """A worker on a VM without the input folder (here: one whose opens of it fail, as there)
+    would file every document it is given as not found; the run stops instead, resumable,
+    naming the worker."""
+    blind = tmp_path / "blind"
+    blind.mkdir()
+    (blind / "sitecustomize.py").write_text(textwrap.dedent(f"""\
+        import errno, os
+        hidden, real_open = {str(test_docs)!r}, os.open
+        def blind_open(path, *args, **kwargs):
+            if str(path).startswith(hidden):
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            return real_open(path, *args, **kwargs)
+        os.open = blind_open
+        """))
+    alone = start_cluster(tmp_path, n_workers=0)
+    out = tmp_path / "out" / "res.jsonl"
+    try:
+        alone.add_worker("blind", env={"PYTHONPATH": str(blind)})
+        with distributed.Client(alone.address) as client:
+            client.wait_for_workers(1, timeout=120)
+            [address] = client.scheduler_info(n_workers=-1)["workers"]
+        run = run_cli(f"inference.model_path={models['keras'][0]}", f"inference.input_data_dir={test_docs}",
+                      f"inference.output_path={out}", f"cluster.address={alone.address}",
+                      "inference.partition_size=10", cwd=tmp_path)
+    finally:
+        alone.close()
+    assert_user_error(run, f"this worker ({address}) does not see the input files the driver listed",
+                      "run the workers where the inputs are", code=1, single_line=False)
+    assert not out.exists() and not (out.parent / "errors.jsonl").exists()  # no error entry for a present file
+
+
 def test_a_worker_without_tensorflow_is_one_line_naming_it(tmp_path, models, many_small_docs):
     """A worker set up without TensorFlow (and so without daskinfer's preload, which would
     not start): its first task fails, the run stops in one line that says what to install,
