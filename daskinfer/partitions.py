@@ -147,9 +147,9 @@ def _check_inputs_seen(part: Partition, raw: Sequence[Any]) -> None:
     example = part.uris[missing[0]]
     if (len(missing) == len(listed) > 1) or not os.path.isdir(os.path.dirname(example)):
         raise ConnectionError(
-            f"{this_worker()} does not see the input files the driver listed ({len(missing)} of {len(listed)} of a "
-            f"partition not there, e.g. {example}): run the workers where the inputs are, at the same path, or put "
-            "them on shared storage (s3://...)")
+            f"{this_worker()} does not find the input files the driver listed ({len(missing)} of {len(listed)} of a "
+            f"partition, e.g. {example}): deleted since, or not at that path on this worker; run the workers where "
+            "the inputs are, at the same path, or put them on shared storage (s3://...)")
 
 
 def group(docs: Iterable[Optional[Document]], max_docs: Union[int, Callable[[], int]], max_bytes: int

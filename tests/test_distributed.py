@@ -114,7 +114,7 @@ def test_a_worker_that_does_not_see_the_input_files_stops_the_run_naming_it(tmp_
                       "inference.partition_size=10", cwd=tmp_path)
     finally:
         alone.close()
-    assert_user_error(run, f"this worker ({address}) does not see the input files the driver listed",
+    assert_user_error(run, f"this worker ({address}) does not find the input files the driver listed",
                       "run the workers where the inputs are", code=1, single_line=False)
     assert not out.exists() and not (out.parent / "errors.jsonl").exists()  # no error entry for a present file
 
