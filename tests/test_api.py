@@ -90,7 +90,7 @@ def test_a_threshold_outside_0_1_splits_scores_as_the_model_gives_them(client, m
         assert len(records) == 1600 and {r["sentiment"] for r in records} == {label}
 
 
-def test_an_interrupted_run_leaves_no_task_on_the_notebooks_cluster(client, models, test_docs, tmp_path):
+def test_an_interrupted_run_leaves_no_task_on_the_notebooks_cluster(client, test_docs, tmp_path):
     """Interrupting the kernel mid-run raises KeyboardInterrupt in run; the notebook keeps the
     exception (Jupyter's sys.last_value), and with it the run's frames. The tasks the run had
     submitted ahead must not stay on the user's workers, holding them and their memory."""
@@ -98,10 +98,15 @@ def test_an_interrupted_run_leaves_no_task_on_the_notebooks_cluster(client, mode
     import threading
     import time
 
+    from misuse_fakes import slow_model
+
+    # A model that waits on every call: the interrupt lands in the run's wait for a result, which
+    # it leaves within a second; a fast model finished all 1,600 documents now and then by then.
+    model = slow_model(tmp_path / "slow")
     out = tmp_path / "res.jsonl"
     cfg = daskinfer.load_config([
-        f"inference.model_path={models['keras3-export'][0]}", f"inference.input_data_dir={test_docs}",
-        f"inference.output_path={out}", "inference.partition_size=8",
+        f"inference.model_path={model}", f"inference.input_data_dir={test_docs}",
+        f"inference.output_path={out}", "inference.partition_size=8", "inference.batch_size=4",
     ])
     partial = tmp_path / "res.jsonl.partial"
 
